@@ -1,0 +1,199 @@
+"""The FL task contract (DESIGN §3–§4): publish, submit rounds, close.
+
+Each function checks one transaction body against the state and applies it to a ``Draft``. The
+sender's nonce and fee are handled by the caller (``consensus.transactions``); these rules see
+only what is specific to tasks. A round that reaches the ledger joins the FIFO queue of SV tasks,
+the useful work of the next block. What needs the weights themselves — are they available, is the
+global model their FedAvg — is asked of a ``RoundChecker`` the node supplies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Protocol
+
+from fedcoin.data.state import Account, Draft, SvTask, TaskState, TaskStatus
+from fedcoin.data.tx import MAX_CLIENTS, CloseTask, SubmitRound, TaskSpec
+from fedcoin.errors import (
+    BadUpdateSignature,
+    ClientCountOutOfRange,
+    DuplicateClient,
+    InsufficientBalance,
+    InvalidTaskSpec,
+    InvalidUpdate,
+    NotPublisher,
+    NotTaskServer,
+    RoundPending,
+    TaskExpired,
+    TaskNotClosable,
+    TaskNotOpen,
+    UnknownTask,
+    WrongRound,
+)
+
+BPS_TOTAL = 10_000
+
+
+class RoundChecker(Protocol):
+    """Checks that need a round's content: supplied by the node, stubbed in unit tests."""
+
+    def check_round(self, task: TaskState, round_: SubmitRound) -> None:
+        """Raise ``RoundContentUnavailable`` or ``NotFedAvg``; return when the round is sound."""
+
+
+def validate_spec(spec: TaskSpec, height: int) -> None:
+    """Raise ``InvalidTaskSpec`` naming the first malformed field of a task spec."""
+
+    def bad(reason: str) -> InvalidTaskSpec:
+        return InvalidTaskSpec(reason=reason)
+
+    # A task pays for at least one round, at a positive price
+    if spec.rounds < 1:
+        raise bad("rounds must be at least 1")
+    if spec.price_per_round < 1:
+        raise bad("price_per_round must be positive")
+    # The split of a round's price sums to 10 000 basis points
+    if sum(spec.split_bps) != BPS_TOTAL:
+        raise bad(f"split_bps must sum to {BPS_TOTAL}, not {sum(spec.split_bps)}")
+    # 1 ≤ min_clients ≤ max_clients ≤ MAX_CLIENTS
+    if not 1 <= spec.min_clients <= spec.max_clients <= MAX_CLIENTS:
+        raise bad(f"need 1 ≤ min_clients ≤ max_clients ≤ {MAX_CLIENTS}")
+    # The deadline lies in the future
+    if spec.deadline_height <= height:
+        raise bad("deadline_height must be above the current height")
+    # The model and validation data are named by content
+    if spec.model.size == 0 or spec.validation.size == 0:
+        raise bad("model and validation must reference non-empty content")
+    p = spec.posap
+    # Exact tables stay small enough to compute and ship
+    if not 1 <= p.n_exact_max <= 16:
+        raise bad("posap.n_exact_max must be between 1 and 16")
+    # A sampled share evaluates at least its border: ∅, N, every singleton and (n−1)-coalition
+    if spec.max_clients > p.n_exact_max and p.budget < 2 * spec.max_clients + 2:
+        raise bad("posap.budget must be at least 2 * max_clients + 2")
+    # A round can be voided only after a positive timeout
+    if p.posap_timeout_ms < 1:
+        raise bad("posap.posap_timeout_ms must be positive")
+
+
+def publish_task(draft: Draft, task_id: bytes, sender: bytes, spec: TaskSpec, height: int) -> None:
+    """Open the task and move ``rounds * price_per_round`` from the sender into escrow."""
+    validate_spec(spec, height)
+    escrow = spec.escrow
+    account = draft.account(sender)
+    # The publisher's balance covers the escrow
+    if account.balance < escrow:
+        raise InsufficientBalance(balance=account.balance, needed=escrow)
+    draft.set_account(sender, Account(account.balance - escrow, account.nonce))
+    draft.set_task(
+        task_id,
+        TaskState(
+            spec=spec,
+            publisher=sender,
+            escrow=escrow,
+            rounds_done=0,
+            status=TaskStatus.OPEN,
+            global_model=spec.model,
+            created_height=height,
+        ),
+    )
+
+
+def submit_round(
+    draft: Draft,
+    tx_id: bytes,
+    sender: bytes,
+    body: SubmitRound,
+    height: int,
+    timestamp_ms: int,
+    checker: RoundChecker,
+) -> None:
+    """Record the round, move the global model on, and queue its SV task."""
+    task = draft.task(body.task_id)
+    # The task exists
+    if task is None:
+        raise UnknownTask(task_id=body.task_id)
+    spec = task.spec
+    # Only the task's FL server submits rounds
+    if sender != spec.server:
+        raise NotTaskServer(task_id=body.task_id)
+    # Rounds go to open tasks only
+    if task.status != TaskStatus.OPEN:
+        raise TaskNotOpen(status=TaskStatus(task.status).name)
+    # No round after the deadline
+    if height > spec.deadline_height:
+        raise TaskExpired(height=height, deadline=spec.deadline_height)
+    # Rounds come in order
+    if body.round != task.rounds_done + 1:
+        raise WrongRound(expected=task.rounds_done + 1, got=body.round)
+    # One round at a time: the previous round's SV task must be settled first
+    if draft.pending_for(body.task_id):
+        raise RoundPending(task_id=body.task_id)
+    # min_clients ≤ updates ≤ max_clients
+    if not spec.min_clients <= len(body.updates) <= spec.max_clients:
+        raise ClientCountOutOfRange(
+            got=len(body.updates), min=spec.min_clients, max=spec.max_clients
+        )
+    seen: set[bytes] = set()
+    for update in body.updates:
+        # Each client appears once
+        if update.client_pubkey in seen:
+            raise DuplicateClient(client=update.client_pubkey)
+        seen.add(update.client_pubkey)
+        # A client trained on at least one sample
+        if update.samples < 1:
+            raise InvalidUpdate(client=update.client_pubkey)
+        # Each update is signed by its client for this task and this round
+        if not update.signature_ok(body.task_id, body.round):
+            raise BadUpdateSignature(client=update.client_pubkey, round=body.round)
+    # The content is available and the global model is the FedAvg of the updates
+    checker.check_round(task, body)
+
+    rounds_done = task.rounds_done + 1
+    status = TaskStatus.DONE if rounds_done == spec.rounds else TaskStatus.OPEN
+    draft.set_task(
+        body.task_id,
+        replace(task, rounds_done=rounds_done, status=status, global_model=body.global_model),
+    )
+    draft.queue.append(
+        SvTask(
+            sv_task_id=tx_id,
+            task_id=body.task_id,
+            round=body.round,
+            updates=body.updates,
+            prev_global=task.global_model,
+            global_model=body.global_model,
+            price=spec.price_per_round,
+            queued_height=height,
+            queued_ms=timestamp_ms,
+        )
+    )
+
+
+def close_task(draft: Draft, sender: bytes, body: CloseTask, height: int) -> int:
+    """Close the task and refund its remaining escrow to the publisher; return the refund."""
+    task = draft.task(body.task_id)
+    # The task exists
+    if task is None:
+        raise UnknownTask(task_id=body.task_id)
+    # Only the publisher closes a task
+    if sender != task.publisher:
+        raise NotPublisher(task_id=body.task_id)
+    # A task closes once
+    if task.status == TaskStatus.CLOSED:
+        raise TaskNotOpen(status="CLOSED")
+    # All rounds are done, or the deadline has passed
+    finished = task.rounds_done == task.spec.rounds
+    if not finished and height <= task.spec.deadline_height:
+        raise TaskNotClosable(
+            rounds_done=task.rounds_done,
+            rounds=task.spec.rounds,
+            deadline=task.spec.deadline_height,
+        )
+    # No SV task of it is pending (its price is still owed to someone)
+    if draft.pending_for(body.task_id):
+        raise TaskNotClosable(reason="a round of this task is still pending")
+    refund = task.escrow
+    draft.credit(task.publisher, refund)
+    draft.set_task(body.task_id, replace(task, escrow=0, status=TaskStatus.CLOSED))
+    return refund

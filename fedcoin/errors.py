@@ -1,0 +1,291 @@
+"""FedCoin's one exception hierarchy, shaped by what the caller does next.
+
+- ``DecodeError``: the bytes are not a well-formed object. Drop them; a peer that sent them
+  misbehaved.
+- ``RuleViolation`` and its families (``TxError``, ``ContractError``, ``BlockError``,
+  ``ShareError``): a well-formed object breaks a protocol rule. Reject it; the state is unchanged.
+  Each class names one rule: its docstring is the rule, its keyword details say how it broke.
+- ``ContentError``: a blob is missing, too large or does not match its hash. Fetch elsewhere.
+- ``KeyFileError``, ``GenesisError``, ``StoreError``, ``ConfigError``: local set-up problems a
+  person has to fix; the message says what and where.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FedCoinError(Exception):
+    """Base of every error FedCoin raises on purpose."""
+
+
+class DecodeError(FedCoinError):
+    """Bytes that are not a canonical, bounded encoding of the expected object."""
+
+
+class KeyFileError(FedCoinError):
+    """A key file that is missing, unreadable, corrupt or not an Ed25519 key."""
+
+
+class GenesisError(FedCoinError):
+    """A genesis file that is missing or invalid."""
+
+
+class StoreError(FedCoinError):
+    """The chain store is missing data it should have, or was asked for something impossible."""
+
+
+class ConfigError(FedCoinError):
+    """A configuration value a person has to fix."""
+
+
+class ContentError(FedCoinError):
+    """A content blob that is missing, oversized or does not match its hash."""
+
+
+class ContentMissing(ContentError):
+    """The blob is not available from any configured source."""
+
+
+class ContentMismatch(ContentError):
+    """The blob's sha256 or size differs from its reference."""
+
+
+class ContentTooLarge(ContentError):
+    """The blob exceeds the configured size cap."""
+
+
+class RuleViolation(FedCoinError):
+    """A protocol rule was broken. Subclasses name the rule in their docstring."""
+
+    def __init__(self, **details: Any) -> None:
+        self.details = details
+        rule = (type(self).__doc__ or type(self).__name__).strip().splitlines()[0]
+        extra = ", ".join(f"{k}={_short(v)}" for k, v in details.items())
+        super().__init__(f"{type(self).__name__}: {rule}" + (f" ({extra})" if extra else ""))
+
+    @property
+    def rule(self) -> str:
+        return type(self).__name__
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return value.hex()[:16] + ("…" if len(value) > 8 else "")
+    return repr(value)
+
+
+# --- transactions ---------------------------------------------------------------------------
+class TxError(RuleViolation):
+    """A transaction breaks a rule."""
+
+
+class WrongChain(TxError):
+    """the transaction's chain id must be this chain's"""
+
+
+class BadSignature(TxError):
+    """the signature must verify under the sender's public key"""
+
+
+class NonceMismatch(TxError):
+    """the nonce must be the sender's next nonce"""
+
+
+class FeeTooLow(TxError):
+    """the fee must be at least the chain's minimum fee"""
+
+
+class InsufficientBalance(TxError):
+    """the sender's balance must cover the amount and the fee"""
+
+
+class InvalidAmount(TxError):
+    """the amount must be positive"""
+
+
+class DuplicateTx(TxError):
+    """a block must not contain the same transaction twice"""
+
+
+# --- the FL task contract -------------------------------------------------------------------
+class ContractError(RuleViolation):
+    """A task transaction breaks a contract rule."""
+
+
+class InvalidTaskSpec(ContractError):
+    """the task spec must be well formed"""
+
+
+class UnknownTask(ContractError):
+    """the task must exist"""
+
+
+class TaskNotOpen(ContractError):
+    """the task must be open"""
+
+
+class NotTaskServer(ContractError):
+    """only the task's FL server may submit rounds"""
+
+
+class NotPublisher(ContractError):
+    """only the task's publisher may close it"""
+
+
+class WrongRound(ContractError):
+    """the round must be the task's next round"""
+
+
+class RoundPending(ContractError):
+    """the task's previous round must be settled first"""
+
+
+class TaskExpired(ContractError):
+    """the deadline height has passed"""
+
+
+class ClientCountOutOfRange(ContractError):
+    """the number of client updates must be within the task's min and max clients"""
+
+
+class DuplicateClient(ContractError):
+    """each client may submit one update per round"""
+
+
+class BadUpdateSignature(ContractError):
+    """each update must be signed by its client for this task and round"""
+
+
+class InvalidUpdate(ContractError):
+    """an update's sample count must be positive"""
+
+
+class TaskNotClosable(ContractError):
+    """a task closes when all rounds are done or its deadline has passed, with no round pending"""
+
+
+class RoundContentUnavailable(ContractError):
+    """the round's weights must be available to the node checking the block"""
+
+
+class NotFedAvg(ContractError):
+    """the global model must be the FedAvg of the updates"""
+
+
+# --- blocks ---------------------------------------------------------------------------------
+class BlockError(RuleViolation):
+    """A block breaks a rule."""
+
+
+class UnknownParent(BlockError):
+    """the parent block must be known"""
+
+
+class WrongHeight(BlockError):
+    """the height must be the parent's height plus one"""
+
+
+class BadVersion(BlockError):
+    """the block version must be supported"""
+
+
+class TimestampNotIncreasing(BlockError):
+    """the timestamp must be greater than the parent's"""
+
+
+class TimestampInFuture(BlockError):
+    """the timestamp must not be too far ahead of the receiver's clock"""
+
+
+class BlockTooSoon(BlockError):
+    """a transaction-only block must come at least min_block_interval_ms after its parent"""
+
+
+class BadBlockSignature(BlockError):
+    """the proposer's signature must verify"""
+
+
+class TxRootMismatch(BlockError):
+    """tx_root must be the Merkle root of the block's transactions"""
+
+
+class PosapRootMismatch(BlockError):
+    """posap_root must be the hash of the block's PoSap section"""
+
+
+class StateRootMismatch(BlockError):
+    """state_root must be the hash of the post-state"""
+
+
+class WeightMismatch(BlockError):
+    """weight must be the parent's weight plus this block's weight"""
+
+
+class EmptyBlock(BlockError):
+    """a block must carry a PoSap section or at least one transaction"""
+
+
+class TooManyTxs(BlockError):
+    """a block may carry at most max_block_txs transactions"""
+
+
+class SettlementMissing(BlockError):
+    """while an SV task is pending, every block must settle or void the oldest one"""
+
+
+class SettlementUnexpected(BlockError):
+    """a PoSap section needs a pending SV task"""
+
+
+class WrongSvTask(BlockError):
+    """the PoSap section must settle the oldest pending SV task"""
+
+
+class VoidTooEarly(BlockError):
+    """an SV task may be voided only posap_timeout_ms after the block that queued it"""
+
+
+class BadTxInBlock(BlockError):
+    """every transaction in a block must be valid"""
+
+
+# --- PoSap shares ---------------------------------------------------------------------------
+class ShareError(RuleViolation):
+    """A PoSap share breaks a rule."""
+
+
+class BadShareSignature(ShareError):
+    """the share must be signed by its miner"""
+
+
+class DuplicateMiner(ShareError):
+    """a block may carry one share per miner"""
+
+
+class WrongShareTask(ShareError):
+    """the share must be for the SV task being settled"""
+
+
+class WrongEstimateLength(ShareError):
+    """the estimate must have one value per client"""
+
+
+class ScheduleMismatch(ShareError):
+    """the table's coalitions must be exactly those the seed and budget prescribe"""
+
+
+class EstimatorMismatch(ShareError):
+    """the estimator must be the one the task's parameters prescribe"""
+
+
+class EstimateMismatch(ShareError):
+    """the estimate must equal its recomputation from the table"""
+
+
+class TableEntryMismatch(ShareError):
+    """every re-evaluated table entry must match within the tolerance"""
+
+
+class ShareContentUnavailable(ShareError):
+    """the SV task's weights must be available to verify a share"""

@@ -1,0 +1,185 @@
+"""Canonical encoding: every encoded type round-trips; hostile bytes are refused."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedcoin.data.block import Block, BlockHeader, PosapSection, Share
+from fedcoin.data.encoding import decode_raw, encode
+from fedcoin.data.genesis import ChainParams, Genesis
+from fedcoin.data.state import Account, State, SvTask, TaskState
+from fedcoin.data.tx import (
+    ClientUpdate,
+    CloseTask,
+    ContentRef,
+    PosapParams,
+    PublishTask,
+    SubmitRound,
+    TaskSpec,
+    Transaction,
+    Transfer,
+)
+from fedcoin.errors import DecodeError
+from fedcoin.incentive.payouts import RoundPayout
+
+u8 = st.integers(0, 255)
+u16 = st.integers(0, 2**16 - 1)
+u32 = st.integers(0, 2**32 - 1)
+u64 = st.integers(0, 2**64 - 1)
+i64 = st.integers(-(2**63), 2**63 - 1)
+h32 = st.binary(min_size=32, max_size=32)
+addr = st.binary(min_size=20, max_size=20)
+sig = st.binary(min_size=64, max_size=64)
+txt = st.text(max_size=20)
+
+content_refs = st.builds(ContentRef, h32, u64, st.text(max_size=40))
+posap_params = st.builds(PosapParams, u8, u32, u16, u32, u64, u64)
+specs = st.builds(
+    TaskSpec,
+    txt,
+    content_refs,
+    content_refs,
+    addr,
+    u32,
+    u64,
+    st.tuples(u16, u16, u16),
+    u8,
+    u8,
+    u64,
+    posap_params,
+)
+updates = st.builds(ClientUpdate, h32, content_refs, u64, sig)
+bodies = st.one_of(
+    st.builds(Transfer, addr, u64),
+    st.builds(PublishTask, specs),
+    st.builds(SubmitRound, h32, u32, st.lists(updates, max_size=3).map(tuple), content_refs),
+    st.builds(CloseTask, h32),
+)
+transactions = st.builds(Transaction, txt, h32, u64, u64, bodies, sig)
+shares = st.builds(
+    Share,
+    h32,
+    h32,
+    u8,
+    st.lists(st.tuples(u64, u32), max_size=5).map(tuple),
+    st.lists(i64, max_size=5).map(tuple),
+    sig,
+)
+sections = st.builds(PosapSection, h32, st.lists(shares, max_size=3).map(tuple))
+headers = st.builds(BlockHeader, u16, u64, h32, u64, h32, h32, h32, h32, u64, sig)
+blocks = st.builds(
+    Block, headers, st.lists(transactions, max_size=3).map(tuple), st.none() | sections
+)
+task_states = st.builds(TaskState, specs, addr, u64, u32, u8, content_refs, u64)
+sv_tasks = st.builds(
+    SvTask, h32, h32, u32, st.lists(updates, max_size=3).map(tuple), content_refs,
+    content_refs, u64, u64, u64,
+)  # fmt: skip
+states = st.builds(
+    State,
+    st.dictionaries(addr, st.builds(Account, u64, u64), max_size=4),
+    st.dictionaries(h32, task_states, max_size=2),
+    st.lists(sv_tasks, max_size=2).map(tuple),
+    u64,
+)
+params = st.builds(ChainParams, u64, u64, u64, u64, u32)
+geneses = st.builds(
+    Genesis, txt, u64, st.lists(st.tuples(addr, u64), max_size=4).map(tuple), params
+)
+payouts = st.builds(
+    RoundPayout,
+    h32,
+    u32,
+    st.lists(i64, max_size=4).map(tuple),
+    st.lists(st.tuples(addr, u64), max_size=4).map(tuple),
+    u64,
+    st.lists(st.tuples(addr, u64), max_size=4).map(tuple),
+    u64,
+    u64,
+)
+
+ALL = {
+    "ContentRef": (ContentRef, content_refs),
+    "TaskSpec": (TaskSpec, specs),
+    "ClientUpdate": (ClientUpdate, updates),
+    "Transaction": (Transaction, transactions),
+    "Share": (Share, shares),
+    "PosapSection": (PosapSection, sections),
+    "BlockHeader": (BlockHeader, headers),
+    "Block": (Block, blocks),
+    "TaskState": (TaskState, task_states),
+    "SvTask": (SvTask, sv_tasks),
+    "State": (State, states),
+    "Genesis": (Genesis, geneses),
+    "RoundPayout": (RoundPayout, payouts),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_round_trip(name: str, data: st.DataObject) -> None:
+    cls, strategy = ALL[name]
+    obj = data.draw(strategy)
+    encoded = obj.encode()
+    decoded = cls.decode(encoded)
+    assert decoded == obj
+    assert decoded.encode() == encoded
+
+
+@given(transactions)
+@settings(max_examples=50, deadline=None)
+def test_truncated_bytes_are_refused(tx: Transaction) -> None:
+    encoded = tx.encode()
+    for cut in (1, len(encoded) // 2, len(encoded) - 1):
+        with pytest.raises(DecodeError):
+            Transaction.decode(encoded[:cut])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        msgpack.packb([1, 2.5]),  # float
+        msgpack.packb({"a": 1}),  # map
+        msgpack.packb(["text"], use_bin_type=True),  # str
+        msgpack.packb([None]),  # nil
+        msgpack.packb([True]),  # bool
+        msgpack.packb(msgpack.ExtType(1, b"x")),  # extension
+        b"\xcd\x00\x05",  # uint16 holding 5: non-canonical width
+        msgpack.packb([1]) + b"\x00",  # trailing bytes
+        b"\xc1",  # never-used byte
+    ],
+)
+def test_decode_refuses_non_canonical_or_foreign_types(raw: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_raw(raw)
+
+
+def test_decode_refuses_oversized_input() -> None:
+    big = encode([b"x" * 2000])
+    with pytest.raises(DecodeError, match="exceeds"):
+        decode_raw(big, max_bytes=1000)
+
+
+def test_unknown_transaction_kind_is_refused() -> None:
+    raw = encode([99, b"c", bytes(32), 0, 0, [], bytes(64)])
+    with pytest.raises(DecodeError, match="unknown kind"):
+        Transaction.decode(raw)
+
+
+def test_wrong_field_types_are_refused() -> None:
+    good = ContentRef(bytes(32), 1, "").to_wire()
+    for bad in ([b"short", 1, b""], [bytes(32), -1, b""], [bytes(32), 1], [bytes(32), 1, b"\xff"]):
+        with pytest.raises(DecodeError):
+            ContentRef.from_wire(bad)
+    assert ContentRef.from_wire(good) == ContentRef(bytes(32), 1, "")
+
+
+def test_encoding_refuses_out_of_range_values() -> None:
+    with pytest.raises(ValueError):
+        ContentRef(bytes(32), -5, "").encode()
+    with pytest.raises(ValueError):
+        ContentRef(bytes(31), 5, "").encode()

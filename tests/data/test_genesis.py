@@ -1,0 +1,67 @@
+"""Genesis files: parsing, clear errors, and the network identity they define."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from fedcoin.data.genesis import Genesis
+from fedcoin.errors import GenesisError
+from tests.helpers import ALICE, FC, make_genesis
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    genesis = make_genesis()
+    path = tmp_path / "genesis.json"
+    genesis.save(path)
+    loaded = Genesis.load(path)
+    assert loaded == genesis
+    assert loaded.block().hash == genesis.block().hash
+
+
+def test_identity_commits_to_params_and_allocations() -> None:
+    genesis = make_genesis()
+    other_fee = replace(genesis, params=replace(genesis.params, min_fee=1))
+    other_alloc = make_genesis({ALICE: 1 * FC})
+    hashes = {g.block().hash for g in (genesis, other_fee, other_alloc)}
+    assert len(hashes) == 3
+
+
+def test_genesis_state_holds_the_allocations() -> None:
+    genesis = make_genesis({ALICE: 7 * FC})
+    state = genesis.state()
+    assert state.balance(ALICE.address) == 7 * FC
+    assert state.supply == 7 * FC == state.total_held()
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ([], "JSON object"),
+        ({"allocations": {}}, "chain_id"),
+        ({"chain_id": "x", "allocations": {"nope": 1}}, "not a FedCoin address"),
+        ({"chain_id": "x", "allocations": {"fc" + "00" * 20: -1}}, "positive integer"),
+        ({"chain_id": "x", "allocations": {"fc" + "00" * 20: 1.5}}, "positive integer"),
+        ({"chain_id": "x", "params": {"min_fe": 1}}, "unknown chain params"),
+        ({"chain_id": "x", "params": {"min_fee": -1}}, "invalid genesis"),
+        ({"chain_id": "x", "extra": 1}, "unknown genesis keys"),
+        ({"chain_id": "x", "params": {"max_block_txs": 0}}, "max_block_txs"),
+    ],
+)
+def test_invalid_genesis_is_a_clear_error(doc: object, message: str) -> None:
+    with pytest.raises(GenesisError, match=message):
+        Genesis.from_json(doc)
+
+
+def test_missing_or_unparsable_file(tmp_path: Path) -> None:
+    with pytest.raises(GenesisError, match="not found"):
+        Genesis.load(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(GenesisError, match="cannot read"):
+        Genesis.load(bad)
+    bad.write_text(json.dumps({"chain_id": "ok"}))
+    assert Genesis.load(bad).chain_id == "ok"
