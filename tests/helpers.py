@@ -187,3 +187,22 @@ class ChainBuilder:
         self.block, self.state = block, applied.state
         self.blocks.append(block)
         return applied
+
+
+def apply_tx(
+    state: State,
+    transaction: Transaction,
+    *,
+    height: int = 5,
+    verifier: TableVerifier | None = None,
+    proposer: PrivateKey = MINER,
+    params: ChainParams = DEFAULT_PARAMS,
+) -> State:
+    """Apply one transaction as block ``height`` would; raise what it breaks."""
+    from fedcoin.consensus.transactions import TxContext, apply_transaction
+    from fedcoin.data.state import Draft
+
+    draft = Draft(state)
+    ctx = TxContext(CHAIN_ID, params, height, T0 + height * 1000, proposer.address)
+    apply_transaction(draft, transaction, ctx, verifier or TableVerifier())
+    return draft.freeze()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from fedcoin.contract.task import RoundChecker, close_task, publish_task, submit_round
 from fedcoin.data.genesis import ChainParams
+from fedcoin.data.keys import TAG_TX, verify
 from fedcoin.data.state import Account, Draft
 from fedcoin.data.tx import CloseTask, PublishTask, SubmitRound, Transaction, Transfer
 from fedcoin.errors import (
@@ -53,7 +54,7 @@ def apply_transaction(
         raise WrongChain(expected=ctx.chain_id, got=tx.chain_id)
     tx_id = tx.id
     # The sender signed it
-    if not signature_checked and not tx.signature_ok():
+    if not signature_checked and not verify(tx.sender_pubkey, TAG_TX, tx_id, tx.signature):
         raise BadSignature(tx=tx_id)
     sender = tx.sender
     account = draft.account(sender)

@@ -46,9 +46,10 @@ class _Int(Codec):
         self.lo, self.hi = lo, hi
 
     def pack(self, value: Any) -> Any:
-        if type(value) is not int or not self.lo <= value <= self.hi:
+        # IntEnum members pack as their plain value; bool is refused.
+        if not isinstance(value, int) or isinstance(value, bool) or not self.lo <= value <= self.hi:
             raise ValueError(f"integer out of range [{self.lo}, {self.hi}]: {value!r}")
-        return value
+        return int(value)
 
     def unpack(self, raw: Any) -> Any:
         if type(raw) is not int or not self.lo <= raw <= self.hi:

@@ -157,7 +157,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
     hash BLOB PRIMARY KEY, parent BLOB NOT NULL, height INTEGER NOT NULL,
-    data BLOB NOT NULL, receipt BLOB NOT NULL);
+    header BLOB NOT NULL, data BLOB NOT NULL, receipt BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS states (
     hash BLOB PRIMARY KEY, full INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS canonical (height INTEGER PRIMARY KEY, hash BLOB NOT NULL);
@@ -183,8 +183,8 @@ class SqliteChainStore(ChainStore):
         if row is None:
             with self._tx():
                 self._db.execute(
-                    "INSERT INTO blocks VALUES (?,?,?,?,?)",
-                    (block.hash, block.parent, 0, block.encode(), b""),
+                    "INSERT INTO blocks VALUES (?,?,?,?,?,?)",
+                    (block.hash, block.parent, 0, block.header.encode(), block.encode(), b""),
                 )
                 self._db.execute(
                     "INSERT INTO states VALUES (?,1,?)", (block.hash, genesis.state().encode())
@@ -217,8 +217,15 @@ class SqliteChainStore(ChainStore):
             data = StateDelta.between(self.get_state(block.parent), state).encode()
         with self._tx():
             self._db.execute(
-                "INSERT INTO blocks VALUES (?,?,?,?,?)",
-                (block.hash, block.parent, block.height, block.encode(), receipt),
+                "INSERT INTO blocks VALUES (?,?,?,?,?,?)",
+                (
+                    block.hash,
+                    block.parent,
+                    block.height,
+                    block.header.encode(),
+                    block.encode(),
+                    receipt,
+                ),
             )
             self._db.execute("INSERT INTO states VALUES (?,?,?)", (block.hash, int(full), data))
         self._remember(block.hash, state)
@@ -252,6 +259,15 @@ class SqliteChainStore(ChainStore):
             return Block.decode(bytes(row[0]))
         except DecodeError as exc:
             raise StoreError(f"corrupt block {block_hash.hex()} in {self.path}: {exc}") from None
+
+    def get_header(self, block_hash: bytes) -> BlockHeader | None:
+        row = self._db.execute("SELECT header FROM blocks WHERE hash=?", (block_hash,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return BlockHeader.decode(bytes(row[0]))
+        except DecodeError as exc:
+            raise StoreError(f"corrupt header {block_hash.hex()} in {self.path}: {exc}") from None
 
     def has_block(self, block_hash: bytes) -> bool:
         row = self._db.execute("SELECT 1 FROM blocks WHERE hash=?", (block_hash,)).fetchone()

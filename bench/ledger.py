@@ -1,0 +1,127 @@
+"""Ledger import rate against the raw Ed25519 verify rate, measured in the same run.
+
+Imports blocks of signed transfers as a node receives them — bytes off the wire: decode, full
+validation (every signature, every rule, state root), then store in a real SQLite file and move
+the head — and compares transactions per second with bare ``Ed25519PublicKey.verify`` calls on
+the same number of signatures. The ratio is what this benchmark reports: signature checks are
+the floor of the cost, so 1.0 would mean everything else is free. Target: ≥ 0.5.
+
+    python bench/ledger.py [--blocks 8] [--txs 500] [--senders 200] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedcoin.consensus.chain import Chain  # noqa: E402
+from fedcoin.consensus.rules import build_block  # noqa: E402
+from fedcoin.data.block import Block  # noqa: E402
+from fedcoin.data.genesis import DEFAULT_PARAMS, Genesis  # noqa: E402
+from fedcoin.data.keys import TAG_TX, PrivateKey  # noqa: E402
+from fedcoin.data.state import SvTask, TaskState  # noqa: E402
+from fedcoin.data.store import SqliteChainStore  # noqa: E402
+from fedcoin.data.tx import SubmitRound, Transfer, make_tx  # noqa: E402
+
+CHAIN_ID = "fedcoin-bench"
+
+
+class NoRounds:
+    """The benchmark carries transfers only; any round or share here is a bug."""
+
+    def check_round(self, task: TaskState, round_: SubmitRound) -> None:
+        raise AssertionError("no rounds in this benchmark")
+
+    def verify_share(self, sv_task: SvTask, task: TaskState, share: object, parent: bytes) -> None:
+        raise AssertionError("no shares in this benchmark")
+
+
+def make_blocks(blocks: int, per_block: int, senders: int) -> tuple[Genesis, list[bytes]]:
+    keys = [PrivateKey.from_seed(hashlib.sha256(b"s%d" % i).digest()) for i in range(senders)]
+    miner = PrivateKey.from_seed(hashlib.sha256(b"miner").digest())
+    genesis = Genesis(
+        CHAIN_ID,
+        1_700_000_000_000,
+        tuple(sorted((k.address, 10**12) for k in keys)),
+        DEFAULT_PARAMS,
+    )
+    state, header = genesis.state(), genesis.block().header
+    nonces = [0] * senders
+    out = []
+    for b in range(blocks):
+        txs = []
+        for i in range(per_block):
+            s = (b * per_block + i) % senders
+            to = keys[(s + 1) % senders].address
+            txs.append(make_tx(keys[s], CHAIN_ID, nonces[s], Transfer(to, 1 + i), fee=1))
+            nonces[s] += 1
+        block, applied = build_block(
+            state,
+            header,
+            genesis,
+            NoRounds(),
+            miner,
+            timestamp_ms=header.timestamp_ms + DEFAULT_PARAMS.min_block_interval_ms,
+            txs=txs,
+        )
+        state, header = applied.state, block.header
+        out.append(block.encode())
+    return genesis, out
+
+
+def time_import(genesis: Genesis, wire_blocks: list[bytes], workdir: Path) -> float:
+    store = SqliteChainStore(workdir / f"bench-{time.monotonic_ns()}.sqlite", genesis)
+    chain = Chain(store, genesis, NoRounds())
+    start = time.perf_counter()
+    for data in wire_blocks:
+        chain.import_block(Block.decode(data))
+    elapsed = time.perf_counter() - start
+    store.close()
+    return elapsed
+
+
+def time_raw_verify(wire_blocks: list[bytes]) -> tuple[float, int]:
+    triples = []
+    for data in wire_blocks:
+        for tx in Block.decode(data).txs:
+            triples.append((tx.sender_pubkey, TAG_TX + tx.id, tx.signature))
+    start = time.perf_counter()
+    for pub, msg, sig in triples:
+        Ed25519PublicKey.from_public_bytes(pub).verify(sig, msg)
+    return time.perf_counter() - start, len(triples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--txs", type=int, default=500, help="transactions per block")
+    parser.add_argument("--senders", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    genesis, wire_blocks = make_blocks(args.blocks, args.txs, args.senders)
+    total = args.blocks * args.txs
+    imports, verifies = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeat):
+            verify_s, count = time_raw_verify(wire_blocks)
+            verifies.append(count / verify_s)
+            imports.append(total / time_import(genesis, wire_blocks, Path(tmp)))
+    imp, ver = statistics.median(imports), statistics.median(verifies)
+    print(f"transactions: {total} in {args.blocks} blocks, {args.senders} senders")
+    print(f"raw Ed25519 verify: {ver:,.0f}/s (median of {args.repeat})")
+    print(f"ledger import (decode + validate + SQLite store): {imp:,.0f} tx/s")
+    print(f"ratio import / raw verify: {imp / ver:.2f}  (target >= 0.5)")
+
+
+if __name__ == "__main__":
+    main()
