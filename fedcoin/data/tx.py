@@ -70,7 +70,7 @@ class PosapParams(Record):
 
 DEFAULT_POSAP = PosapParams(
     n_exact_max=10,
-    budget=512,
+    budget=1024,
     spot_checks=44,
     tolerance=1,
     posap_timeout_ms=120_000,

@@ -1,0 +1,187 @@
+"""Proof of Shapley shares (DESIGN §5): make one, verify one, aggregate many.
+
+A share is a miner's table of evaluated coalitions ``(mask, U)`` and the fixed-point Shapley
+estimate recomputed from it. Which coalitions a share holds is fixed by
+``seed = sha256("fedcoin/posap/seed" || sv_task_id || miner_pubkey)`` and the task's budget, so
+a miner cannot choose them; up to ``n_exact_max`` clients the table is all ``2**n`` coalitions.
+
+Verifying a share:
+1. its estimator and coalitions are exactly what the seed and budget prescribe;
+2. its estimate equals the recomputation from its table (exact rational arithmetic);
+3. the border entries (∅, N, singletons, (n−1)-coalitions) and ``spot_checks`` more entries,
+   chosen by ``sha256(share || parent_hash)``, are re-evaluated and must match within
+   ``tolerance`` samples. Re-evaluations go through the game's memo, so checking many shares
+   of one SV task costs little more than checking one.
+
+``PosapVerifier`` is the node's ``WorkVerifier``: it reads the round's weights from a content
+source, checks the FedAvg, builds (and caches) the coalition game, and verifies shares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
+
+from fedcoin.consensus.aggregate import aggregate_estimates
+from fedcoin.consensus.shapley import (
+    ESTIMATOR_EXACT,
+    ESTIMATOR_STRATIFIED,
+    SeededRng,
+    border,
+    fixed_point_estimate,
+    stratified_schedule,
+)
+from fedcoin.consensus.utility import CoalitionGame, is_fedavg
+from fedcoin.data.block import Share
+from fedcoin.data.content import ContentSource
+from fedcoin.data.keys import PrivateKey
+from fedcoin.data.state import SvTask, TaskState
+from fedcoin.data.tensors import decode_bundle, decode_dataset, weights_of
+from fedcoin.data.tx import ContentRef, PosapParams, SubmitRound
+from fedcoin.errors import (
+    DecodeError,
+    EstimateMismatch,
+    EstimatorMismatch,
+    NotFedAvg,
+    RoundContentUnavailable,
+    RuleViolation,
+    ScheduleMismatch,
+    ShareContentUnavailable,
+    TableEntryMismatch,
+)
+
+SEED_TAG = b"fedcoin/posap/seed"
+SPOT_TAG = b"fedcoin/posap/spot"
+
+
+class Game(Protocol):
+    """What PoSap needs of a game: its size and memoised integer utilities."""
+
+    n: int
+
+    def utilities(self, masks: Sequence[int]) -> list[int]: ...
+
+
+def share_seed(sv_task_id: bytes, miner_pubkey: bytes) -> bytes:
+    return hashlib.sha256(SEED_TAG + sv_task_id + miner_pubkey).digest()
+
+
+def plan(n: int, params: PosapParams, seed: bytes) -> tuple[int, list[int]]:
+    """(estimator, coalitions in order) for a game of ``n`` clients."""
+    if n <= params.n_exact_max or params.budget >= 1 << n:
+        return ESTIMATOR_EXACT, list(range(1 << n))
+    return ESTIMATOR_STRATIFIED, stratified_schedule(n, params.budget, seed)
+
+
+def make_share(sv_task: SvTask, params: PosapParams, game: Game, key: PrivateKey) -> Share:
+    """Evaluate the prescribed coalitions and sign the resulting share."""
+    estimator, masks = plan(game.n, params, share_seed(sv_task.sv_task_id, key.public))
+    values = game.utilities(masks)
+    table = tuple(zip(masks, values, strict=True))
+    estimate = fixed_point_estimate(game.n, table)
+    unsigned = Share(sv_task.sv_task_id, key.public, estimator, table, estimate, bytes(64))
+    return unsigned.signed(key)
+
+
+def checked_positions(share: Share, n: int, parent_hash: bytes, spot_checks: int) -> list[int]:
+    """Table positions a verifier re-evaluates: the border, then seeded spot checks."""
+    position = {mask: i for i, (mask, _) in enumerate(share.table)}
+    chosen = [position[m] for m in border(n) if m in position]
+    fixed = set(chosen)
+    rest = [i for i in range(len(share.table)) if i not in fixed]
+    rng = SeededRng(hashlib.sha256(SPOT_TAG + share.encode() + parent_hash).digest())
+    for j in range(min(spot_checks, len(rest))):
+        pick = j + rng.below(len(rest) - j)
+        rest[j], rest[pick] = rest[pick], rest[j]
+        chosen.append(rest[j])
+    return chosen
+
+
+def verify_share(
+    share: Share, sv_task: SvTask, params: PosapParams, game: Game, parent_hash: bytes
+) -> None:
+    """Raise the ``ShareError`` a share breaks; return when its work checks out."""
+    n = sv_task.n
+    estimator, masks = plan(n, params, share_seed(sv_task.sv_task_id, share.miner_pubkey))
+    # The estimator is the one the parameters prescribe
+    if share.estimator != estimator:
+        raise EstimatorMismatch(expected=estimator, got=share.estimator)
+    # The table holds exactly the prescribed coalitions, in order
+    if len(share.table) != len(masks) or any(
+        m != expected for (m, _), expected in zip(share.table, masks, strict=False)
+    ):
+        raise ScheduleMismatch(expected=len(masks), got=len(share.table))
+    # The estimate is the recomputation from the table
+    if tuple(share.estimate) != fixed_point_estimate(n, share.table):
+        raise EstimateMismatch(miner=share.miner_pubkey)
+    # Border and spot-checked entries match a re-evaluation within the tolerance
+    positions = checked_positions(share, n, parent_hash, params.spot_checks)
+    claimed = [share.table[i] for i in positions]
+    actual = game.utilities([m for m, _ in claimed])
+    for (mask, value), real in zip(claimed, actual, strict=True):
+        if abs(value - real) > params.tolerance:
+            raise TableEntryMismatch(mask=mask, claimed=value, evaluated=real)
+
+
+def aggregate_shares(shares: Sequence[Share]) -> tuple[int, ...]:
+    """The round's consensus SV: coordinate-wise median of the shares' estimates."""
+    return aggregate_estimates([s.estimate for s in shares])
+
+
+# --- the node's verifier -------------------------------------------------------------------
+class PosapVerifier:
+    """The real ``WorkVerifier``: content from a source, FedAvg check, cached games."""
+
+    def __init__(self, content: ContentSource, cache_games: int = 8) -> None:
+        self.content = content
+        self.games: OrderedDict[bytes, CoalitionGame] = OrderedDict()
+        self.cache_games = cache_games
+
+    def _blob(self, ref: ContentRef, missing: type[RuleViolation]) -> bytes:
+        data = self.content.get(ref.sha256)
+        if data is None:
+            raise missing(sha256=ref.sha256)
+        return data
+
+    def check_round(self, task: TaskState, round_: SubmitRound) -> None:
+        miss = RoundContentUnavailable
+        try:
+            clients = [weights_of(self._blob(u.weights, miss)) for u in round_.updates]
+            global_model = weights_of(self._blob(round_.global_model, miss))
+        except DecodeError as exc:
+            raise NotFedAvg(reason=f"undecodable weights: {exc}") from None
+        reference = weights_of(self._blob(task.spec.model, miss))
+        if not all(len(c) == len(reference) for c in clients):
+            raise NotFedAvg(reason="a client's weights do not fit the task's model")
+        # The global model is the FedAvg of the updates
+        if not is_fedavg(global_model, clients, [u.samples for u in round_.updates]):
+            raise NotFedAvg(round=round_.round)
+
+    def game(self, sv_task: SvTask, task: TaskState) -> CoalitionGame:
+        """The coalition game of an SV task, built once and cached."""
+        cached = self.games.get(sv_task.sv_task_id)
+        if cached is not None:
+            self.games.move_to_end(sv_task.sv_task_id)
+            return cached
+        miss = ShareContentUnavailable
+        try:
+            architecture, _ = decode_bundle(self._blob(task.spec.model, miss))
+            x, y = decode_dataset(self._blob(task.spec.validation, miss))
+            previous = weights_of(self._blob(sv_task.prev_global, miss))
+            clients = [weights_of(self._blob(u.weights, miss)) for u in sv_task.updates]
+        except DecodeError as exc:
+            raise ShareContentUnavailable(reason=f"undecodable content: {exc}") from None
+        game = CoalitionGame(
+            architecture, previous, clients, [u.samples for u in sv_task.updates], x, y
+        )
+        self.games[sv_task.sv_task_id] = game
+        while len(self.games) > self.cache_games:
+            self.games.popitem(last=False)
+        return game
+
+    def verify_share(
+        self, sv_task: SvTask, task: TaskState, share: Share, parent_hash: bytes
+    ) -> None:
+        verify_share(share, sv_task, task.spec.posap, self.game(sv_task, task), parent_hash)

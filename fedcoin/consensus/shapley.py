@@ -1,0 +1,292 @@
+"""Shapley values of cooperative games: exact, stratified sampling, and a permutation baseline.
+
+Public, generic API (usable outside FedCoin) — a game is ``n`` players and a utility over
+coalition bitmasks (bit ``i`` set = player ``i`` is in):
+
+- ``exact_shapley(n, utility)``: all ``2**n`` coalitions, each evaluated once.
+- ``estimate_shapley(n, utility, budget, seed)``: at most ``budget`` distinct coalitions, never
+  one twice, deterministic for a seed, equal to ``exact_shapley`` when ``budget >= 2**n``.
+- ``permutation_shapley(n, utility, budget, seed)``: plain permutation sampling (the baseline).
+
+The estimator is *stratified* (in the style of Stratified SVARM, Kolpaczki et al., AAAI 2024).
+Write the Shapley value as the average over coalition sizes ``l`` of the difference of two
+stratum means: ``φ_i = 1/n · Σ_l ( E[U(A) : |A|=l+1, i∈A] − E[U(A) : |A|=l, i∉A] )``. Every
+evaluated coalition feeds every player's stratum means (one with ``+``, the rest with ``−``), so
+each evaluation is used ``n`` times. The schedule evaluates the outer strata — ``∅``, ``N``, the
+singletons, the ``(n−1)``-coalitions, then further sizes inward while each costs at most half
+of what is left — exactly, and spreads the rest evenly over the middle sizes, uniformly
+without replacement within a size. On a full table the same formula *is* the exact Shapley
+value, so one code path serves both, and on integer utilities the estimate is recomputed with
+exact rational arithmetic (``fixed_point_estimate``): the basis of verifiable PoSap shares.
+
+The schedule is a pure function of ``(n, budget, seed)`` through a SHA-256 counter generator:
+no global random state, identical on every machine and Python version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from fractions import Fraction
+from typing import Any, TypeVar
+
+SV_SCALE = 10**6
+"""Fixed-point scale of PoSap estimates: units per validation sample."""
+
+ESTIMATOR_EXACT = 0
+ESTIMATOR_STRATIFIED = 1
+
+Number = TypeVar("Number", float, Fraction)
+
+
+class SeededRng:
+    """Uniform integers from SHA-256 in counter mode over a seed; portable and reproducible."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._seed = seed
+        self._counter = 0
+        self._pool = 0
+        self._bits = 0
+
+    def _refill(self) -> None:
+        block = hashlib.sha256(self._seed + self._counter.to_bytes(8, "big")).digest()
+        self._counter += 1
+        self._pool |= int.from_bytes(block, "big") << self._bits
+        self._bits += 256
+
+    def bits(self, k: int) -> int:
+        while self._bits < k:
+            self._refill()
+        out = self._pool & ((1 << k) - 1)
+        self._pool >>= k
+        self._bits -= k
+        return out
+
+    def below(self, bound: int) -> int:
+        """Uniform integer in ``[0, bound)`` by rejection sampling."""
+        if bound <= 0:
+            raise ValueError("bound must be positive")
+        k = (bound - 1).bit_length()
+        while True:
+            value = self.bits(k) if k else 0
+            if value < bound:
+                return value
+
+
+def popcount(mask: int) -> int:
+    return mask.bit_count()
+
+
+def border(n: int) -> list[int]:
+    """∅, N, every singleton and every (n−1)-coalition: the entries that weigh most."""
+    full = (1 << n) - 1
+    masks = [0, full]
+    masks += [1 << i for i in range(n)]
+    masks += [full ^ (1 << i) for i in range(n)]
+    seen: set[int] = set()
+    return [m for m in masks if not (m in seen or seen.add(m))]  # type: ignore[func-returns-value]
+
+
+def _random_subset(n: int, k: int, rng: SeededRng) -> int:
+    players = list(range(n))
+    mask = 0
+    for j in range(k):
+        pick = j + rng.below(n - j)
+        players[j], players[pick] = players[pick], players[j]
+        mask |= 1 << players[j]
+    return mask
+
+
+def _all_of_size(n: int, k: int) -> list[int]:
+    out = []
+    for combo in _combinations(n, k):
+        out.append(sum(1 << i for i in combo))
+    return out
+
+
+def _combinations(n: int, k: int) -> Iterable[tuple[int, ...]]:
+    from itertools import combinations
+
+    return combinations(range(n), k)
+
+
+def stratified_schedule(n: int, budget: int, seed: bytes) -> list[int]:
+    """The coalitions a stratified estimate with ``budget`` evaluations uses, in order.
+
+    All ``2**n`` (ascending) when the budget allows; otherwise complete outer strata followed
+    by samples of the middle sizes. A pure function of its arguments.
+    """
+    if n < 1:
+        raise ValueError("a game needs at least one player")
+    total = 1 << n
+    if budget >= total:
+        return list(range(total))
+    chosen = border(n)
+    if budget < len(chosen):
+        raise ValueError(f"budget {budget} is below the {len(chosen)} border coalitions")
+    left = budget - len(chosen)
+    # Complete further strata from the outside in while each costs at most half of what is left.
+    complete = {0, 1, n - 1, n}
+    lo, hi = 2, n - 2
+    order: list[int] = []
+    while lo <= hi:
+        order.append(lo)
+        if hi != lo:
+            order.append(hi)
+        lo, hi = lo + 1, hi - 1
+    for size in order:
+        cost = math.comb(n, size)
+        if cost > left // 2:
+            break
+        chosen += _all_of_size(n, size)
+        complete.add(size)
+        left -= cost
+    middle = [k for k in order if k not in complete]
+    if not middle or left == 0:
+        return chosen
+    # Spread what is left evenly over the middle sizes, the outermost first for the remainder.
+    per, extra = divmod(left, len(middle))
+    rng = SeededRng(seed)
+    for rank, size in enumerate(middle):
+        want = min(per + (1 if rank < extra else 0), math.comb(n, size))
+        picked: set[int] = set()
+        while len(picked) < want:
+            mask = _random_subset(n, size, rng)
+            if mask not in picked:
+                picked.add(mask)
+                chosen.append(mask)
+    return chosen
+
+
+def stratified_values(
+    n: int, table: Mapping[int, int] | Mapping[int, float], divide: Callable[[Any, int], Number]
+) -> list[Number]:
+    """The stratified Shapley estimate from evaluated coalitions (exact on a full table).
+
+    ``divide(sum, count)`` makes a stratum mean: ``Fraction`` for exact rational results from
+    integer utilities, true division for floats. A stratum with no sample for a player falls
+    back to the mean of all evaluated coalitions of that size; a size with no sample at all to
+    linear interpolation between the nearest evaluated sizes (∅ and N are always evaluated).
+    """
+    full = (1 << n) - 1
+    if 0 not in table or full not in table:
+        raise ValueError("the table must contain the empty and the grand coalition")
+    size_sum: list[Any] = [0] * (n + 1)
+    size_cnt = [0] * (n + 1)
+    plus_sum: list[list[Any]] = [[0] * (n + 1) for _ in range(n)]
+    plus_cnt = [[0] * (n + 1) for _ in range(n)]
+    minus_sum: list[list[Any]] = [[0] * (n + 1) for _ in range(n)]
+    minus_cnt = [[0] * (n + 1) for _ in range(n)]
+    for mask, value in table.items():
+        k = mask.bit_count()
+        size_sum[k] += value
+        size_cnt[k] += 1
+        for i in range(n):
+            if mask >> i & 1:
+                plus_sum[i][k] += value
+                plus_cnt[i][k] += 1
+            else:
+                minus_sum[i][k] += value
+                minus_cnt[i][k] += 1
+    size_mean = _size_means(n, size_sum, size_cnt, divide)
+
+    def mean(s: Any, c: int, fallback: Number) -> Number:
+        return divide(s, c) if c else fallback
+
+    values: list[Number] = []
+    for i in range(n):
+        total = divide(0, 1)
+        for size in range(n):
+            plus = mean(plus_sum[i][size + 1], plus_cnt[i][size + 1], size_mean[size + 1])
+            minus = mean(minus_sum[i][size], minus_cnt[i][size], size_mean[size])
+            total += plus - minus
+        values.append(total / n)
+    return values
+
+
+def _size_means(
+    n: int, sums: list[Any], counts: list[int], divide: Callable[[Any, int], Number]
+) -> list[Number]:
+    known = [k for k in range(n + 1) if counts[k]]
+    means: list[Number] = []
+    for k in range(n + 1):
+        if counts[k]:
+            means.append(divide(sums[k], counts[k]))
+            continue
+        lo = max(j for j in known if j < k)
+        hi = min(j for j in known if j > k)
+        a, b = divide(sums[lo], counts[lo]), divide(sums[hi], counts[hi])
+        means.append(a + (b - a) * (k - lo) / (hi - lo))
+    return means
+
+
+def _float_div(s: float, c: int) -> float:
+    return s / c
+
+
+def exact_shapley(n: int, utility: Callable[[int], float]) -> list[float]:
+    """Exact Shapley values; ``utility`` is called once per coalition, ``2**n`` calls in all."""
+    table = {mask: utility(mask) for mask in range(1 << n)}
+    return stratified_values(n, table, _float_div)
+
+
+def estimate_shapley(
+    n: int, utility: Callable[[int], float], budget: int, seed: bytes
+) -> list[float]:
+    """Stratified estimate from at most ``budget`` distinct coalitions; exact if it allows."""
+    table = {mask: utility(mask) for mask in stratified_schedule(n, budget, seed)}
+    return stratified_values(n, table, _float_div)
+
+
+def permutation_shapley(
+    n: int, utility: Callable[[int], float], budget: int, seed: bytes
+) -> list[float]:
+    """Plain permutation sampling (Castro et al. 2009), stopped at ``budget`` distinct calls.
+
+    The baseline the stratified estimator is measured against; each permutation's marginal
+    contributions are averaged. Utility values are cached, so repeats cost nothing.
+    """
+    rng = SeededRng(seed)
+    cache: dict[int, float] = {}
+
+    def value(mask: int) -> float | None:
+        if mask not in cache:
+            if len(cache) >= budget:
+                return None
+            cache[mask] = utility(mask)
+        return cache[mask]
+
+    sums = [0.0] * n
+    perms = 0
+    while True:
+        order = list(range(n))
+        for j in range(n - 1):
+            pick = j + rng.below(n - j)
+            order[j], order[pick] = order[pick], order[j]
+        mask, prev = 0, value(0)
+        marginals = []
+        for player in order:
+            mask |= 1 << player
+            current = value(mask)
+            if current is None or prev is None:
+                break
+            marginals.append((player, current - prev))
+            prev = current
+        if len(marginals) < n:
+            break
+        for player, delta in marginals:
+            sums[player] += delta
+        perms += 1
+        if perms > 100 * (1 << n):
+            break  # everything is cached; more permutations add nothing new
+    return [s / perms for s in sums] if perms else [0.0] * n
+
+
+def fixed_point_estimate(n: int, table: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+    """The PoSap estimate from a share's integer table: ``floor(φ_i · SV_SCALE)``, exactly.
+
+    Rational arithmetic throughout, so every node recomputes the very same integers.
+    """
+    values = stratified_values(n, dict(table), Fraction)
+    return tuple(math.floor(v * SV_SCALE) for v in values)
