@@ -126,7 +126,8 @@ def stratified_schedule(n: int, budget: int, seed: bytes) -> list[int]:
     if budget < len(chosen):
         raise ValueError(f"budget {budget} is below the {len(chosen)} border coalitions")
     left = budget - len(chosen)
-    # Complete further strata from the outside in while each costs at most half of what is left.
+    # Complete further strata from the outside in while each costs at most a quarter of what is
+    # left (measured on FL games: a quarter beats a half or all-sampled, bench/shapley.py).
     complete = {0, 1, n - 1, n}
     lo, hi = 2, n - 2
     order: list[int] = []
@@ -137,7 +138,7 @@ def stratified_schedule(n: int, budget: int, seed: bytes) -> list[int]:
         lo, hi = lo + 1, hi - 1
     for size in order:
         cost = math.comb(n, size)
-        if cost > left // 2:
+        if cost > left // 4:
             break
         chosen += _all_of_size(n, size)
         complete.add(size)
@@ -157,6 +158,10 @@ def stratified_schedule(n: int, budget: int, seed: bytes) -> list[int]:
                 picked.add(mask)
                 chosen.append(mask)
     return chosen
+
+
+def _float_div(s: float, c: int) -> float:
+    return s / c
 
 
 def stratified_values(
@@ -205,6 +210,111 @@ def stratified_values(
     return values
 
 
+def _solve(matrix: list[list[Any]], rhs: list[Any], exact: bool) -> list[Any] | None:
+    """Gaussian elimination with partial pivoting; None when singular. Works on Fractions
+    (exactly) and on floats."""
+    size = len(rhs)
+    a = [row[:] + [r] for row, r in zip(matrix, rhs, strict=True)]
+    for col in range(size):
+        pivot = max(range(col, size), key=lambda r: abs(a[r][col]))
+        if (a[pivot][col] == 0) if exact else abs(a[pivot][col]) < 1e-9:
+            return None
+        a[col], a[pivot] = a[pivot], a[col]
+        lead = a[col][col]
+        for r in range(col + 1, size):
+            factor = a[r][col] / lead
+            if factor:
+                row_r, row_c = a[r], a[col]
+                for c in range(col, size + 1):
+                    row_r[c] -= factor * row_c[c]
+    out: list[Any] = [0] * size
+    for r in range(size - 1, -1, -1):
+        acc = a[r][size] - sum(a[r][c] * out[c] for c in range(r + 1, size))
+        out[r] = acc / a[r][r]
+    return out
+
+
+def control_variate(
+    n: int, table: Mapping[int, Any], divide: Callable[[Any, int], Number]
+) -> tuple[dict[int, Any], list[Number], Any] | None:
+    """Fit ``f(S) = a_|S| + Σ_{i∈S} β_i`` to the table by least squares.
+
+    Returns (``f·scale`` on the table's coalitions, the Shapley value of f, ``scale``), or
+    None when the fit is not identifiable. With exact arithmetic ``scale`` is the common
+    denominator of the parameters, so ``f·scale`` is an integer table; with floats it is 1.
+    The size effects are eliminated first (within-size demeaning), leaving an
+    (n−1)-dimensional system in β (β_{n−1} = 0 fixes the one free direction).
+    """
+    exact = divide is not _float_div
+    zero = divide(0, 1)
+    by_size: dict[int, list[int]] = {}
+    for mask in table:
+        by_size.setdefault(mask.bit_count(), []).append(mask)
+    m = n - 1
+    gram = [[zero] * m for _ in range(m)]
+    rhs = [zero] * m
+    size_mean: dict[int, Number] = {}
+    member_mean: dict[int, list[Number]] = {}
+    for k, masks in by_size.items():
+        count = len(masks)
+        ysum = sum(table[mask] for mask in masks)
+        xsum = [sum(mask >> i & 1 for mask in masks) for i in range(m)]
+        co = [[0] * m for _ in range(m)]
+        xy = [0] * m
+        for mask in masks:
+            members = [i for i in range(m) if mask >> i & 1]
+            value = table[mask]
+            for i in members:
+                xy[i] += value
+                row = co[i]
+                for j in members:
+                    row[j] += 1
+        # Σ (x − x̄)(x − x̄)ᵀ = Σ xxᵀ − (Σx)(Σx)ᵀ / count; likewise for x·y
+        for i in range(m):
+            rhs[i] += xy[i] - divide(xsum[i] * ysum, count)
+            for j in range(m):
+                gram[i][j] += co[i][j] - divide(xsum[i] * xsum[j], count)
+        size_mean[k] = divide(ysum, count)
+        member_mean[k] = [divide(xsum[i], count) for i in range(m)]
+    solved: list[Any] | None = _solve(gram, rhs, exact)
+    if solved is None:
+        return None
+    beta: list[Any] = list(solved)
+    beta.append(zero)
+    a: dict[int, Any] = {
+        k: size_mean[k] - sum(b * x for b, x in zip(beta, member_mean[k], strict=False))
+        for k in by_size
+    }
+    shapley_f = [beta[i] + (a[n] - a[0]) / n for i in range(n)]
+    scale: Any = 1
+    if exact:
+        # Put every parameter over one denominator, so f·scale is an integer table and the
+        # stratified pass over it sums integers, not fractions.
+        scale = math.lcm(*(v.denominator for v in (*beta, *a.values())))
+        beta = [int(b * scale) for b in beta]
+        a = {k: int(v * scale) for k, v in a.items()}
+    fitted = {
+        mask: a[mask.bit_count()] + sum(beta[i] for i in range(n) if mask >> i & 1)
+        for mask in table
+    }
+    return fitted, shapley_f, scale
+
+
+def adjusted_values(
+    n: int, table: Mapping[int, Any], divide: Callable[[Any, int], Number]
+) -> list[Number]:
+    """The estimate PoSap uses: stratified, regression-adjusted unless the table is full."""
+    values = stratified_values(n, table, divide)
+    if len(table) >= 1 << n:
+        return values
+    fit = control_variate(n, table, divide)
+    if fit is None:
+        return values
+    fitted, shapley_f, scale = fit
+    on_f = stratified_values(n, fitted, divide)
+    return [v + s - f / scale for v, s, f in zip(values, shapley_f, on_f, strict=True)]
+
+
 def _size_means(
     n: int, sums: list[Any], counts: list[int], divide: Callable[[Any, int], Number]
 ) -> list[Number]:
@@ -221,10 +331,6 @@ def _size_means(
     return means
 
 
-def _float_div(s: float, c: int) -> float:
-    return s / c
-
-
 def exact_shapley(n: int, utility: Callable[[int], float]) -> list[float]:
     """Exact Shapley values; ``utility`` is called once per coalition, ``2**n`` calls in all."""
     table = {mask: utility(mask) for mask in range(1 << n)}
@@ -236,7 +342,7 @@ def estimate_shapley(
 ) -> list[float]:
     """Stratified estimate from at most ``budget`` distinct coalitions; exact if it allows."""
     table = {mask: utility(mask) for mask in stratified_schedule(n, budget, seed)}
-    return stratified_values(n, table, _float_div)
+    return adjusted_values(n, table, _float_div)
 
 
 def permutation_shapley(
@@ -288,5 +394,5 @@ def fixed_point_estimate(n: int, table: Sequence[tuple[int, int]]) -> tuple[int,
 
     Rational arithmetic throughout, so every node recomputes the very same integers.
     """
-    values = stratified_values(n, dict(table), Fraction)
+    values = adjusted_values(n, dict(table), Fraction)
     return tuple(math.floor(v * SV_SCALE) for v in values)

@@ -171,26 +171,44 @@ def test_deviation_within_tolerance_is_accepted() -> None:
     verify_share(nudged, task, DEFAULT_POSAP, SmoothGame(6), PARENT)
 
 
-def test_ten_percent_falsified_entries_are_caught_99_percent_of_the_time() -> None:
+def non_border(share: Share, n: int) -> list[int]:
+    fixed = set(checked_positions(share, n, PARENT, 0))
+    return [i for i in range(len(share.table)) if i not in fixed]
+
+
+def ten_percent_lies(candidates: list[int], trial: int) -> list[int]:
+    """A different 10 % of the non-border entries for each trial."""
+    offset = (trial * 7919) % len(candidates)
+    return [candidates[(offset + j * 10) % len(candidates)] for j in range(len(candidates) // 10)]
+
+
+def test_ten_percent_falsified_entries_are_caught_end_to_end() -> None:
     n = 12
     task = sv_task(n)
     honest = make_share(task, DEFAULT_POSAP, SmoothGame(n), MINER)
-    fixed = set(checked_positions(honest, n, PARENT, 0))
-    candidates = [i for i in range(len(honest.table)) if i not in fixed]
-    count = len(candidates) // 10
     checker = SmoothGame(n)  # shared memo: re-evaluations are cached across trials
-    trials, caught = 1500, 0
+    trials, caught = 0, 0
+    for lie_set in range(40):
+        forged = falsify(honest, ten_percent_lies(non_border(honest, n), lie_set))
+        for parent in range(10):  # the same lie meets different parent blocks
+            trials += 1
+            try:
+                verify_share(forged, task, DEFAULT_POSAP, checker, bytes([lie_set, parent]) * 16)
+            except TableEntryMismatch:
+                caught += 1
+    assert caught / trials >= 0.99, f"caught {caught} of {trials}"
+
+
+def test_spot_checks_hit_a_ten_percent_lie_99_percent_of_the_time() -> None:
+    # The event verify_share's last step detects: a spot-checked position is a falsified one.
+    n = 12
+    honest = make_share(sv_task(n), DEFAULT_POSAP, SmoothGame(n), MINER)
+    candidates = non_border(honest, n)
+    trials, caught = 5000, 0
     for trial in range(trials):
-        # A different lie each trial: which 10 % are falsified, and the parent they meet.
-        offset = (trial * 7919) % len(candidates)
-        lies = [candidates[(offset + j * 10) % len(candidates)] for j in range(count)]
-        forged = falsify(honest, lies)
-        parent = trial.to_bytes(32, "big")
-        try:
-            verify_share(forged, task, DEFAULT_POSAP, checker, parent)
-        except TableEntryMismatch:
-            caught += 1
-    print(f"detection {caught}/{trials}")
+        lies = set(ten_percent_lies(candidates, trial))
+        picked = checked_positions(honest, n, trial.to_bytes(32, "big"), DEFAULT_POSAP.spot_checks)
+        caught += bool(lies.intersection(picked))
     assert caught / trials >= 0.99, f"caught {caught} of {trials}"
 
 
