@@ -64,7 +64,7 @@ def build_cnn(side: int, classes: int, filters: int = 8, seed: int = 0) -> tuple
 class Trainer:
     """Trains one architecture for many clients; one Keras model per process, reused."""
 
-    def __init__(self, architecture_json: str, learning_rate: float = 0.05, batch_size: int = 32):
+    def __init__(self, architecture_json: str, learning_rate: float = 0.2, batch_size: int = 32):
         keras = _keras()
         self.model = keras.models.model_from_json(architecture_json)
         self.model.compile(
