@@ -289,3 +289,24 @@ class TableEntryMismatch(ShareError):
 
 class ShareContentUnavailable(ShareError):
     """the SV task's weights must be available to verify a share"""
+
+
+# --- network --------------------------------------------------------------------------------
+class Ignore(FedCoinError):
+    """Drop the message quietly: late, duplicate or not useful, but not misbehaviour."""
+
+
+class Reject(FedCoinError):
+    """Drop the message and penalise the peer that sent it: invalid or malformed."""
+
+
+class ProtocolViolation(Reject):
+    """The peer broke the wire protocol (unknown type, bad envelope, message before Hello)."""
+
+
+class HandshakeRefused(FedCoinError):
+    """The peer is on another network or protocol version, or is banned."""
+
+
+class NeedsSync(Ignore):
+    """The message refers to blocks this node lacks (unknown parent): fetch them from the peer."""

@@ -8,7 +8,7 @@ update cannot be replayed in another round or task.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self
 
 from fedcoin.data.encoding import (
@@ -211,6 +211,11 @@ class Transaction:
     """What the transaction does."""
     signature: bytes = ZERO_SIG
     """Ed25519 signature over ``fedcoin/tx/v1 || id``."""
+    _id: bytes = field(default=b"", init=False, repr=False, compare=False)
+    """Cache of ``id`` (computed once: ids are looked up many times per transaction)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_id", sha256(encode(self._unsigned())))
 
     def _unsigned(self) -> list[Any]:
         return [
@@ -252,7 +257,7 @@ class Transaction:
     @property
     def id(self) -> bytes:
         """The transaction id: the hash of the unsigned fields. A task's id is this."""
-        return sha256(encode(self._unsigned()))
+        return self._id
 
     def leaf_hash(self) -> bytes:
         """Hash of the full encoding (signature included): the Merkle leaf."""

@@ -1,0 +1,149 @@
+"""A minimal block-producing harness for network tests: nodes with a chain, no mining loop.
+
+Each ``NetNode`` has a memory chain store, the table-driven verifier, a ``ChainLink`` as its
+block handler and a counting transaction handler, and a ``P2PNode`` on 127.0.0.1 with a port
+from the OS. ``produce`` builds a block on the node's head, imports it and gossips it.
+Waiting is on facts: ``wait_until`` re-checks a predicate whenever any node's state changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from fedcoin.application.chain_link import ChainLink
+from fedcoin.consensus.chain import Chain
+from fedcoin.consensus.rules import build_block
+from fedcoin.data.block import Block
+from fedcoin.data.genesis import Genesis
+from fedcoin.data.store import MemoryChainStore
+from fedcoin.data.tx import Transaction, Transfer, make_tx
+from fedcoin.errors import Ignore, Reject
+from fedcoin.network.messages import BlockMessage, Message, TxMessage
+from fedcoin.network.node import NetConfig, Notifier, P2PNode
+from fedcoin.network.peers import PeerLimits
+from tests.helpers import CHAIN_ID, TableVerifier, key, make_genesis
+
+TIMEOUT = 20.0
+
+
+class NetNode:
+    def __init__(
+        self,
+        name: str,
+        genesis: Genesis,
+        *,
+        limits: PeerLimits | None = None,
+        notifier: Notifier | None = None,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        bootstrap: Sequence[str] = (),
+        discover: bool = False,
+    ) -> None:
+        self.name = name
+        self.key = key(f"node-{name}")
+        self.genesis = genesis
+        self.store = MemoryChainStore(genesis)
+        self.chain = Chain(self.store, genesis, TableVerifier())
+        self.link = ChainLink(self.chain, clock_ms=lambda: 2_000_000_000_000)
+        config = NetConfig(
+            chain_id=genesis.chain_id,
+            genesis=genesis.block().hash,
+            bootstrap=tuple(bootstrap),
+            discover=discover,
+            max_message_bytes=max_message_bytes,
+            limits=limits or PeerLimits(),
+        )
+        self.p2p = P2PNode(config, self.link, self.key.public, notifier=notifier)
+        self.txs: Counter[bytes] = Counter()
+        self.blocks: Counter[bytes] = Counter()
+        #: How often the router handed each message id to a handler (the seen-cache's job
+        #: is to make this at most one per node).
+        self.handled: Counter[bytes] = Counter()
+        self.p2p.register(TxMessage, self._on_tx)
+        self.p2p.register(BlockMessage, self._on_block)
+
+    async def _on_tx(self, message: Message, peer: object) -> None:
+        if not isinstance(message, TxMessage):
+            raise Reject("not a tx")
+        self.handled[message.tx.id] += 1
+        if not message.tx.signature_ok():
+            raise Reject("bad transaction signature")
+        if message.tx.id in self.txs:
+            raise Ignore("known tx")
+        self.txs[message.tx.id] += 1
+
+    async def _on_block(self, message: Message, peer: object) -> None:
+        if isinstance(message, BlockMessage):
+            self.handled[message.block.hash] += 1
+        await self.link.on_block(message, peer)
+        if isinstance(message, BlockMessage):
+            self.blocks[message.block.hash] += 1
+
+    @property
+    def address(self) -> str:
+        return self.p2p.listen
+
+    @property
+    def head(self) -> bytes:
+        return self.chain.head.hash
+
+    async def produce(self, txs: Sequence[Transaction] = (), *, gossip: bool = True) -> Block:
+        """Build a block on our head (a self-transfer if no txs given), import and gossip it."""
+        parent = self.chain.head
+        state = self.chain.head_state()
+        proposer = self.key
+        if not txs:
+            nonce = state.account(proposer.address).nonce
+            txs = [make_tx(proposer, CHAIN_ID, nonce, Transfer(proposer.address, 1))]
+        block, applied = build_block(
+            state, parent, self.genesis, self.chain.verifier, proposer,
+            timestamp_ms=parent.timestamp_ms + self.genesis.params.min_block_interval_ms, txs=txs,
+        )  # fmt: skip
+        self.chain.store_applied(block, applied)
+        self.blocks[block.hash] += 1
+        if gossip:
+            self.p2p.broadcast(BlockMessage(block))
+        return block
+
+
+def net_genesis() -> Genesis:
+    """A genesis where every test node's key holds coins (so it can make blocks with txs)."""
+    names = [f"node-{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + [f"node-{i}" for i in range(20)]
+    return make_genesis({key(n): 10**12 for n in names})
+
+
+class Network:
+    """Several ``NetNode``s in one process, started and stopped together."""
+
+    def __init__(self) -> None:
+        self.stack = contextlib.AsyncExitStack()
+        self.nodes: list[NetNode] = []
+        self.notifier = Notifier()
+
+    async def __aenter__(self) -> Network:
+        await self.stack.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stack.__aexit__(None, None, None)
+
+    async def add(self, node: NetNode) -> NetNode:
+        node.p2p.notifier = self.notifier  # one wake-up source for the whole network
+        await self.stack.enter_async_context(node.p2p)
+        self.nodes.append(node)
+        return node
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+        """Wait until ``predicate()`` holds, re-checked whenever any node's state changes."""
+        await self.notifier.wait_for(predicate, timeout)
+
+    async def link(self, a: NetNode, b: NetNode) -> None:
+        """Connect a → b and wait until both sides have finished the handshake."""
+        assert await a.p2p.connect_to(b.address), f"{a.name} could not connect to {b.name}"
+        await self.wait_until(lambda: a.key.public.hex() in b.p2p.peers)
+
+
+def other_genesis(genesis: Genesis) -> Genesis:
+    return replace(genesis, chain_id=genesis.chain_id + "-other")

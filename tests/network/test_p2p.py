@@ -1,0 +1,217 @@
+"""Many nodes, one chain: gossip, catch-up, partitions, misbehaving peers, other networks.
+
+Real websockets on 127.0.0.1 with ports from the OS; waits are on facts, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from fedcoin.data.tx import Transfer, make_tx
+from fedcoin.network.messages import (
+    PROTOCOL_VERSION,
+    BlockMessage,
+    Hello,
+    Ping,
+    TxMessage,
+    encode_message,
+)
+from fedcoin.network.peers import PeerLimits
+from fedcoin.network.transport import connect
+from tests.helpers import CHAIN_ID, key
+from tests.network.harness import NetNode, Network, net_genesis, other_genesis
+
+GENESIS = net_genesis()
+
+
+async def make_nodes(net: Network, count: int, **kwargs) -> list[NetNode]:
+    return [await net.add(NetNode("abcdefghij"[i], GENESIS, **kwargs)) for i in range(count)]
+
+
+def a_tx(i: int):
+    sender = key("node-z")
+    return make_tx(sender, CHAIN_ID, i, Transfer(key("node-y").address, 1 + i))
+
+
+@pytest.mark.parametrize("topology", ["line", "ring"])
+async def test_tx_and_block_reach_every_node_exactly_once(topology: str) -> None:
+    async with Network() as net:
+        nodes = await make_nodes(net, 5)
+        for a, b in zip(nodes, nodes[1:], strict=False):
+            await net.link(a, b)
+        if topology == "ring":
+            await net.link(nodes[-1], nodes[0])
+        tx = a_tx(0)
+        nodes[2].txs[tx.id] += 1
+        nodes[2].p2p.broadcast(TxMessage(tx))
+        await net.wait_until(lambda: all(n.txs[tx.id] for n in nodes))
+        block = await nodes[0].produce()
+        await net.wait_until(lambda: all(n.head == block.hash for n in nodes))
+        # a ping barrier through every link: anything still in flight has arrived
+        await barrier(net)
+        # every node got each exactly once; the originator never had its own message echoed
+        assert [n.handled[tx.id] for n in nodes] == [1, 1, 0, 1, 1]
+        assert [n.handled[block.hash] for n in nodes] == [0, 1, 1, 1, 1]
+
+
+async def barrier(net: Network) -> None:
+    """Ping every peer of every node and wait for every pong. Frames on a connection arrive
+    in order, so once a peer answers, everything sent to it before the ping was handled."""
+    expected = []
+    for node in net.nodes:
+        for peer in node.p2p.peers.values():
+            expected.append((peer, peer.pongs + 1))
+            peer.enqueue(Ping(7))
+    await net.wait_until(lambda: all(peer.pongs >= want for peer, want in expected))
+
+
+async def test_late_node_catches_up_from_genesis() -> None:
+    async with Network() as net:
+        a, b = await make_nodes(net, 2)
+        await net.link(a, b)
+        for _ in range(150):  # more than two sync batches
+            await a.produce()
+        await net.wait_until(lambda: b.head == a.head)
+        late = await net.add(NetNode("z", GENESIS))
+        await net.link(late, b)
+        await net.wait_until(lambda: late.head == a.head, timeout=60)
+        assert late.chain.head.height == 150
+        assert late.chain.head_state() == a.chain.head_state()
+
+
+async def test_partition_heals_to_the_heavier_branch() -> None:
+    async with Network() as net:
+        a, b, c, d = await make_nodes(net, 4)
+        await net.link(a, b)
+        await net.link(c, d)
+        for _ in range(3):
+            await a.produce()
+        for _ in range(5):
+            await c.produce()
+        await net.wait_until(lambda: b.head == a.head and d.head == c.head)
+        assert a.head != c.head
+        heavier = c.chain.head
+        await net.link(b, c)
+        await net.wait_until(lambda: all(n.head == heavier.hash for n in (a, b, c, d)))
+        for node in (a, b):
+            assert node.chain.head_state() == c.chain.head_state()
+        # the nodes go on together afterwards
+        block = await a.produce()
+        await net.wait_until(lambda: all(n.head == block.hash for n in (a, b, c, d)))
+
+
+async def raw_peer(target: NetNode, name: str = "rogue", genesis=GENESIS, max_bytes: int = 1 << 22):
+    """A hand-driven peer: connect, say Hello, return the connection."""
+    conn = await connect(target.address, max_bytes=max_bytes, timeout=5, send_timeout=5)
+    head = genesis.block().hash
+    hello = Hello(PROTOCOL_VERSION, genesis.chain_id, head, key(name).public, "", head, 0, 0)
+    await conn.send(encode_message(hello))
+    first = await conn.recv()
+    assert first is not None  # the node's own Hello
+    return conn
+
+
+async def drain_until_closed(conn) -> None:
+    """Read until the node hangs up on us, then release our side."""
+    while await conn.recv() is not None:
+        pass
+    await conn.close()
+
+
+async def assert_banned_and_network_fine(
+    net: Network, victim: NetNode, other: NetNode, name: str
+) -> None:
+    rogue = key(name).public.hex()
+    await net.wait_until(lambda: victim.p2p.bans.banned(rogue) and rogue not in victim.p2p.peers)
+    # coming back with the same key is refused at the handshake
+    again = await raw_peer(victim, name)
+    await asyncio.wait_for(drain_until_closed(again), 5)
+    assert rogue not in victim.p2p.peers
+    # and the honest nodes keep working
+    block = await other.produce()
+    await net.wait_until(lambda: victim.head == block.hash)
+
+
+async def test_garbage_sender_is_scored_disconnected_and_banned() -> None:
+    async with Network() as net:
+        a, b = await make_nodes(net, 2)
+        await net.link(a, b)
+        conn = await raw_peer(a, "garbage")
+        for i in range(10):
+            await conn.send(b"\xc1garbage" + bytes([i]))
+        await asyncio.wait_for(drain_until_closed(conn), 5)
+        await assert_banned_and_network_fine(net, a, b, "garbage")
+
+
+async def test_oversized_frame_is_a_ban() -> None:
+    async with Network() as net:
+        a = await net.add(NetNode("a", GENESIS, max_message_bytes=64 * 1024))
+        b = await net.add(NetNode("b", GENESIS))
+        await net.link(a, b)
+        conn = await raw_peer(a, "big")
+        await conn.send(b"\x00" * (200 * 1024))
+        await asyncio.wait_for(drain_until_closed(conn), 5)
+        await assert_banned_and_network_fine(net, a, b, "big")
+
+
+async def test_invalid_blocks_are_scored_then_banned() -> None:
+    async with Network() as net:
+        a, b = await make_nodes(net, 2)
+        await net.link(a, b)
+        forger = NetNode("x", GENESIS)
+        conn = await raw_peer(a, "forger")
+        block = await forger.produce(gossip=False)
+        for i in range(6):  # distinct children of genesis, each with a forged signature
+            header = replace(
+                block.header, signature=bytes(64), timestamp_ms=block.header.timestamp_ms + i
+            )
+            await conn.send(encode_message(BlockMessage(replace(block, header=header))))
+        await asyncio.wait_for(drain_until_closed(conn), 5)
+        assert a.chain.head.height == 0
+        await assert_banned_and_network_fine(net, a, b, "forger")
+
+
+async def test_flooding_peer_is_banned() -> None:
+    async with Network() as net:
+        limits = PeerLimits(rate_per_second=20, burst=20)
+        a = await net.add(NetNode("a", GENESIS, limits=limits))
+        b = await net.add(NetNode("b", GENESIS))
+        await net.link(a, b)
+        conn = await raw_peer(a, "flood")
+        sent = 0
+        try:
+            for i in range(2000):
+                await conn.send(encode_message(Ping(i)))
+                sent += 1
+        except Exception:
+            pass  # the node hung up on us mid-flood
+        await asyncio.wait_for(drain_until_closed(conn), 5)
+        assert sent < 2000 or a.p2p.bans.banned(key("flood").public.hex())
+        await assert_banned_and_network_fine(net, a, b, "flood")
+
+
+async def test_peer_on_another_network_is_refused_at_handshake() -> None:
+    async with Network() as net:
+        a = await net.add(NetNode("a", GENESIS))
+        stranger = await net.add(NetNode("s", other_genesis(GENESIS)))
+        assert not await stranger.p2p.connect_to(a.address)
+        assert not a.p2p.peers and not stranger.p2p.peers
+        conn = await raw_peer(a, "alien", genesis=other_genesis(GENESIS))
+        await asyncio.wait_for(drain_until_closed(conn), 5)
+        assert not a.p2p.peers
+
+
+async def test_peer_exchange_discovers_the_network() -> None:
+    async with Network() as net:
+        hub = await net.add(NetNode("h", GENESIS))
+        spokes = [
+            await net.add(NetNode(c, GENESIS, bootstrap=[hub.address], discover=True))
+            for c in "pqr"
+        ]
+        # every spoke learns the others through the hub and dials them
+        await net.wait_until(lambda: all(len(s.p2p.peers) == 3 for s in spokes))
+        block = await spokes[0].produce()
+        await net.wait_until(lambda: all(n.head == block.hash for n in net.nodes))
