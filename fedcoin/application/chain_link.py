@@ -14,11 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from fedcoin.consensus.chain import Chain, Imported, ImportResult
+from fedcoin.consensus.rules import Applied
 from fedcoin.data.block import Block
-from fedcoin.errors import Ignore, NeedsSync, Reject, RuleViolation, UnknownParent
+from fedcoin.errors import (
+    ContentMissing,
+    Ignore,
+    NeedsSync,
+    Reject,
+    RuleViolation,
+    UnknownParent,
+)
 from fedcoin.network.messages import BlockMessage, Message
 
 log = logging.getLogger("fedcoin.chain")
@@ -34,6 +42,8 @@ class ChainLink:
         self.clock_ms = clock_ms
         self.lock = asyncio.Lock()
         self.on_imported: list[Callable[[Block, ImportResult], None]] = []
+        #: Fetches what a block's validation will read (weights, datasets) before importing.
+        self.prepare: Callable[[Block], Awaitable[None]] | None = None
 
     # ChainView ----------------------------------------------------------------------------
     def status(self) -> tuple[bytes, int, int]:
@@ -62,9 +72,22 @@ class ChainLink:
 
     # Block handler ------------------------------------------------------------------------
     async def import_block(self, block: Block) -> ImportResult:
-        """Validate and store a block off the event loop; raise the rule it breaks."""
+        """Validate and store a block; raise the rule it breaks."""
+        if self.prepare is not None and not self.chain.store.has_block(block.hash):
+            await self.prepare(block)
         async with self.lock:
             result = await asyncio.to_thread(self.chain.import_block, block, now_ms=self.clock_ms())
+        self._announce(block, result)
+        return result
+
+    async def adopt(self, block: Block, applied: Applied) -> ImportResult:
+        """Store a block this node built (already validated by building it)."""
+        async with self.lock:
+            result = self.chain.store_applied(block, applied)
+        self._announce(block, result)
+        return result
+
+    def _announce(self, block: Block, result: ImportResult) -> None:
         if result.outcome is not Imported.KNOWN:
             if result.outcome is Imported.HEAD:
                 log.info(
@@ -73,13 +96,14 @@ class ChainLink:
                 )  # fmt: skip
             for callback in self.on_imported:
                 callback(block, result)
-        return result
 
     async def on_block(self, message: Message, peer: object) -> None:
         if not isinstance(message, BlockMessage):
             raise Reject("not a block")
         try:
             result = await self.import_block(message.block)
+        except ContentMissing as exc:
+            raise Ignore(f"cannot check block yet: {exc}") from None
         except UnknownParent:
             raise NeedsSync(f"parent of {message.block.hash.hex()[:12]} unknown") from None
         except RuleViolation as exc:

@@ -1,0 +1,284 @@
+"""The lightweight FL-server node: trains with its clients, stores weights, submits rounds.
+
+It holds no chain: everything goes through one full node's HTTP API. Its key is the task's FL
+server. Per round: fetch the settled global model, train every client on its shard (honest,
+noisy-label or free-riding), have each client sign its update for this task and round, upload
+the weights (and add them to IPFS when configured, putting the CID in the reference), upload
+the FedAvg global model, submit ``SubmitRound``, wait for the round to settle, and log the
+accuracy, the Shapley values and the payouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from fedcoin.application.content import IpfsClient
+from fedcoin.application.datasets import ClientShard, Dataset
+from fedcoin.consensus.utility import fedavg
+from fedcoin.data.keys import PrivateKey, format_address
+from fedcoin.data.tensors import encode_bundle, encode_dataset, encode_weights, weights_of
+from fedcoin.data.tx import (
+    DEFAULT_POSAP,
+    ClientUpdate,
+    ContentRef,
+    PosapParams,
+    PublishTask,
+    SubmitRound,
+    TaskSpec,
+    Transaction,
+    TxBody,
+    make_tx,
+)
+from fedcoin.errors import ConfigError, ContentMismatch, FedCoinError
+
+log = logging.getLogger("fedcoin.fl")
+
+
+class NodeError(FedCoinError):
+    """The full node refused a request or could not be reached."""
+
+    def __init__(self, message: str, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class NodeClient:
+    """The HTTP API of one full node, as the FL server and the wallet commands use it."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> NodeClient:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _call(self, method: str, path: str, data: bytes | None = None) -> Any:
+        assert self._session is not None, "use 'async with NodeClient(...)'"
+        try:
+            async with self._session.request(method, self.url + path, data=data) as resp:
+                if resp.content_type == "application/json":
+                    body = await resp.json()
+                else:
+                    body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise NodeError(f"cannot reach the node at {self.url}: {exc}") from None
+        if resp.status >= 400:
+            message = body.get("error", str(body)) if isinstance(body, dict) else str(body)
+            raise NodeError(message, body.get("rule") if isinstance(body, dict) else None)
+        return body
+
+    async def status(self) -> dict[str, Any]:
+        return await self._call("GET", "/status")  # type: ignore[no-any-return]
+
+    async def account(self, address: bytes) -> dict[str, Any]:
+        return await self._call("GET", f"/accounts/{format_address(address)}")  # type: ignore[no-any-return]
+
+    async def task(self, task_id: bytes) -> dict[str, Any]:
+        return await self._call("GET", f"/tasks/{task_id.hex()}")  # type: ignore[no-any-return]
+
+    async def post_tx(self, tx: Transaction) -> str:
+        body = await self._call("POST", "/tx", tx.encode())
+        return str(body["tx_id"])
+
+    async def put_content(self, data: bytes, cid: str = "") -> ContentRef:
+        ref = ContentRef(hashlib.sha256(data).digest(), len(data), cid)
+        await self._call("PUT", f"/content/{ref.sha256.hex()}", data)
+        return ref
+
+    async def get_content(self, ref: ContentRef) -> bytes:
+        data = await self._call("GET", f"/content/{ref.sha256.hex()}")
+        if not isinstance(data, bytes) or hashlib.sha256(data).digest() != ref.sha256:
+            raise ContentMismatch(f"node served wrong bytes for {ref.sha256.hex()}")
+        return data
+
+    async def send(self, key: PrivateKey, chain_id: str, body: TxBody, fee: int = 0) -> Transaction:
+        """Sign ``body`` with the sender's next nonce and submit it."""
+        nonce = (await self.account(key.address))["nonce"]
+        tx = make_tx(key, chain_id, nonce, body, fee)
+        await self.post_tx(tx)
+        return tx
+
+
+@dataclass
+class RoundReport:
+    round: int
+    accuracy: float
+    sv: list[int]
+    paid: list[int]
+    server: int
+    miners: dict[str, int]
+    refund: int
+    voided: bool
+    block_height: int
+
+
+@dataclass
+class FLServerConfig:
+    key: PrivateKey
+    """The FL server's key (it also publishes the task when no task id is given)."""
+    node_url: str
+    """The full node's HTTP API."""
+    architecture: str
+    """Keras architecture JSON of the task's model."""
+    initial_weights: list[np.ndarray]
+    """Round 1's starting point."""
+    validation: Dataset
+    """Published with the task; defines U(S)."""
+    shards: Sequence[ClientShard]
+    """The in-process clients' data and kinds."""
+    client_keys: Sequence[PrivateKey]
+    """One key per client; its address is paid."""
+    rounds: int = 3
+    price_per_round: int = 10_000_000
+    epochs: int = 2
+    split_bps: tuple[int, int, int] = (7000, 1000, 2000)
+    posap: PosapParams = DEFAULT_POSAP
+    deadline_blocks: int = 10_000
+    task_id: bytes | None = None
+    """Join this task instead of publishing one."""
+    ipfs_api: str | None = None
+    settle_timeout: float = 300.0
+    seed: int = 0
+    on_round: Callable[[RoundReport], None] | None = None
+    chain_id: str = field(default="")
+
+
+class FLServer:
+    def __init__(self, config: FLServerConfig) -> None:
+        if len(config.shards) != len(config.client_keys):
+            raise ConfigError("one key per client")
+        self.config = config
+        self.reports: list[RoundReport] = []
+        self.task_id: bytes | None = config.task_id
+        self.ipfs = IpfsClient(config.ipfs_api) if config.ipfs_api else None
+
+    async def _store(self, node: NodeClient, data: bytes) -> ContentRef:
+        cid = await asyncio.to_thread(self.ipfs.add, data) if self.ipfs else ""
+        return await node.put_content(data, cid)
+
+    async def run(self) -> list[RoundReport]:
+        from fedcoin.application.training import Trainer
+
+        cfg = self.config
+        async with NodeClient(cfg.node_url) as node:
+            status = await node.status()
+            chain_id = cfg.chain_id or status["chain_id"]
+            trainer = await asyncio.to_thread(Trainer, cfg.architecture)
+            if self.task_id is None:
+                self.task_id = await self._publish(node, chain_id, status["height"])
+            task = await self._wait(node, lambda t: True, "the task to appear")
+            for r in range(task["rounds_done"] + 1, task["spec"]["rounds"] + 1):
+                current = await node.get_content(_ref(task["global_model"]))
+                global_weights = weights_of(current)
+                report = await self._round(node, chain_id, trainer, r, global_weights)
+                self.reports.append(report)
+                if cfg.on_round is not None:
+                    cfg.on_round(report)
+                task = await node.task(self.task_id)
+        return self.reports
+
+    async def _publish(self, node: NodeClient, chain_id: str, height: int) -> bytes:
+        cfg = self.config
+        model = await self._store(node, encode_bundle(cfg.architecture, cfg.initial_weights))
+        validation = await self._store(node, encode_dataset(cfg.validation.x, cfg.validation.y))
+        n = len(cfg.shards)
+        spec = TaskSpec(
+            name="fedcoin-task", model=model, validation=validation, server=cfg.key.address,
+            rounds=cfg.rounds, price_per_round=cfg.price_per_round, split_bps=cfg.split_bps,
+            min_clients=1, max_clients=max(n, 1), deadline_height=height + cfg.deadline_blocks,
+            posap=cfg.posap,
+        )  # fmt: skip
+        tx = await node.send(cfg.key, chain_id, PublishTask(spec))
+        log.info(
+            "published task %s: %d rounds at %d units",
+            tx.id.hex()[:12],
+            cfg.rounds,
+            cfg.price_per_round,
+        )
+        return tx.id
+
+    async def _round(
+        self,
+        node: NodeClient,
+        chain_id: str,
+        trainer: Any,
+        r: int,
+        global_weights: list[np.ndarray],
+    ) -> RoundReport:
+        cfg = self.config
+        assert self.task_id is not None
+        updates, client_weights = [], []
+        for i, (shard, key) in enumerate(zip(cfg.shards, cfg.client_keys, strict=True)):
+            weights = await asyncio.to_thread(
+                trainer.client_update,
+                shard,
+                global_weights,
+                cfg.epochs,
+                cfg.seed * 1000 + r * 100 + i,
+            )
+            ref = await self._store(node, encode_weights(weights))
+            updates.append(ClientUpdate.create(key, self.task_id, r, ref, len(shard.data)))
+            client_weights.append(weights)
+        new_global = fedavg(client_weights, [u.samples for u in updates])
+        global_ref = await self._store(node, encode_weights(new_global))
+        await node.send(cfg.key, chain_id, SubmitRound(self.task_id, r, tuple(updates), global_ref))
+        accuracy = await asyncio.to_thread(trainer.accuracy, new_global, cfg.validation)
+        log.info("round %d submitted: %d clients, global accuracy %.3f", r, len(updates), accuracy)
+        task = await self._wait(
+            node,
+            lambda t: len(t["rounds"]) >= r and t["rounds"][r - 1]["settled"],
+            f"round {r} to settle",
+        )
+        entry = task["rounds"][r - 1]
+        payout = entry["payout"]
+        report = RoundReport(
+            round=r, accuracy=accuracy, sv=payout["sv"],
+            paid=[c["paid"] for c in payout["clients"]], server=payout["server"],
+            miners={m["address"]: m["paid"] for m in payout["miners"]},
+            refund=payout["refund"], voided=payout["voided"], block_height=entry["settled_height"],
+        )  # fmt: skip
+        log.info(
+            "round %d settled at height %d: SV %s, paid %s",
+            r,
+            report.block_height,
+            report.sv,
+            report.paid,
+        )
+        return report
+
+    async def _wait(
+        self, node: NodeClient, done: Callable[[dict[str, Any]], bool], what: str
+    ) -> dict[str, Any]:
+        assert self.task_id is not None
+        deadline = asyncio.get_running_loop().time() + self.config.settle_timeout
+        delay = 0.05
+        while True:
+            try:
+                task = await node.task(self.task_id)
+                if done(task):
+                    return task
+            except NodeError as exc:
+                if "no task" not in str(exc):
+                    raise
+            if asyncio.get_running_loop().time() > deadline:
+                raise NodeError(f"timed out waiting for {what}")
+            await asyncio.sleep(delay)  # polling a remote HTTP API: there is no event to wait on
+            delay = min(delay * 1.5, 1.0)
+
+
+def _ref(data: dict[str, Any]) -> ContentRef:
+    return ContentRef(bytes.fromhex(data["sha256"]), int(data["size"]), str(data["cid"]))

@@ -1,0 +1,66 @@
+"""Full nodes in one process on 127.0.0.1 with real SQLite files, for application tests."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+from pathlib import Path
+
+from fedcoin.application.full_node import FullNode, FullNodeConfig
+from fedcoin.data.genesis import DEFAULT_PARAMS, Genesis
+from fedcoin.data.keys import PrivateKey
+from fedcoin.data.tx import DEFAULT_POSAP
+from fedcoin.network.node import Notifier
+from tests.helpers import CHAIN_ID, FC, key
+
+FAST_PARAMS = replace(DEFAULT_PARAMS, min_block_interval_ms=200)
+FAST_POSAP = replace(DEFAULT_POSAP, share_window_ms=400, posap_timeout_ms=60_000)
+SERVER_KEY = key("fl-server")
+PUBLISHER_KEY = key("publisher")
+MINER_KEYS = [key(f"miner-{i}") for i in range(4)]
+CLIENT_KEYS = [key(f"fl-client-{i}") for i in range(8)]
+
+
+def cluster_genesis() -> Genesis:
+    alloc = {SERVER_KEY: 1_000 * FC, PUBLISHER_KEY: 1_000 * FC}
+    rows = tuple(sorted((k.address, v) for k, v in alloc.items()))
+    return Genesis(CHAIN_ID, 1_700_000_000_000, rows, FAST_PARAMS)
+
+
+class Cluster:
+    def __init__(self, root: Path, genesis: Genesis | None = None) -> None:
+        self.root = root
+        self.genesis = genesis or cluster_genesis()
+        self.notifier = Notifier()
+        self.nodes: list[FullNode] = []
+        self.stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Cluster:
+        await self.stack.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stack.__aexit__(None, None, None)
+
+    def config(self, index: int, key: PrivateKey | None = None) -> FullNodeConfig:
+        bootstrap = (self.nodes[0].address,) if self.nodes and index != 0 else ()
+        return FullNodeConfig(
+            data_dir=self.root / f"node{index}",
+            genesis=self.genesis,
+            key=key or MINER_KEYS[index],
+            bootstrap=bootstrap,
+            notifier=self.notifier,
+        )
+
+    async def start(self, index: int, key: PrivateKey | None = None) -> FullNode:
+        node = FullNode(self.config(index, key))
+        await self.stack.enter_async_context(node)
+        self.nodes.append(node)
+        return node
+
+    async def wait_until(self, predicate, timeout: float = 60.0) -> None:
+        await self.notifier.wait_for(predicate, timeout)
+
+    def same_head(self) -> bool:
+        heads = {n.chain.head.hash for n in self.nodes}
+        return len(heads) == 1
