@@ -1,11 +1,60 @@
-"""FedCoin's command line: ``python main.py COMMAND`` or the ``fedcoin`` console script."""
+"""FedCoin's command line: ``python main.py COMMAND`` or the ``fedcoin`` console script.
+
+    keygen   make a key file (mode 0600) and print its address
+    genesis  write a genesis file from allocations and parameters
+    full     run a full node (miner): chain, P2P, HTTP API, PoSap mining
+    light    run a lightweight FL server: train clients, submit rounds, report SVs and payouts
+    demo     a small ledger demo on a SQLite file
+
+Exit codes: 0 success, 1 a failure the message explains, 2 a bad flag (argparse).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
+
+from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT, ChainParams, Genesis
+from fedcoin.data.keys import PrivateKey, format_address, parse_address
+from fedcoin.errors import FedCoinError
+
+log = logging.getLogger("fedcoin")
+DEFAULT_NODE = "http://127.0.0.1:8700"
+
+
+def default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fedcoin"
+
+
+def fc_amount(text: str) -> int:
+    """'1.5' FC → 1 500 000 base units; at most 6 decimals, positive."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an amount of FC: {text!r}") from None
+    units = value * UNIT
+    if units != units.to_integral_value() or units <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive amount with at most 6 decimals")
+    return int(units)
+
+
+def host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,23 +63,227 @@ def build_parser() -> argparse.ArgumentParser:
         description="FedCoin: a peer-to-peer payment system for federated learning "
         "with Proof-of-Shapley consensus.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser(
-        "demo", help="run a small ledger demo on a SQLite store and print the balances"
+
+    p = sub.add_parser("keygen", help="create a key file and print its address")
+    p.add_argument("--out", type=Path, required=True, help="key file to create (never overwritten)")
+
+    p = sub.add_parser("genesis", help="write a genesis file")
+    p.add_argument("--out", type=Path, required=True, help="genesis JSON to write")
+    p.add_argument("--chain-id", default="fedcoin-local", help="network name (default %(default)s)")
+    p.add_argument(
+        "--alloc", action="append", default=[], metavar="ADDRESS=FC",
+        help="credit an address at genesis, e.g. fc12…=1000 (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--timestamp-ms", type=int, default=0, help="genesis timestamp (default 0)")
+    for name in (
+        "min_fee",
+        "block_reward",
+        "min_block_interval_ms",
+        "future_tolerance_ms",
+        "max_block_txs",
+    ):
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=int, default=getattr(DEFAULT_PARAMS, name),
+            help="chain parameter (default %(default)s)",
+        )  # fmt: skip
+
+    p = sub.add_parser("full", help="run a full node (miner)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_home() / "node",
+        help="chain store and content (default %(default)s)",
     )
-    demo.add_argument("--data-dir", type=Path, help="keep the demo's SQLite file here")
+    p.add_argument("--genesis", type=Path, required=True, help="the network's genesis file")
+    p.add_argument(
+        "--key", type=Path, help="node key (default DATA_DIR/node.pem, created if missing)"
+    )
+    p.add_argument(
+        "--listen",
+        type=host_port,
+        default="127.0.0.1:8700",
+        help="HOST:PORT for peers and the API (default %(default)s)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=host_port,
+        action="append",
+        default=[],
+        help="a peer to keep connected (repeatable)",
+    )
+    p.add_argument("--no-discover", action="store_true", help="do not dial peers learnt from peers")
+    p.add_argument("--ipfs-api", help="IPFS HTTP API multiaddr, e.g. /ip4/127.0.0.1/tcp/5001")
+    p.add_argument(
+        "--no-mine", action="store_true", help="validate and serve only; make no shares or blocks"
+    )
+
+    p = sub.add_parser("light", help="run a lightweight FL server against a full node")
+    p.add_argument("--node", default=DEFAULT_NODE, help="full node API URL (default %(default)s)")
+    p.add_argument(
+        "--key",
+        type=Path,
+        default=default_home() / "server.pem",
+        help="FL server key (default %(default)s)",
+    )
+    p.add_argument("--task-id", help="join this task (hex) instead of publishing one")
+    p.add_argument("--rounds", type=int, default=3, help="rounds to publish (default %(default)s)")
+    p.add_argument(
+        "--price", type=fc_amount, default=fc_amount("10"), help="FC per round (default 10)"
+    )
+    p.add_argument(
+        "--clients", type=int, default=4, help="in-process clients (default %(default)s)"
+    )
+    p.add_argument("--noisy", type=int, default=0, help="clients with noisy labels")
+    p.add_argument("--free-riders", type=int, default=0, help="clients that train nothing")
+    p.add_argument("--non-iid", type=float, metavar="ALPHA", help="Dirichlet non-IID shards")
+    p.add_argument(
+        "--epochs", type=int, default=2, help="local epochs per round (default %(default)s)"
+    )
+    p.add_argument(
+        "--dataset", choices=["digits", "mnist"], default="digits", help="(default %(default)s)"
+    )
+    p.add_argument("--mnist-path", type=Path, help="local mnist.npz for --dataset mnist")
+    p.add_argument("--ipfs-api", help="also add every blob to this IPFS daemon")
+    p.add_argument("--seed", type=int, default=0, help="data split and training seed")
+
+    p = sub.add_parser("demo", help="run a small ledger demo on a SQLite store")
+    p.add_argument("--data-dir", type=Path, help="keep the demo's SQLite file here")
     return parser
+
+
+def load_or_create_key(path: Path) -> PrivateKey:
+    if not path.exists():
+        key = PrivateKey.generate()
+        key.save(path)
+        log.info("created key %s for %s", path, format_address(key.address))
+        return key
+    return PrivateKey.load(path)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key = PrivateKey.generate()
+    key.save(args.out)
+    print(format_address(key.address))
+    return 0
+
+
+def cmd_genesis(args: argparse.Namespace) -> int:
+    alloc: dict[bytes, int] = {}
+    for item in args.alloc:
+        address, sep, amount = item.partition("=")
+        if not sep:
+            raise FedCoinError(f"--alloc takes ADDRESS=FC, got {item!r}")
+        try:
+            alloc[parse_address(address)] = alloc.get(parse_address(address), 0) + fc_amount(amount)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise FedCoinError(f"--alloc {item!r}: {exc}") from None
+    params = ChainParams(
+        args.min_fee,
+        args.block_reward,
+        args.min_block_interval_ms,
+        args.future_tolerance_ms,
+        args.max_block_txs,
+    )
+    genesis = Genesis.from_json(
+        {
+            "chain_id": args.chain_id, "timestamp_ms": args.timestamp_ms,
+            "allocations": {format_address(a): v for a, v in alloc.items()},
+            "params": {f.name: getattr(params, f.name) for f in fields(ChainParams)},
+        }
+    )  # fmt: skip
+    genesis.save(args.out)
+    print(f"wrote {args.out}: chain {genesis.chain_id}, genesis {genesis.block().hash.hex()}")
+    return 0
+
+
+async def run_until_signalled(coro_factory: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await coro_factory(stop)
+
+
+def cmd_full(args: argparse.Namespace) -> int:
+    from fedcoin.application.full_node import FullNode, FullNodeConfig
+
+    genesis = Genesis.load(args.genesis)
+    key = load_or_create_key(args.key or args.data_dir / "node.pem")
+    host, _, port = args.listen.rpartition(":")
+    config = FullNodeConfig(
+        data_dir=args.data_dir, genesis=genesis, key=key, host=host, port=int(port),
+        bootstrap=tuple(args.bootstrap), discover=not args.no_discover, ipfs_api=args.ipfs_api,
+        mine=not args.no_mine,
+    )  # fmt: skip
+
+    async def serve(stop: asyncio.Event) -> None:
+        async with FullNode(config):
+            await stop.wait()
+            log.info("signal received, shutting down")
+
+    asyncio.run(run_until_signalled(serve))
+    return 0
+
+
+def cmd_light(args: argparse.Namespace) -> int:
+    from fedcoin.application.datasets import (
+        load_digits_dataset,
+        load_mnist_npz,
+        make_clients,
+        split_validation,
+    )  # fmt: skip
+    from fedcoin.application.fl_server import FLServer, FLServerConfig
+    from fedcoin.application.training import build_mlp
+
+    if args.dataset == "mnist":
+        if args.mnist_path is None:
+            raise FedCoinError("--dataset mnist needs --mnist-path FILE")
+        train, val = load_mnist_npz(args.mnist_path)
+    else:
+        train, val = split_validation(load_digits_dataset(), 0.2, args.seed)
+    shards = make_clients(
+        train, clients=args.clients, noisy=args.noisy, free_riders=args.free_riders,
+        non_iid_alpha=args.non_iid, seed=args.seed,
+    )  # fmt: skip
+    key = load_or_create_key(args.key)
+    client_keys = [
+        PrivateKey.from_seed(hashlib.sha256(b"fedcoin/client" + key.public + bytes([i])).digest())
+        for i in range(args.clients)
+    ]
+    arch, initial = build_mlp(train.x.shape[1], train.classes, seed=args.seed)
+    config = FLServerConfig(
+        key=key, node_url=args.node, architecture=arch, initial_weights=initial, validation=val,
+        shards=shards, client_keys=client_keys, rounds=args.rounds, price_per_round=args.price,
+        epochs=args.epochs, task_id=bytes.fromhex(args.task_id) if args.task_id else None,
+        ipfs_api=args.ipfs_api, seed=args.seed,
+    )  # fmt: skip
+    reports = asyncio.run(FLServer(config).run())
+    for r in reports:
+        print(f"round {r.round}: accuracy {r.accuracy:.3f}, SV {r.sv}, paid {r.paid}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        from fedcoin.application.demo import run_demo
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    commands = {"keygen": cmd_keygen, "genesis": cmd_genesis, "full": cmd_full, "light": cmd_light}
+    try:
+        if args.command == "demo":
+            from fedcoin.application.demo import run_demo
 
-        if args.data_dir is not None:
-            args.data_dir.mkdir(parents=True, exist_ok=True)
-        return run_demo(args.data_dir)
-    return 2
+            if args.data_dir is not None:
+                args.data_dir.mkdir(parents=True, exist_ok=True)
+            return run_demo(args.data_dir)
+        return commands[args.command](args)
+    except FedCoinError as exc:
+        print(f"fedcoin {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ class Cluster:
             notifier=self.notifier,
         )
 
-    async def start(self, index: int, key: PrivateKey | None = None) -> FullNode:
-        node = FullNode(self.config(index, key))
+    async def start(self, index: int, key: PrivateKey | None = None, **overrides) -> FullNode:
+        node = FullNode(replace(self.config(index, key), **overrides))
         await self.stack.enter_async_context(node)
         self.nodes.append(node)
         return node

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import statistics
+from dataclasses import replace
 
 import pytest
 
@@ -13,6 +16,7 @@ from fedcoin.application.datasets import (
     split_validation,
 )
 from fedcoin.application.fl_server import FLServer, FLServerConfig
+from fedcoin.application.full_node import FullNode
 from fedcoin.application.training import build_mlp
 from fedcoin.data.keys import format_address
 from tests.application.cluster import CLIENT_KEYS, FAST_POSAP, SERVER_KEY, Cluster
@@ -90,3 +94,65 @@ async def test_three_rounds_settle_and_pay_by_median_sv(tmp_path) -> None:
         paid = list(total.values())
         assert paid[-1] < min(paid[:-1])
         assert statistics.mean(r.accuracy for r in reports[1:]) > 0.5
+
+
+async def test_restarted_node_continues_from_its_head(tmp_path) -> None:
+    cluster = Cluster(tmp_path)
+    config = cluster.config(0)
+    async with FullNode(config) as node:
+        server = FLServer(fl_config(node.url, rounds=2))
+        server.config.rounds = 2
+        task_runner = asyncio.create_task(server.run())
+        await cluster.wait_until(
+            lambda: (
+                server.task_id is not None
+                and server.task_id in node.chain.head_state().tasks
+                and node.chain.head_state().tasks[server.task_id].rounds_done >= 1
+                and not node.chain.head_state().queue
+            ),
+            timeout=120,
+        )
+        task_runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task_runner
+        head_before = node.chain.head
+    async with FullNode(cluster.config(0)) as again:
+        assert again.chain.head == head_before
+        assert again.chain.head_state().tasks[server.task_id].rounds_done == 1
+        # and it goes on: the FL server joins its task and finishes round 2 on the restarted node
+        joined = FLServer(replace(fl_config(again.url, rounds=2), task_id=server.task_id))
+        reports = await joined.run()
+        assert [r.round for r in reports] == [2]
+        assert again.chain.head.height > head_before.height
+
+
+async def test_miner_joining_mid_task_catches_up_and_contributes(tmp_path) -> None:
+    async with Cluster(tmp_path) as cluster:
+        for i in range(2):
+            await cluster.start(i)
+        await cluster.wait_until(lambda: all(len(n.p2p.peers) >= 1 for n in cluster.nodes))
+        server = FLServer(fl_config(cluster.nodes[0].url, rounds=3))
+        runner = asyncio.create_task(server.run())
+        first = cluster.nodes[0]
+        await cluster.wait_until(
+            lambda: (
+                server.task_id in first.chain.head_state().tasks
+                and first.chain.head_state().tasks[server.task_id].rounds_done >= 1
+                and not first.chain.head_state().queue
+            ),
+            timeout=120,
+        )
+        joined_at = first.chain.head.height
+        late = await cluster.start(2)
+        await asyncio.wait_for(runner, 180)
+        await cluster.wait_until(cluster.same_head)
+        assert late.chain.head_state() == first.chain.head_state()
+        contributed = [
+            block.height
+            for block in (
+                late.store.block_at(h) for h in range(joined_at + 1, late.chain.head.height + 1)
+            )
+            if block.posap is not None
+            and any(s.miner_pubkey == late.key.public for s in block.posap.shares)
+        ]
+        assert contributed, "the late miner's shares never made it into a block"

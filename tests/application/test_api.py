@@ -1,0 +1,100 @@
+"""The HTTP API: answers, and clear errors that change nothing."""
+
+from __future__ import annotations
+
+import hashlib
+
+import aiohttp
+import pytest
+
+from fedcoin.data.encoding import encode
+from fedcoin.data.keys import format_address
+from fedcoin.data.tx import Transfer, make_tx
+from tests.application.cluster import PUBLISHER_KEY, SERVER_KEY, Cluster
+from tests.helpers import CHAIN_ID, FC
+
+
+@pytest.fixture
+async def api(tmp_path):
+    async with Cluster(tmp_path) as cluster:
+        node = await cluster.start(0, max_content_bytes=10_000)
+        async with aiohttp.ClientSession(node.url) as session:
+            yield cluster, node, session
+
+
+async def expect(resp: aiohttp.ClientResponse, status: int, text: str = "") -> dict:
+    body = await resp.json()
+    assert resp.status == status, body
+    if text:
+        assert text in body["error"]
+    return body
+
+
+async def test_status_and_genesis_block(api) -> None:
+    _, node, http = api
+    status = await (await http.get("/status")).json()
+    assert status["height"] == 0 and status["chain_id"] == CHAIN_ID
+    block = await (await http.get("/blocks/0")).json()
+    assert block["hash"] == node.chain.head.hash.hex()
+    same = await (await http.get(f"/blocks/{block['hash']}")).json()
+    assert same == block
+
+
+async def test_unknown_and_malformed_blocks(api) -> None:
+    _, _, http = api
+    await expect(await http.get("/blocks/99"), 404, "no block")
+    await expect(await http.get("/blocks/" + "ab" * 32), 404, "no block")
+    await expect(await http.get("/blocks/xyz"), 400, "height or its 64-hex")
+    await expect(await http.get("/blocks?from=x"), 400, "integers")
+    await expect(await http.get("/blocks?from=0&limit=0"), 400)
+
+
+async def test_accounts(api) -> None:
+    _, _, http = api
+    body = await (await http.get(f"/accounts/{format_address(SERVER_KEY.address)}")).json()
+    assert body["balance"] == 1_000 * FC and body["nonce"] == 0
+    await expect(await http.get("/accounts/nonsense"), 400, "not a FedCoin address")
+    await expect(await http.get("/accounts/fc" + "zz" * 20), 400, "hexadecimal")
+
+
+async def test_transactions(api) -> None:
+    cluster, node, http = api
+    await expect(await http.post("/tx", data=b"\x93garbage"), 400, "malformed transaction")
+    await expect(await http.post("/tx", data=encode([1, 2, 3])), 400, "malformed")
+    broke = make_tx(SERVER_KEY, CHAIN_ID, 0, Transfer(PUBLISHER_KEY.address, 10**12 * FC))
+    body = await expect(await http.post("/tx", data=broke.encode()), 422, "balance")
+    assert body["rule"] == "InsufficientBalance"
+    wrong_nonce = make_tx(SERVER_KEY, CHAIN_ID, 5, Transfer(PUBLISHER_KEY.address, 1))
+    assert (await expect(await http.post("/tx", data=wrong_nonce.encode()), 422))[
+        "rule"
+    ] == "NonceMismatch"
+    assert len(node.mempool) == 0
+    good = make_tx(SERVER_KEY, CHAIN_ID, 0, Transfer(PUBLISHER_KEY.address, 3 * FC))
+    assert (await (await http.post("/tx", data=good.encode())).json())["tx_id"] == good.id.hex()
+    await cluster.wait_until(lambda: node.chain.head.height == 1)
+    account = await (await http.get(f"/accounts/{format_address(PUBLISHER_KEY.address)}")).json()
+    assert account["balance"] == 1_003 * FC
+
+
+async def test_content_upload_and_download(api) -> None:
+    _, node, http = api
+    blob = b"weights" * 100
+    sha = hashlib.sha256(blob).hexdigest()
+    assert (await http.put(f"/content/{sha}", data=blob)).status == 200
+    got = await http.get(f"/content/{sha}")
+    assert got.status == 200 and await got.read() == blob
+    await expect(await http.get("/content/" + "00" * 32), 404, "no content")
+    await expect(await http.get("/content/123"), 400, "sha256")
+    await expect(await http.put("/content/" + "00" * 32, data=b"other bytes"), 400, "does not hash")
+    big = b"x" * 20_000
+    await expect(
+        await http.put(f"/content/{hashlib.sha256(big).hexdigest()}", data=big), 413, "cap"
+    )
+    assert not node.content.has(hashlib.sha256(big).digest())
+
+
+async def test_tasks(api) -> None:
+    _, _, http = api
+    assert await (await http.get("/tasks")).json() == []
+    await expect(await http.get("/tasks/" + "00" * 32), 404, "no task")
+    await expect(await http.get("/tasks/abc"), 400, "64 hex")
