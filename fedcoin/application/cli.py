@@ -258,7 +258,7 @@ def cmd_light(args: argparse.Namespace) -> int:
         key=key, node_url=args.node, architecture=arch, initial_weights=initial, validation=val,
         shards=shards, client_keys=client_keys, rounds=args.rounds, price_per_round=args.price,
         epochs=args.epochs, task_id=bytes.fromhex(args.task_id) if args.task_id else None,
-        ipfs_api=args.ipfs_api, seed=args.seed,
+        ipfs_api=args.ipfs_api, seed=args.seed, progress=sys.stderr.isatty(),
     )  # fmt: skip
     reports = asyncio.run(FLServer(config).run())
     for r in reports:

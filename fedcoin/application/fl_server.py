@@ -155,6 +155,8 @@ class FLServerConfig:
     seed: int = 0
     on_round: Callable[[RoundReport], None] | None = None
     chain_id: str = field(default="")
+    progress: bool = False
+    """Show progress bars for training and for waiting on settlement (the CLI turns it on)."""
 
 
 class FLServer:
@@ -165,12 +167,34 @@ class FLServer:
         self.reports: list[RoundReport] = []
         self.task_id: bytes | None = config.task_id
         self.ipfs = IpfsClient(config.ipfs_api) if config.ipfs_api else None
+        self.bar: Any = None
 
     async def _store(self, node: NodeClient, data: bytes) -> ContentRef:
         cid = await asyncio.to_thread(self.ipfs.add, data) if self.ipfs else ""
         return await node.put_content(data, cid)
 
     async def run(self) -> list[RoundReport]:
+        if not self.config.progress:
+            return await self._run()
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        columns = (
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, transient=False) as self.bar:
+            return await self._run()
+
+    def _step(self, description: str, total: int | None) -> Any:
+        return self.bar.add_task(description, total=total) if self.bar is not None else None
+
+    def _advance(self, task: Any, **kwargs: Any) -> None:
+        if self.bar is not None and task is not None:
+            self.bar.update(task, **kwargs)
+
+    async def _run(self) -> list[RoundReport]:
         from fedcoin.application.training import Trainer
 
         cfg = self.config
@@ -222,6 +246,7 @@ class FLServer:
         cfg = self.config
         assert self.task_id is not None
         updates, client_weights = [], []
+        training = self._step(f"round {r}: training {len(cfg.shards)} clients", len(cfg.shards))
         for i, (shard, key) in enumerate(zip(cfg.shards, cfg.client_keys, strict=True)):
             weights = await asyncio.to_thread(
                 trainer.client_update,
@@ -233,16 +258,19 @@ class FLServer:
             ref = await self._store(node, encode_weights(weights))
             updates.append(ClientUpdate.create(key, self.task_id, r, ref, len(shard.data)))
             client_weights.append(weights)
+            self._advance(training, advance=1)
         new_global = fedavg(client_weights, [u.samples for u in updates])
         global_ref = await self._store(node, encode_weights(new_global))
         await node.send(cfg.key, chain_id, SubmitRound(self.task_id, r, tuple(updates), global_ref))
         accuracy = await asyncio.to_thread(trainer.accuracy, new_global, cfg.validation)
         log.info("round %d submitted: %d clients, global accuracy %.3f", r, len(updates), accuracy)
+        waiting = self._step(f"round {r}: waiting for miners to value and settle it", None)
         task = await self._wait(
             node,
             lambda t: len(t["rounds"]) >= r and t["rounds"][r - 1]["settled"],
             f"round {r} to settle",
         )
+        self._advance(waiting, total=1, completed=1)
         entry = task["rounds"][r - 1]
         payout = entry["payout"]
         report = RoundReport(

@@ -89,6 +89,8 @@ class Mempool:
             draft = Draft(state)
             kept = []
             for tx in txs:
+                if tx.nonce < draft.account(sender).nonce:
+                    continue  # included in a block already
                 try:
                     apply_transaction(draft, tx, ctx, self.checker, signature_checked=True)
                 except (TxError, ContractError):

@@ -57,6 +57,7 @@ async def test_three_rounds_settle_and_pay_by_median_sv(tmp_path) -> None:
             await cluster.start(i)
         await cluster.wait_until(lambda: all(len(n.p2p.peers) >= 2 for n in cluster.nodes))
         config = fl_config(cluster.nodes[0].url)
+        config.progress = True  # the bars the CLI shows on a terminal
         server = FLServer(config)
         reports = await server.run()
         assert [r.round for r in reports] == [1, 2, 3]

@@ -1,0 +1,84 @@
+"""The mempool: contiguous nonces, fee priority across senders, bounded, refreshed on new heads."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedcoin.application.mempool import Mempool, MempoolFull
+from fedcoin.errors import InsufficientBalance, NonceMismatch
+from tests.helpers import (
+    ALICE,
+    BOB,
+    CAROL,
+    FC,
+    ChainBuilder,
+    TableVerifier,
+    make_genesis,
+    make_transfer,
+)
+
+
+def pool(capacity: int = 100) -> tuple[Mempool, ChainBuilder]:
+    genesis = make_genesis()
+    return Mempool(genesis, TableVerifier(), capacity), ChainBuilder(genesis)
+
+
+def test_admits_contiguous_nonces_only() -> None:
+    mp, chain = pool()
+    mp.add(make_transfer(ALICE, BOB, 1, 0), chain.state, 0, 0)
+    mp.add(make_transfer(ALICE, BOB, 1, 1), chain.state, 0, 0)
+    with pytest.raises(NonceMismatch):
+        mp.add(make_transfer(ALICE, BOB, 1, 3), chain.state, 0, 0)
+    assert len(mp) == 2
+
+
+def test_refuses_what_the_pending_run_cannot_pay() -> None:
+    mp, chain = pool()
+    mp.add(make_transfer(ALICE, BOB, 999 * FC, 0), chain.state, 0, 0)
+    with pytest.raises(InsufficientBalance):
+        mp.add(make_transfer(ALICE, BOB, 2 * FC, 1), chain.state, 0, 0)
+    assert len(mp) == 1
+
+
+def test_select_keeps_nonce_order_and_prefers_fees() -> None:
+    mp, chain = pool()
+    a0, a1 = make_transfer(ALICE, CAROL, 1, 0, fee=1), make_transfer(ALICE, CAROL, 1, 1, fee=50)
+    b0 = make_transfer(BOB, CAROL, 1, 0, fee=10)
+    for tx in (a0, a1, b0):
+        mp.add(tx, chain.state, 0, 0)
+    chosen = mp.select(10)
+    assert chosen.index(a0) < chosen.index(a1)
+    assert chosen[0] == b0  # the richer fee goes first; Alice's run then follows in order
+    assert mp.select(1) == [b0]
+
+
+def test_is_bounded() -> None:
+    mp, chain = pool(capacity=2)
+    mp.add(make_transfer(ALICE, BOB, 1, 0), chain.state, 0, 0)
+    mp.add(make_transfer(BOB, ALICE, 1, 0), chain.state, 0, 0)
+    with pytest.raises(MempoolFull):
+        mp.add(make_transfer(ALICE, BOB, 1, 1), chain.state, 0, 0)
+
+
+def test_refresh_drops_what_a_block_included_or_invalidated() -> None:
+    mp, chain = pool()
+    included = make_transfer(ALICE, BOB, 1, 0)
+    follower = make_transfer(ALICE, BOB, 1, 1)
+    bob = make_transfer(BOB, CAROL, 5, 0)
+    for tx in (included, follower, bob):
+        mp.add(tx, chain.state, 0, 0)
+    # a block includes Alice's first transfer and a competing spend of all of Bob's coins
+    spend_all = make_transfer(BOB, ALICE, 1_000 * FC, 0)
+    chain.add([included, spend_all])
+    mp.refresh(chain.state, 1, 0)
+    assert included.id not in mp and bob.id not in mp
+    assert follower.id in mp and mp.select(10) == [follower]
+
+
+def test_drop_removes_a_transaction_and_its_successors() -> None:
+    mp, chain = pool()
+    txs = [make_transfer(ALICE, BOB, 1, n) for n in range(3)]
+    for tx in txs:
+        mp.add(tx, chain.state, 0, 0)
+    mp.drop(txs[1].id)
+    assert mp.select(10) == [txs[0]] and len(mp) == 1
