@@ -19,7 +19,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(BIN)/python main.py demo $(ARGS)
+	$(BIN)/python main.py simulate $(ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
