@@ -5,6 +5,7 @@
     full     run a full node (miner): chain, P2P, HTTP API, PoSap mining
     light    run a lightweight FL server: train clients, submit rounds, report SVs and payouts
     simulate N miners, one FL server and K clients in one process, with a report and plots
+    balance, transfer, publish-task, close-task, task   wallet commands against a node's API
     demo     a small ledger demo on a SQLite file
 
 Exit codes: 0 success, 1 a failure the message explains, 2 a bad flag (argparse).
@@ -20,7 +21,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -49,6 +50,11 @@ def fc_amount(text: str) -> int:
     if units != units.to_integral_value() or units <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: a positive amount with at most 6 decimals")
     return int(units)
+
+
+def fc_text(units: int) -> str:
+    """Base units as FC with all six decimals, exactly (no float)."""
+    return f"{units // UNIT}.{units % UNIT:06d}"
 
 
 def host_port(text: str) -> str:
@@ -195,6 +201,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the miners' SQLite files here (default: a temporary dir)",
     )
 
+    def wallet(name: str, help_text: str) -> argparse.ArgumentParser:
+        w = sub.add_parser(name, help=help_text, description=help_text)
+        w.add_argument(
+            "--node", default=DEFAULT_NODE, help="full node API URL (default %(default)s)"
+        )
+        w.add_argument(
+            "--key",
+            type=Path,
+            default=default_home() / "wallet.pem",
+            help="your key file (default %(default)s)",
+        )
+        return w
+
+    w = wallet("balance", "show an address's balance and nonce (default: your key's)")
+    w.add_argument("--address", help="another address to look up")
+    w = wallet("transfer", "send FC to an address")
+    w.add_argument("--to", required=True, help="recipient address (fc…)")
+    w.add_argument("--amount", type=fc_amount, required=True, help="FC to send, up to 6 decimals")
+    w.add_argument("--fee", type=fc_amount, help="fee in FC (default: none)")
+    w.add_argument("--wait", action="store_true", help="wait until a block includes it")
+    w = wallet(
+        "publish-task", "escrow a budget for an FL task (digits MLP and validation set by default)"
+    )
+    w.add_argument("--server", required=True, help="the FL server's address (fc…)")
+    w.add_argument("--rounds", type=int, default=3, help="rounds paid for (default %(default)s)")
+    w.add_argument(
+        "--price", type=fc_amount, default=fc_amount("10"), help="FC per round (default 10)"
+    )
+    w.add_argument("--min-clients", type=int, default=1, help="(default %(default)s)")
+    w.add_argument("--max-clients", type=int, default=10, help="(default %(default)s)")
+    w.add_argument(
+        "--deadline-blocks",
+        type=int,
+        default=10_000,
+        help="blocks until the deadline (default %(default)s)",
+    )
+    w.add_argument("--bundle", type=Path, help="model bundle file (fcm1) instead of the digits MLP")
+    w.add_argument(
+        "--validation", type=Path, help="validation dataset file (fcd1) instead of digits"
+    )
+    w.add_argument("--seed", type=int, default=0, help="seed of the default model and split")
+    w = wallet("close-task", "close your task and take back what is left of its escrow")
+    w.add_argument("--task-id", required=True, help="the task (64 hex digits)")
+    w = wallet("task", "show a task with its rounds, Shapley values and payouts")
+    w.add_argument("--task-id", required=True, help="the task (64 hex digits)")
+
     p = sub.add_parser("demo", help="run a small ledger demo on a SQLite store")
     p.add_argument("--data-dir", type=Path, help="keep the demo's SQLite file here")
     return parser
@@ -313,6 +365,118 @@ def cmd_light(args: argparse.Namespace) -> int:
     return 0
 
 
+def task_id_arg(text: str) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = b""
+    if len(value) != 32:
+        raise FedCoinError(f"a task id is 64 hex digits, got {text!r}")
+    return value
+
+
+async def _wallet(args: argparse.Namespace) -> int:
+    from fedcoin.application.fl_server import NodeClient, NodeError
+    from fedcoin.data.tx import DEFAULT_POSAP, CloseTask, PublishTask, TaskSpec, Transfer
+
+    async with NodeClient(args.node) as node:
+        chain_id = (await node.status())["chain_id"]
+        if args.command == "balance":
+            address = (
+                parse_address(args.address) if args.address else PrivateKey.load(args.key).address
+            )
+            acc = await node.account(address)
+            print(f"{format_address(address)}: {fc_text(acc['balance'])} FC (nonce {acc['nonce']})")
+            return 0
+        if args.command == "task":
+            show_task(await node.task(task_id_arg(args.task_id)))
+            return 0
+        key = PrivateKey.load(args.key)
+        try:
+            if args.command == "transfer":
+                try:
+                    to = parse_address(args.to)
+                except ValueError as exc:
+                    raise FedCoinError(f"--to: {exc}") from None
+                tx = await node.send(key, chain_id, Transfer(to, args.amount), args.fee or 0)
+            elif args.command == "close-task":
+                tx = await node.send(key, chain_id, CloseTask(task_id_arg(args.task_id)))
+            else:
+                bundle, validation = default_task_content(args)
+                model_ref = await node.put_content(bundle)
+                validation_ref = await node.put_content(validation)
+                height = (await node.status())["height"]
+                spec = TaskSpec(
+                    name="fedcoin-task", model=model_ref, validation=validation_ref,
+                    server=parse_address(args.server), rounds=args.rounds,
+                    price_per_round=args.price, split_bps=(7000, 1000, 2000),
+                    min_clients=args.min_clients, max_clients=args.max_clients,
+                    deadline_height=height + args.deadline_blocks, posap=DEFAULT_POSAP,
+                )  # fmt: skip
+                tx = await node.send(key, chain_id, PublishTask(spec))
+                print(f"task id {tx.id.hex()}")
+        except NodeError as exc:
+            if exc.rule:
+                raise FedCoinError(f"rejected, rule {exc.rule}: {exc}") from None
+            raise
+        except ValueError as exc:
+            raise FedCoinError(str(exc)) from None
+        print(f"submitted {tx.kind_name} {tx.id.hex()}")
+        if getattr(args, "wait", False):
+            while (await node.account(key.address))["nonce"] <= tx.nonce:
+                await asyncio.sleep(0.2)  # polling the node's HTTP API
+            print("included in a block")
+        return 0
+
+
+def default_task_content(args: argparse.Namespace) -> tuple[bytes, bytes]:
+    from fedcoin.data.tensors import decode_bundle, decode_dataset, encode_bundle, encode_dataset
+
+    if args.bundle is not None or args.validation is not None:
+        if args.bundle is None or args.validation is None:
+            raise FedCoinError("--bundle and --validation go together")
+        try:
+            bundle, validation = args.bundle.read_bytes(), args.validation.read_bytes()
+        except OSError as exc:
+            raise FedCoinError(f"cannot read task content: {exc}") from None
+        decode_bundle(bundle)
+        decode_dataset(validation)
+        return bundle, validation
+    from fedcoin.application.datasets import load_digits_dataset, split_validation
+    from fedcoin.application.training import build_mlp
+
+    _, val = split_validation(load_digits_dataset(), 0.2, args.seed)
+    arch, weights = build_mlp(val.x.shape[1], val.classes, seed=args.seed)
+    return encode_bundle(arch, weights), encode_dataset(val.x, val.y)
+
+
+def show_task(task: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(
+        f"task {task['id']} ({task['status']}): "
+        f"{task['rounds_done']}/{task['spec']['rounds']} rounds, "
+        f"escrow left {fc_text(task['escrow'])} FC, server {task['spec']['server']}"
+    )
+    table = Table()
+    for col in ("round", "settled", "SV (samples)", "paid to clients (FC)", "shares"):
+        table.add_column(col)
+    for r in task["rounds"]:
+        payout = r.get("payout") or {}
+        sv = ", ".join(f"{v / 1e6:.2f}" for v in payout.get("sv", []))
+        paid = ", ".join(fc_text(c["paid"]) for c in payout.get("clients", []))
+        table.add_row(
+            str(r["round"]),
+            str(r["settled"]),
+            sv or "–",
+            paid or "–",
+            str(len(r.get("shares", []))),
+        )
+    console.print(table)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fedcoin.application.simulation import SimConfig, run
 
@@ -333,10 +497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    commands = {
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "keygen": cmd_keygen, "genesis": cmd_genesis, "full": cmd_full, "light": cmd_light,
         "simulate": cmd_simulate,
     }  # fmt: skip
+    for name in ("balance", "transfer", "publish-task", "close-task", "task"):
+        commands[name] = lambda a: asyncio.run(_wallet(a))
     try:
         if args.command == "demo":
             from fedcoin.application.demo import run_demo

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,18 +38,12 @@ def test_bad_flag_and_missing_files_are_clear_errors(tmp_path: Path) -> None:
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr
 
 
-@pytest.mark.slow
-def test_full_and_light_nodes_end_to_end(tmp_path: Path) -> None:
-    made = fedcoin("keygen", "--out", "server.pem", cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
-    server = made.stdout.strip()
-    assert re.fullmatch(r"fc[0-9a-f]{40}", server)
-    gen = fedcoin("genesis", "--out", "genesis.json", "--alloc", f"{server}=1000",
-                  "--min-block-interval-ms", "300", cwd=tmp_path)  # fmt: skip
-    assert gen.returncode == 0, gen.stderr
+@contextlib.contextmanager
+def running_node(tmp_path: Path, genesis: str = "genesis.json") -> Iterator[str]:
+    """Start ``fedcoin full`` on a free port; yield its address; stop it with SIGTERM."""
     node = subprocess.Popen(
         [sys.executable, str(REPO / "main.py"), "full", "--data-dir", "n", "--genesis",
-         "genesis.json", "--listen", "127.0.0.1:0"],
+         genesis, "--listen", "127.0.0.1:0"],
         cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -59,14 +55,62 @@ def test_full_and_light_nodes_end_to_end(tmp_path: Path) -> None:
                 address = found.group(1)
                 break
         assert address, "the full node never said where it serves"
+        yield address
+    finally:
+        node.send_signal(signal.SIGTERM)
+        rest = node.communicate(timeout=30)[1]
+    assert node.returncode == 0
+    assert "full node stopped at height" in rest
+
+
+def test_wallet_commands_end_to_end(tmp_path: Path) -> None:
+    alice = fedcoin("keygen", "--out", "alice.pem", cwd=tmp_path).stdout.strip()
+    bob = fedcoin("keygen", "--out", "bob.pem", cwd=tmp_path).stdout.strip()
+    gen = fedcoin("genesis", "--out", "genesis.json", "--alloc", f"{alice}=100",
+                  "--min-block-interval-ms", "200", cwd=tmp_path)  # fmt: skip
+    assert gen.returncode == 0, gen.stderr
+    with running_node(tmp_path) as address:
+        node = ["--node", f"http://{address}"]
+        sent = fedcoin("transfer", *node, "--key", "alice.pem", "--to", bob, "--amount", "12.5",
+                       "--wait", cwd=tmp_path)  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        assert "included in a block" in sent.stdout
+        balance = fedcoin("balance", *node, "--key", "bob.pem", cwd=tmp_path)
+        assert balance.stdout.strip() == f"{bob}: 12.500000 FC (nonce 0)"
+        too_much = fedcoin("transfer", *node, "--key", "bob.pem", "--to", alice, "--amount", "99",
+                           cwd=tmp_path)  # fmt: skip
+        assert too_much.returncode == 1 and "rule InsufficientBalance" in too_much.stderr
+        bad_amount = fedcoin("transfer", *node, "--key", "bob.pem", "--to", alice, "--amount",
+                             "0.0000001", cwd=tmp_path)  # fmt: skip
+        assert bad_amount.returncode == 2 and "at most 6 decimals" in bad_amount.stderr
+        published = fedcoin("publish-task", *node, "--key", "alice.pem", "--server", bob,
+                            "--rounds", "2", "--price", "5", "--deadline-blocks", "2",
+                            cwd=tmp_path, timeout=180)  # fmt: skip
+        assert published.returncode == 0, published.stderr
+        task_id = re.search(r"task id ([0-9a-f]{64})", published.stdout).group(1)
+        shown = fedcoin("task", *node, "--task-id", task_id, cwd=tmp_path)
+        assert shown.returncode == 0 and "0/2 rounds" in shown.stdout
+        missing = fedcoin("task", *node, "--task-id", "00" * 32, cwd=tmp_path)
+        assert missing.returncode == 1 and "no task" in missing.stderr
+    unreachable = fedcoin(
+        "balance", "--node", "http://127.0.0.1:9", "--key", "bob.pem", cwd=tmp_path
+    )
+    assert unreachable.returncode == 1 and "cannot reach the node" in unreachable.stderr
+
+
+@pytest.mark.slow
+def test_full_and_light_nodes_end_to_end(tmp_path: Path) -> None:
+    made = fedcoin("keygen", "--out", "server.pem", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    server = made.stdout.strip()
+    assert re.fullmatch(r"fc[0-9a-f]{40}", server)
+    gen = fedcoin("genesis", "--out", "genesis.json", "--alloc", f"{server}=1000",
+                  "--min-block-interval-ms", "300", cwd=tmp_path)  # fmt: skip
+    assert gen.returncode == 0, gen.stderr
+    with running_node(tmp_path) as address:
         light = fedcoin(
             "light", "--node", f"http://{address}", "--key", "server.pem",
             "--rounds", "1", "--clients", "3", "--epochs", "1", cwd=tmp_path, timeout=300,
         )  # fmt: skip
         assert light.returncode == 0, light.stderr[-2000:]
         assert re.search(r"round 1: accuracy [0-9.]+, SV \[", light.stdout)
-    finally:
-        node.send_signal(signal.SIGTERM)
-        rest = node.communicate(timeout=30)[1]
-    assert node.returncode == 0
-    assert "full node stopped at height" in rest
