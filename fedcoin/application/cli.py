@@ -36,6 +36,9 @@ DEFAULT_NODE = "http://127.0.0.1:8700"
 
 
 def default_home() -> Path:
+    """$FEDCOIN_HOME, else $XDG_DATA_HOME/fedcoin, else ~/.local/share/fedcoin."""
+    if os.environ.get("FEDCOIN_HOME"):
+        return Path(os.environ["FEDCOIN_HOME"])
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "fedcoin"
 
@@ -103,15 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=default_home() / "node",
         help="chain store and content (default %(default)s)",
     )
-    p.add_argument("--genesis", type=Path, required=True, help="the network's genesis file")
+    p.add_argument(
+        "--genesis", type=Path, help="the network's genesis file (default DATA_DIR/genesis.json)"
+    )
     p.add_argument(
         "--key", type=Path, help="node key (default DATA_DIR/node.pem, created if missing)"
     )
     p.add_argument(
         "--listen",
         type=host_port,
-        default="127.0.0.1:8700",
-        help="HOST:PORT for peers and the API (default %(default)s)",
+        default=os.environ.get("FEDCOIN_LISTEN", "127.0.0.1:8700"),
+        help="HOST:PORT for peers and the API (default %(default)s; env FEDCOIN_LISTEN)",
     )
     p.add_argument(
         "--bootstrap",
@@ -121,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a peer to keep connected (repeatable)",
     )
     p.add_argument("--no-discover", action="store_true", help="do not dial peers learnt from peers")
-    p.add_argument("--ipfs-api", help="IPFS HTTP API multiaddr, e.g. /ip4/127.0.0.1/tcp/5001")
+    p.add_argument(
+        "--ipfs-api",
+        default=os.environ.get("FEDCOIN_IPFS_API") or None,
+        help="IPFS HTTP API multiaddr, e.g. /ip4/127.0.0.1/tcp/5001 (env FEDCOIN_IPFS_API)",
+    )
     p.add_argument(
         "--no-mine", action="store_true", help="validate and serve only; make no shares or blocks"
     )
@@ -309,7 +318,7 @@ async def run_until_signalled(coro_factory: Any) -> None:
 def cmd_full(args: argparse.Namespace) -> int:
     from fedcoin.application.full_node import FullNode, FullNodeConfig
 
-    genesis = Genesis.load(args.genesis)
+    genesis = Genesis.load(args.genesis or args.data_dir / "genesis.json")
     key = load_or_create_key(args.key or args.data_dir / "node.pem")
     host, _, port = args.listen.rpartition(":")
     config = FullNodeConfig(
