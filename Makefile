@@ -35,6 +35,8 @@ test: lint typecheck unit
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/network.py
+	$(BIN)/python bench/shapley.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
