@@ -104,10 +104,6 @@ class InvalidAmount(TxError):
     """the amount must be positive"""
 
 
-class DuplicateTx(TxError):
-    """a block must not contain the same transaction twice"""
-
-
 # --- the FL task contract -------------------------------------------------------------------
 class ContractError(RuleViolation):
     """A task transaction breaks a contract rule."""

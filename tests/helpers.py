@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from fedcoin.consensus.rules import Applied, build_block
 from fedcoin.data.block import Block, BlockHeader, PosapSection, Share
 from fedcoin.data.genesis import DEFAULT_PARAMS, ChainParams, Genesis
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.state import State, SvTask, TaskState
+from fedcoin.data.store import ChainStore, MemoryChainStore, SqliteChainStore
 from fedcoin.data.tx import (
     DEFAULT_POSAP,
     ClientUpdate,
@@ -52,6 +54,13 @@ def make_genesis(
     alloc = allocations or {ALICE: 1_000 * FC, BOB: 1_000 * FC, SERVER: 100 * FC}
     rows = tuple(sorted((k.address, amount) for k, amount in alloc.items()))
     return Genesis(CHAIN_ID, T0, rows, params)
+
+
+def make_store(kind: str, directory: Path, genesis: Genesis) -> ChainStore:
+    """The same chain store contract, in memory or in a real SQLite file."""
+    if kind == "memory":
+        return MemoryChainStore(genesis)
+    return SqliteChainStore(directory / "chain.sqlite", genesis)
 
 
 def ref(label: str, size: int = 100) -> ContentRef:

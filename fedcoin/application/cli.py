@@ -337,21 +337,11 @@ def cmd_full(args: argparse.Namespace) -> int:
 
 
 def cmd_light(args: argparse.Namespace) -> int:
-    from fedcoin.application.datasets import (
-        load_digits_dataset,
-        load_mnist_npz,
-        make_clients,
-        split_validation,
-    )  # fmt: skip
+    from fedcoin.application.datasets import load_task_data, make_clients
     from fedcoin.application.fl_server import FLServer, FLServerConfig
     from fedcoin.application.training import build_mlp
 
-    if args.dataset == "mnist":
-        if args.mnist_path is None:
-            raise FedCoinError("--dataset mnist needs --mnist-path FILE")
-        train, val = load_mnist_npz(args.mnist_path)
-    else:
-        train, val = split_validation(load_digits_dataset(), 0.2, args.seed)
+    train, val = load_task_data(args.dataset, args.mnist_path, args.seed)
     shards = make_clients(
         train, clients=args.clients, noisy=args.noisy, free_riders=args.free_riders,
         non_iid_alpha=args.non_iid, seed=args.seed,
@@ -451,10 +441,10 @@ def default_task_content(args: argparse.Namespace) -> tuple[bytes, bytes]:
         decode_bundle(bundle)
         decode_dataset(validation)
         return bundle, validation
-    from fedcoin.application.datasets import load_digits_dataset, split_validation
+    from fedcoin.application.datasets import load_task_data
     from fedcoin.application.training import build_mlp
 
-    _, val = split_validation(load_digits_dataset(), 0.2, args.seed)
+    _, val = load_task_data("digits", None, args.seed)
     arch, weights = build_mlp(val.x.shape[1], val.classes, seed=args.seed)
     return encode_bundle(arch, weights), encode_dataset(val.x, val.y)
 

@@ -89,6 +89,20 @@ def from_arrays(x: np.ndarray, y: np.ndarray) -> Dataset:
     )
 
 
+def load_task_data(
+    dataset: str, mnist_path: str | Path | None, seed: int
+) -> tuple[Dataset, Dataset]:
+    """(train, validation) for a named dataset: ``digits`` (bundled, 20 % held out by
+    ``seed``) or ``mnist`` (its own test set from a local ``.npz``)."""
+    if dataset == "mnist":
+        if mnist_path is None:
+            raise ConfigError("--dataset mnist needs --mnist-path FILE")
+        return load_mnist_npz(mnist_path)
+    if dataset != "digits":
+        raise ConfigError(f"unknown dataset {dataset!r} (digits or mnist)")
+    return split_validation(load_digits_dataset(), 0.2, seed)
+
+
 def split_validation(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """(train, validation), shuffled with ``seed``."""
     rng = np.random.default_rng(seed)

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from fedcoin.application.mempool import Mempool
 from fedcoin.consensus.chain import Chain, Imported, ImportResult
 from fedcoin.consensus.posap import PosapVerifier, make_share
 from fedcoin.consensus.rules import build_block
-from fedcoin.data.block import Block, PosapSection, Share
+from fedcoin.data.block import Block, BlockHeader, PosapSection, Share
 from fedcoin.data.content import DEFAULT_MAX_BLOB, ContentStore
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.keys import PrivateKey, address_of, format_address
@@ -82,7 +82,6 @@ class FullNodeConfig:
     """Milliseconds since the epoch."""
     notifier: Notifier | None = None
     """Share one with other nodes in the same process (tests, simulations)."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class FullNode:
@@ -346,7 +345,9 @@ class FullNode:
         ):
             await self._propose(state, head, now, None)
 
-    async def _propose(self, state: State, head: Any, now: int, posap: PosapSection | None) -> None:
+    async def _propose(
+        self, state: State, head: BlockHeader, now: int, posap: PosapSection | None
+    ) -> None:
         txs = self.mempool.select(self.genesis.params.max_block_txs)
         timestamp = max(now, head.timestamp_ms + 1)
         for _ in range(len(txs) + len(posap.shares if posap else ()) + 1):
@@ -378,7 +379,7 @@ class FullNode:
                 )  # fmt: skip
             return
 
-    def _still_valid(self, state: State, head: Any, posap: PosapSection) -> Iterable[Share]:
+    def _still_valid(self, state: State, head: BlockHeader, posap: PosapSection) -> Iterable[Share]:
         sv = state.queue[0]
         task = state.tasks[sv.task_id]
         for share in posap.shares:

@@ -22,13 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedcoin.application.datasets import (
-    ClientKind,
-    load_digits_dataset,
-    load_mnist_npz,
-    make_clients,
-    split_validation,
-)
+from fedcoin.application.datasets import ClientKind, load_task_data, make_clients
 from fedcoin.application.fl_server import FLServer, FLServerConfig, RoundReport
 from fedcoin.application.full_node import FullNode, FullNodeConfig
 from fedcoin.consensus.shapley import SV_SCALE
@@ -66,8 +60,6 @@ class SimConfig:
             raise ConfigError("--rounds must be at least 1")
         if self.noisy + self.free_riders > self.clients:
             raise ConfigError("more noisy and free-riding clients than clients")
-        if self.dataset == "mnist" and self.mnist_path is None:
-            raise ConfigError("--dataset mnist needs --mnist-path FILE")
 
 
 def derived_key(seed: int, role: str) -> PrivateKey:
@@ -78,11 +70,7 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
     cfg.check()
     for name in ("fedcoin", "aiohttp"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    if cfg.dataset == "mnist":
-        assert cfg.mnist_path is not None
-        train, val = load_mnist_npz(cfg.mnist_path)
-    else:
-        train, val = split_validation(load_digits_dataset(), 0.2, cfg.seed)
+    train, val = load_task_data(cfg.dataset, cfg.mnist_path, cfg.seed)
     shards = make_clients(
         train, clients=cfg.clients, noisy=cfg.noisy, free_riders=cfg.free_riders,
         non_iid_alpha=cfg.non_iid, seed=cfg.seed,

@@ -1,8 +1,8 @@
 """Fork choice (DESIGN §5): the chain of greatest cumulative weight; ties go to the lower hash.
 
 Weight counts PoSap work: a block that settles an SV task weighs 1 + its number of shares, any
-other block weighs 1. A miner proposes a sibling of the head only if it would be strictly
-heavier than the head.
+other block weighs 1. (Miners here only ever build on their head, so they never propose a
+sibling that is not heavier, as DESIGN §5 requires.)
 """
 
 from __future__ import annotations
@@ -15,8 +15,3 @@ def heavier(candidate: BlockHeader, head: BlockHeader) -> bool:
     if candidate.weight != head.weight:
         return candidate.weight > head.weight
     return candidate.hash < head.hash
-
-
-def may_propose_sibling(sibling_weight: int, head: BlockHeader) -> bool:
-    """A sibling of the head is worth proposing only if strictly heavier than the head."""
-    return sibling_weight > head.weight

@@ -17,7 +17,7 @@ import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import field
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 import msgpack
 
@@ -217,8 +217,6 @@ class Record:
     """Mixin for frozen dataclasses whose fields are declared with :func:`wire`."""
 
     __slots__ = ()
-    #: Domain tag for signatures over this record's hash, where it is signed.
-    SIGN_TAG: ClassVar[bytes] = b""
 
     def to_wire(self) -> list[Any]:
         codecs = _codecs(type(self))

@@ -10,7 +10,7 @@ import pytest
 from fedcoin.consensus.chain import Chain, Imported
 from fedcoin.consensus.forkchoice import heavier
 from fedcoin.data.block import PosapSection
-from fedcoin.data.store import ChainStore, MemoryChainStore, SqliteChainStore
+from fedcoin.data.store import MemoryChainStore
 from fedcoin.errors import BadTxInBlock, UnknownParent
 from tests.helpers import (
     ALICE,
@@ -23,6 +23,7 @@ from tests.helpers import (
     make_genesis,
     make_publish,
     make_share,
+    make_store,
     make_submit,
     make_transfer,
 )
@@ -31,11 +32,7 @@ from tests.helpers import (
 @pytest.fixture(params=["memory", "sqlite"])
 def chain(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chain]:
     genesis = make_genesis()
-    store: ChainStore = (
-        MemoryChainStore(genesis)
-        if request.param == "memory"
-        else SqliteChainStore(tmp_path / "c.sqlite", genesis)
-    )
+    store = make_store(request.param, tmp_path, genesis)
     yield Chain(store, genesis, TableVerifier())
     store.close()
 

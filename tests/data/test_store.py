@@ -19,7 +19,16 @@ from fedcoin.data.genesis import Genesis
 from fedcoin.data.state import State
 from fedcoin.data.store import SNAPSHOT_EVERY, ChainStore, MemoryChainStore, SqliteChainStore
 from fedcoin.errors import StoreError
-from tests.helpers import ALICE, BOB, CAROL, MINER2, ChainBuilder, make_genesis, make_transfer
+from tests.helpers import (
+    ALICE,
+    BOB,
+    CAROL,
+    MINER2,
+    ChainBuilder,
+    make_genesis,
+    make_store,
+    make_transfer,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,12 +44,7 @@ def build_chain(genesis: Genesis, length: int, seed: int = 0) -> list[tuple[Bloc
 
 @pytest.fixture(params=["memory", "sqlite"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChainStore]:
-    genesis = make_genesis()
-    made: ChainStore = (
-        MemoryChainStore(genesis)
-        if request.param == "memory"
-        else SqliteChainStore(tmp_path / "chain.sqlite", genesis)
-    )
+    made = make_store(request.param, tmp_path, make_genesis())
     yield made
     made.close()
 
