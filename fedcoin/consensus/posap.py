@@ -20,6 +20,7 @@ source, checks the FedAvg, builds (and caches) the coalition game, and verifies 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
@@ -138,6 +139,7 @@ class PosapVerifier:
         self.content = content
         self.games: OrderedDict[bytes, CoalitionGame] = OrderedDict()
         self.cache_games = cache_games
+        self._lock = threading.Lock()  # games are built and looked up from worker threads
 
     def _blob(self, ref: ContentRef, missing: type[RuleViolation]) -> bytes:
         data = self.content.get(ref.sha256)
@@ -161,6 +163,10 @@ class PosapVerifier:
 
     def game(self, sv_task: SvTask, task: TaskState) -> CoalitionGame:
         """The coalition game of an SV task, built once and cached."""
+        with self._lock:
+            return self._game(sv_task, task)
+
+    def _game(self, sv_task: SvTask, task: TaskState) -> CoalitionGame:
         cached = self.games.get(sv_task.sv_task_id)
         if cached is not None:
             self.games.move_to_end(sv_task.sv_task_id)

@@ -25,6 +25,7 @@ verifier checking many shares of one SV task evaluates each coalition once.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -390,6 +391,8 @@ class CoalitionGame:
         # Player index n is the previous global model, model(∅).
         self.evaluator = make_evaluator(architecture_json, [*clients, previous], x_val, y_val)
         self.memo: dict[int, int] = {}
+        # A node verifies shares and makes its own in worker threads: one evaluation at a time.
+        self._lock = threading.Lock()
 
     @property
     def evaluations(self) -> int:
@@ -409,11 +412,12 @@ class CoalitionGame:
 
     def utilities(self, masks: Sequence[int]) -> list[int]:
         """U of each coalition, evaluating the ones not seen yet in batches."""
-        todo = sorted({m for m in masks if m not in self.memo})
-        if todo:
-            counts = self.evaluator.correct(self.coefficients(todo))
-            self.memo.update(zip(todo, (int(c) for c in counts), strict=True))
-        return [self.memo[m] for m in masks]
+        with self._lock:
+            todo = sorted({m for m in masks if m not in self.memo})
+            if todo:
+                counts = self.evaluator.correct(self.coefficients(todo))
+                self.memo.update(zip(todo, (int(c) for c in counts), strict=True))
+            return [self.memo[m] for m in masks]
 
     def utility(self, mask: int) -> int:
         return self.utilities([mask])[0]
