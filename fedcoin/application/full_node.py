@@ -124,7 +124,7 @@ class FullNode:
             discover=cfg.discover,
             max_message_bytes=max(16 * 1024 * 1024, 2 * cfg.max_content_bytes),
         )
-        self.p2p = P2PNode(net, self.link, self.key.public, app=app, notifier=self.notifier)
+        self.p2p = P2PNode(net, self.link, self.key, app=app, notifier=self.notifier)
         self.p2p.register(BlockMessage, self._on_block)
         self.p2p.register(TxMessage, self._on_tx)
         self.p2p.register(ShareMessage, self._on_share)

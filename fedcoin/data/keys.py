@@ -29,6 +29,7 @@ TAG_TX = b"fedcoin/tx/v1"
 TAG_BLOCK = b"fedcoin/block/v1"
 TAG_SHARE = b"fedcoin/share/v1"
 TAG_UPDATE = b"fedcoin/update/v1"
+TAG_HELLO = b"fedcoin/hello/v1"
 
 
 def address_of(pubkey: bytes) -> bytes:

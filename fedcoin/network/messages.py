@@ -15,6 +15,7 @@ from fedcoin.data.block import Block, Share
 from fedcoin.data.encoding import (
     HASH,
     PUBKEY,
+    SIGNATURE,
     U16,
     U64,
     Record,
@@ -65,6 +66,17 @@ class Hello(Message):
     """Height of the head."""
     weight: int = wire(U64)
     """Cumulative weight of the head."""
+    nonce: bytes = wire(HASH)
+    """Fresh random challenge; the other side proves its key by signing it (``Auth``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Auth(Message):
+    """Second message both ways: proof that the sender holds the key its Hello named."""
+
+    TYPE: ClassVar[int] = 11
+    signature: bytes = wire(SIGNATURE)
+    """Signature over ``fedcoin/hello/v1 || sha256(receiver's nonce || sender's key)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +166,7 @@ class Pong(Message):
 
 
 _ALL: tuple[type[Message], ...] = (Hello, GetPeers, Peers, TxMessage, ShareMessage)
-_ALL += (BlockMessage, GetBlocks, Blocks, Ping, Pong)
+_ALL += (BlockMessage, GetBlocks, Blocks, Ping, Pong, Auth)
 MESSAGE_TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in _ALL}
 
 
@@ -180,6 +192,11 @@ def decode_message(frame: bytes, max_bytes: int) -> Message:
         return cls.from_wire(body)
     except DecodeError as exc:
         raise ProtocolViolation(f"{cls.__name__}: {exc}") from None
+
+
+def auth_digest(nonce: bytes, signer_pubkey: bytes) -> bytes:
+    """What a node signs to prove its key: the other side's nonce, bound to its own key."""
+    return sha256(nonce + signer_pubkey)
 
 
 def message_id(frame: bytes) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -20,10 +21,12 @@ from typing import Any
 
 from aiohttp import web
 
+from fedcoin.data.keys import TAG_HELLO, PrivateKey, verify
 from fedcoin.errors import HandshakeRefused, Ignore, NeedsSync, Reject
 from fedcoin.network.gossip import Handler, Handlers, SeenCache
 from fedcoin.network.messages import (
     PROTOCOL_VERSION,
+    Auth,
     BlockMessage,
     Blocks,
     GetBlocks,
@@ -33,6 +36,7 @@ from fedcoin.network.messages import (
     Peers,
     Ping,
     Pong,
+    auth_digest,
     decode_message,
     encode_message,
     message_id,
@@ -110,7 +114,7 @@ class P2PNode:
         self,
         config: NetConfig,
         chain: ChainView,
-        node_pubkey: bytes,
+        node_key: PrivateKey,
         *,
         app: web.Application | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -118,7 +122,8 @@ class P2PNode:
     ) -> None:
         self.config = config
         self.chain = chain
-        self.node_pubkey = node_pubkey
+        self.node_key = node_key
+        self.node_pubkey = node_key.public
         self.clock = clock
         self.handlers = Handlers()
         self.seen = SeenCache()
@@ -255,25 +260,32 @@ class P2PNode:
             self._notify()
             self._wake.set()
 
-    async def _handshake(self, peer: Peer) -> None:
-        head, height, weight = self.chain.status()
-        mine = Hello(
-            PROTOCOL_VERSION, self.config.chain_id, self.config.genesis, self.node_pubkey,
-            self.listen, head, height, weight,
-        )  # fmt: skip
-        await peer.conn.send(encode_message(mine))
+    async def _expect(self, peer: Peer, cls: type[Message]) -> Message:
         try:
             frame = await asyncio.wait_for(peer.conn.recv(), self.config.handshake_timeout)
         except TimeoutError:
-            raise HandshakeRefused("no Hello in time") from None
+            raise HandshakeRefused(f"no {cls.__name__} in time") from None
         if frame is None:
-            raise HandshakeRefused("closed before Hello")
+            raise HandshakeRefused(f"closed before {cls.__name__}")
         try:
-            hello = decode_message(frame, self.config.max_message_bytes)
+            message = decode_message(frame, self.config.max_message_bytes)
         except Reject as exc:
-            raise HandshakeRefused(f"malformed Hello: {exc}") from None
-        if not isinstance(hello, Hello):
-            raise HandshakeRefused(f"first message was {type(hello).__name__}, not Hello")
+            raise HandshakeRefused(f"malformed {cls.__name__}: {exc}") from None
+        if not isinstance(message, cls):
+            raise HandshakeRefused(f"got {type(message).__name__}, expected {cls.__name__}")
+        return message
+
+    async def _handshake(self, peer: Peer) -> None:
+        """Hello both ways, then Auth both ways: each side signs the other's fresh nonce."""
+        head, height, weight = self.chain.status()
+        nonce = os.urandom(32)
+        mine = Hello(
+            PROTOCOL_VERSION, self.config.chain_id, self.config.genesis, self.node_pubkey,
+            self.listen, head, height, weight, nonce,
+        )  # fmt: skip
+        await peer.conn.send(encode_message(mine))
+        hello = await self._expect(peer, Hello)
+        assert isinstance(hello, Hello)
         if hello.protocol != PROTOCOL_VERSION:
             raise HandshakeRefused(f"protocol {hello.protocol}, we speak {PROTOCOL_VERSION}")
         if hello.chain_id != self.config.chain_id or hello.genesis != self.config.genesis:
@@ -287,6 +299,15 @@ class P2PNode:
             hello.listen and self.bans.banned(hello.listen)
         ):
             raise HandshakeRefused("banned")
+        proof = self.node_key.sign(TAG_HELLO, auth_digest(hello.nonce, self.node_pubkey))
+        await peer.conn.send(encode_message(Auth(proof)))
+        auth = await self._expect(peer, Auth)
+        assert isinstance(auth, Auth)
+        # The peer holds the key it named (otherwise bans by key could be pinned on others)
+        if not verify(
+            hello.node_pubkey, TAG_HELLO, auth_digest(nonce, hello.node_pubkey), auth.signature
+        ):
+            raise HandshakeRefused("the peer could not prove its node key")
         if hello.node_pubkey.hex() in self.peers:
             raise HandshakeRefused("already connected")
         peer.hello = hello
@@ -294,7 +315,12 @@ class P2PNode:
     def _ban(self, peer: Peer) -> None:
         seconds = self.config.limits.ban_seconds
         self.bans.ban(peer.key, seconds)
-        if peer.hello is not None and peer.hello.listen:
+        # A listen address is only the peer's own claim, unless we dialled it ourselves.
+        if (
+            peer.hello is not None
+            and not peer.conn.inbound
+            and peer.hello.listen == peer.conn.remote
+        ):
             self.bans.ban(peer.hello.listen, seconds)
         log.warning("banned %s for %.0f s (score %d)", peer.name, seconds, peer.score)
 
@@ -404,8 +430,8 @@ class P2PNode:
         task.add_done_callback(self._tasks.discard)
 
     async def _direct(self, peer: Peer, message: Message) -> None:
-        if isinstance(message, Hello):
-            raise Reject("second Hello")
+        if isinstance(message, Hello | Auth):
+            raise Reject(f"second {type(message).__name__}")
         if isinstance(message, Ping):
             peer.enqueue(Pong(message.nonce))
         elif isinstance(message, Pong):

@@ -55,7 +55,7 @@ class NetNode:
             max_message_bytes=max_message_bytes,
             limits=limits or PeerLimits(),
         )
-        self.p2p = P2PNode(config, self.link, self.key.public, notifier=notifier)
+        self.p2p = P2PNode(config, self.link, self.key, notifier=notifier)
         self.txs: Counter[bytes] = Counter()
         self.blocks: Counter[bytes] = Counter()
         #: How often the router handed each message id to a handler (the seen-cache's job

@@ -20,7 +20,17 @@ from fedcoin.network.messages import (
 from tests.helpers import ALICE, BOB, make_transfer
 
 SAMPLES = [
-    Hello(PROTOCOL_VERSION, "c", b"\x01" * 32, b"\x02" * 32, "127.0.0.1:1", b"\x03" * 32, 5, 9),
+    Hello(
+        PROTOCOL_VERSION,
+        "c",
+        b"\x01" * 32,
+        b"\x02" * 32,
+        "127.0.0.1:1",
+        b"\x03" * 32,
+        5,
+        9,
+        b"\x04" * 32,
+    ),
     Peers(("127.0.0.1:1", "127.0.0.1:2")),
     TxMessage(make_transfer(ALICE, BOB, 1, 0)),
     GetBlocks((b"\x04" * 32,), 64),

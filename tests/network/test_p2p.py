@@ -6,21 +6,26 @@ Real websockets on 127.0.0.1 with ports from the OS; waits are on facts, never o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
 
 import pytest
 
+from fedcoin.data.keys import TAG_HELLO
 from fedcoin.data.tx import Transfer, make_tx
 from fedcoin.network.messages import (
     PROTOCOL_VERSION,
+    Auth,
     BlockMessage,
     Hello,
     Ping,
     TxMessage,
+    auth_digest,
+    decode_message,
     encode_message,
 )
 from fedcoin.network.peers import PeerLimits
-from fedcoin.network.transport import connect
+from fedcoin.network.transport import TransportError, connect
 from tests.helpers import CHAIN_ID, key
 from tests.network.harness import NetNode, Network, net_genesis, other_genesis
 
@@ -103,14 +108,22 @@ async def test_partition_heals_to_the_heavier_branch() -> None:
         await net.wait_until(lambda: all(n.head == block.hash for n in (a, b, c, d)))
 
 
-async def raw_peer(target: NetNode, name: str = "rogue", genesis=GENESIS, max_bytes: int = 1 << 22):
-    """A hand-driven peer: connect, say Hello, return the connection."""
+async def raw_peer(
+    target: NetNode, name: str = "rogue", genesis=GENESIS, max_bytes: int = 1 << 22, claim=None
+):
+    """A hand-driven peer: connect, Hello and Auth (as ``name``, or claiming another key)."""
     conn = await connect(target.address, max_bytes=max_bytes, timeout=5, send_timeout=5)
+    me = key(name)
+    claimed = claim or me.public
     head = genesis.block().hash
-    hello = Hello(PROTOCOL_VERSION, genesis.chain_id, head, key(name).public, "", head, 0, 0)
+    hello = Hello(PROTOCOL_VERSION, genesis.chain_id, head, claimed, "", head, 0, 0, b"\x05" * 32)
     await conn.send(encode_message(hello))
     first = await conn.recv()
     assert first is not None  # the node's own Hello
+    theirs = decode_message(first, max_bytes)
+    proof = me.sign(TAG_HELLO, auth_digest(theirs.nonce, claimed))
+    with contextlib.suppress(TransportError):  # a node that refused us may be gone already
+        await conn.send(encode_message(Auth(proof)))
     return conn
 
 
@@ -202,6 +215,22 @@ async def test_peer_on_another_network_is_refused_at_handshake() -> None:
         conn = await raw_peer(a, "alien", genesis=other_genesis(GENESIS))
         await asyncio.wait_for(drain_until_closed(conn), 5)
         assert not a.p2p.peers
+
+
+async def test_a_peer_cannot_claim_someone_elses_key() -> None:
+    async with Network() as net:
+        a, c = await make_nodes(net, 2)  # not linked yet
+        # An impostor claims c's key (it cannot sign for it), then misbehaves.
+        impostor = await raw_peer(a, "impostor", claim=c.key.public)
+        with contextlib.suppress(TransportError):
+            for i in range(10):
+                await impostor.send(b"\xc1garbage" + bytes([i]))
+        await asyncio.wait_for(drain_until_closed(impostor), 5)
+        # Refused at the handshake: c's key is not banned, and c can still join.
+        assert not a.p2p.bans.banned(c.key.public.hex())
+        await net.link(c, a)
+        block = await c.produce()
+        await net.wait_until(lambda: a.head == block.hash)
 
 
 async def test_peer_exchange_discovers_the_network() -> None:
