@@ -12,6 +12,8 @@ The mining loop, woken by a new head, transaction or share (or a short tick):
   ``posap_timeout_ms`` passed with no share at all;
 - otherwise, with transactions waiting, propose a transaction-only block once
   ``min_block_interval_ms`` has passed since the head.
+Each miner adds its own stagger (up to the window or interval again), drawn from the head's
+hash and its key, so miners take turns instead of proposing competing blocks at once.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from fedcoin.consensus.posap import PosapVerifier, make_share
 from fedcoin.consensus.rules import build_block
 from fedcoin.data.block import Block, BlockHeader, PosapSection, Share
 from fedcoin.data.content import DEFAULT_MAX_BLOB, ContentStore
+from fedcoin.data.encoding import sha256
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.keys import PrivateKey, address_of, format_address
 from fedcoin.data.state import State, SvTask, TaskState
@@ -334,16 +337,26 @@ class FullNode:
                     )
                     return
             since = self.first_share_ms.get(sv.sv_task_id)
-            if pool and since is not None and now >= since + params.share_window_ms:
+            wait = params.share_window_ms + self._stagger(head, params.share_window_ms)
+            if pool and since is not None and now >= since + wait:
                 shares = tuple(sorted(pool.values(), key=lambda s: s.miner_pubkey))
                 await self._propose(state, head, now, PosapSection(sv.sv_task_id, shares))
             elif not pool and now >= sv.queued_ms + params.posap_timeout_ms:
                 await self._propose(state, head, now, PosapSection(sv.sv_task_id, ()))
-        elif (
-            len(self.mempool)
-            and now >= head.timestamp_ms + self.genesis.params.min_block_interval_ms
-        ):
-            await self._propose(state, head, now, None)
+        else:
+            interval = self.genesis.params.min_block_interval_ms
+            if len(self.mempool) and now >= head.timestamp_ms + interval + self._stagger(
+                head, interval
+            ):
+                await self._propose(state, head, now, None)
+
+    def _stagger(self, head: BlockHeader, span_ms: int) -> int:
+        """This miner's turn on ``head``: a delay in [0, span_ms) drawn from the head's hash
+        and the miner's key, different for every block. Whoever draws the shortest proposes
+        first and the others usually see its block before their own turn, instead of every
+        miner proposing at once and the forks resolving by hash."""
+        draw = int.from_bytes(sha256(head.hash + self.key.public)[:4], "big")
+        return draw % max(span_ms, 1)
 
     async def _propose(
         self, state: State, head: BlockHeader, now: int, posap: PosapSection | None
