@@ -71,7 +71,7 @@ class PosapParams(Record):
 DEFAULT_POSAP = PosapParams(
     n_exact_max=10,
     budget=1024,
-    spot_checks=44,
+    spot_checks=50,
     tolerance=1,
     posap_timeout_ms=120_000,
     share_window_ms=1_500,
