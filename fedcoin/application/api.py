@@ -70,6 +70,11 @@ def ref_json(ref: ContentRef) -> dict[str, Any]:
     return {"sha256": ref.sha256.hex(), "size": ref.size, "cid": ref.cid}
 
 
+def ref_from_json(data: dict[str, Any]) -> ContentRef:
+    """The inverse of ``ref_json``."""
+    return ContentRef(bytes.fromhex(data["sha256"]), int(data["size"]), str(data["cid"]))
+
+
 def spec_json(spec: TaskSpec) -> dict[str, Any]:
     return {
         "name": spec.name, "model": ref_json(spec.model), "validation": ref_json(spec.validation),

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from fedcoin.application.api import ref_from_json
 from fedcoin.application.content import IpfsClient
 from fedcoin.application.datasets import ClientShard, Dataset
 from fedcoin.consensus.utility import fedavg
@@ -206,7 +207,7 @@ class FLServer:
                 self.task_id = await self._publish(node, chain_id, status["height"])
             task = await self._wait(node, lambda t: True, "the task to appear")
             for r in range(task["rounds_done"] + 1, task["spec"]["rounds"] + 1):
-                current = await node.get_content(_ref(task["global_model"]))
+                current = await node.get_content(ref_from_json(task["global_model"]))
                 global_weights = weights_of(current)
                 report = await self._round(node, chain_id, trainer, r, global_weights)
                 self.reports.append(report)
@@ -306,7 +307,3 @@ class FLServer:
                 raise NodeError(f"timed out waiting for {what}")
             await asyncio.sleep(delay)  # polling a remote HTTP API: there is no event to wait on
             delay = min(delay * 1.5, 1.0)
-
-
-def _ref(data: dict[str, Any]) -> ContentRef:
-    return ContentRef(bytes.fromhex(data["sha256"]), int(data["size"]), str(data["cid"]))

@@ -235,14 +235,18 @@ class FullNode:
                     self.first_share_ms.pop(sv_id, None)
         self._poke()
 
-    async def submit_tx(self, tx: Transaction) -> None:
-        """Admit a transaction to the mempool and gossip it; raise the rule it breaks."""
-        if tx.id in self.mempool:
-            return
+    async def _admit(self, tx: Transaction) -> None:
+        """Fetch what a round needs, then add to the mempool; raise what the tx breaks."""
         head, state = self.chain.head, self.chain.head_state()
         if isinstance(tx.body, SubmitRound):
             await self.resolver.ensure(self._round_refs(tx.body, state))
         self.mempool.add(tx, state, head.height, self.config.clock_ms())
+
+    async def submit_tx(self, tx: Transaction) -> None:
+        """Admit a transaction to the mempool and gossip it; raise the rule it breaks."""
+        if tx.id in self.mempool:
+            return
+        await self._admit(tx)
         self.p2p.broadcast(TxMessage(tx))
         log.info(
             "accepted %s %s from %s", tx.kind_name, tx.id.hex()[:12], format_address(tx.sender)
@@ -254,11 +258,8 @@ class FullNode:
         tx = message.tx
         if tx.id in self.mempool:
             raise Ignore("known transaction")
-        head, state = self.chain.head, self.chain.head_state()
         try:
-            if isinstance(tx.body, SubmitRound):
-                await self.resolver.ensure(self._round_refs(tx.body, state))
-            self.mempool.add(tx, state, head.height, self.config.clock_ms())
+            await self._admit(tx)
         except ContentMissing as exc:
             raise Ignore(str(exc)) from None
         except RuleViolation as exc:

@@ -14,10 +14,10 @@ from fedcoin.contract.task import RoundChecker
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.state import Draft, State
 from fedcoin.data.tx import Transaction
-from fedcoin.errors import ContractError, TxError
+from fedcoin.errors import ContractError, FedCoinError, TxError
 
 
-class MempoolFull(Exception):
+class MempoolFull(FedCoinError):
     """The mempool holds as many transactions as it may."""
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from fedcoin.data.keys import TAG_HELLO, PrivateKey, verify
-from fedcoin.errors import HandshakeRefused, Ignore, NeedsSync, Reject
+from fedcoin.errors import FedCoinError, HandshakeRefused, Ignore, NeedsSync, Reject
 from fedcoin.network.gossip import Handler, Handlers, SeenCache
 from fedcoin.network.messages import (
     PROTOCOL_VERSION,
@@ -393,6 +393,11 @@ class P2PNode:
             pass
         except Reject as exc:
             self.penalise(peer, PENALTY_INVALID, str(exc))
+        except FedCoinError as exc:
+            # Our own trouble handling it (store, content, a full mempool), not the peer's
+            # fault: drop the message, keep the peer. Escaping here would end the peer's task
+            # and, through the TaskGroup, every other task of this service.
+            log.warning("could not handle %s from %s: %s", type(message).__name__, peer.name, exc)
 
     async def _gossip(self, peer: Peer, message: Message, frame: bytes, mid: bytes) -> None:
         handler = self.handlers.get(type(message))

@@ -244,3 +244,30 @@ async def test_peer_exchange_discovers_the_network() -> None:
         await net.wait_until(lambda: all(len(s.p2p.peers) == 3 for s in spokes))
         block = await spokes[0].produce()
         await net.wait_until(lambda: all(n.head == block.hash for n in net.nodes))
+
+
+async def test_a_local_error_in_a_handler_drops_the_message_not_the_node() -> None:
+    from fedcoin.errors import StoreError
+
+    async with Network() as net:
+        a, b = await make_nodes(net, 2)
+        await net.link(b, a)  # b dialled a: b's side of the link runs in b's TaskGroup
+        failures = []
+
+        async def broken(message, peer) -> None:
+            failures.append(message)
+            net.notifier.notify()  # wake waiters: the fact they wait on changed
+            raise StoreError("disk trouble")
+
+        b.p2p.handlers._by_type[TxMessage] = broken  # this node's store fails on transactions
+        tx = a_tx(0)
+        a.txs[tx.id] += 1
+        a.p2p.broadcast(TxMessage(tx))
+        await net.wait_until(lambda: failures)
+        # the peer is still connected, not penalised, and blocks still flow both ways
+        await barrier(net)
+        assert a.key.public.hex() in b.p2p.peers and b.key.public.hex() in a.p2p.peers
+        assert b.p2p.peers[a.key.public.hex()].score == 0
+        for producer, other in ((a, b), (b, a)):
+            block = await producer.produce()
+            await net.wait_until(lambda block=block, other=other: other.head == block.hash)
