@@ -53,7 +53,7 @@ from fedcoin.errors import (
     ShareError,
 )
 from fedcoin.network.messages import BlockMessage, Message, ShareMessage, TxMessage
-from fedcoin.network.node import NetConfig, Notifier, P2PNode
+from fedcoin.network.node import NetConfig, Notifier, P2PNode, wait_event
 
 log = logging.getLogger("fedcoin.node")
 TICK_SECONDS = 0.1
@@ -309,8 +309,7 @@ class FullNode:
                 await self._mine_step()
             except FedCoinError as exc:
                 log.warning("mining step failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), TICK_SECONDS)
+            await wait_event(self.wake, TICK_SECONDS)
 
     async def _mine_step(self) -> None:
         now = self.config.clock_ms()

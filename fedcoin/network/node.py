@@ -91,6 +91,21 @@ class NetConfig:
     """Caps, rate limits and ban policy."""
 
 
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` at most ``seconds``; True if it was set.
+
+    Built on ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11 ``wait_for``
+    returns normally when the event is set in the same loop iteration as a cancellation
+    arrives, losing the cancellation — a service loop that ticks on it then never stops.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 class Notifier:
     """Wakes waiters whenever something they may be waiting for changed. Nodes in one
     process (a simulation, a test) can share one, so a waiter needs only one event."""
@@ -262,7 +277,8 @@ class P2PNode:
 
     async def _expect(self, peer: Peer, cls: type[Message]) -> Message:
         try:
-            frame = await asyncio.wait_for(peer.conn.recv(), self.config.handshake_timeout)
+            async with asyncio.timeout(self.config.handshake_timeout):
+                frame = await peer.conn.recv()
         except TimeoutError:
             raise HandshakeRefused(f"no {cls.__name__} in time") from None
         if frame is None:
@@ -363,8 +379,7 @@ class P2PNode:
             pending = [t - now for t in next_try.values() if t > now]
             timeout = min(pending) if pending else self.config.reconnect_max
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
 
     # --- the pipeline ----------------------------------------------------------------------
     async def _on_frame(self, peer: Peer, frame: bytes) -> None:

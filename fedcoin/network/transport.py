@@ -85,7 +85,8 @@ class WebSocketConnection:
 
     async def close(self, reason: str = "") -> None:
         try:
-            await asyncio.wait_for(self.ws.close(message=reason.encode()[:120]), self.send_timeout)
+            async with asyncio.timeout(self.send_timeout):
+                await self.ws.close(message=reason.encode()[:120])
         except (TimeoutError, ConnectionError, RuntimeError, aiohttp.ClientError):
             pass
         if self.session is not None:
@@ -118,10 +119,10 @@ async def connect(
     """Dial a peer's ``host:port``; ``TransportError`` if it does not answer in time."""
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=timeout))
     try:
-        ws = await asyncio.wait_for(
-            session.ws_connect(f"ws://{address}{P2P_PATH}", max_msg_size=max_bytes, heartbeat=30.0),
-            timeout,
-        )
+        async with asyncio.timeout(timeout):
+            ws = await session.ws_connect(
+                f"ws://{address}{P2P_PATH}", max_msg_size=max_bytes, heartbeat=30.0
+            )
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         await session.close()
         raise TransportError(f"cannot connect to {address}: {exc!r}") from None

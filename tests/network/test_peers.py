@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from fedcoin.network.node import wait_event
 from fedcoin.network.peers import BanList, TokenBucket
 from fedcoin.network.transport import loopback_pair
 from tests.network.harness import NetNode, Network, net_genesis
@@ -49,3 +50,25 @@ async def test_gossip_over_loopback_without_sockets() -> None:
         block = await a.produce()
         await net.wait_until(lambda: c.head == block.hash)
         assert c.handled[block.hash] == 1
+
+
+async def test_wait_event_never_swallows_a_cancellation() -> None:
+    # A loop that ticks on wait_event must stop when cancelled, even if the event is set in
+    # the same iteration (asyncio.wait_for on Python 3.11 loses that cancellation).
+    async def ticking(event: asyncio.Event) -> None:
+        while True:
+            event.clear()
+            await wait_event(event, 0.1)
+
+    for _ in range(50):
+        event = asyncio.Event()
+        task = asyncio.create_task(ticking(event))
+        await asyncio.sleep(0)
+        event.set()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert done, "the loop swallowed its cancellation"
+    fresh = asyncio.Event()
+    assert await wait_event(fresh, 0.01) is False
+    fresh.set()
+    assert await wait_event(fresh, 0.01) is True
