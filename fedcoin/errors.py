@@ -306,3 +306,23 @@ class HandshakeRefused(FedCoinError):
 
 class NeedsSync(Ignore):
     """The message refers to blocks this node lacks (unknown parent): fetch them from the peer."""
+
+
+# --- node hardening: mempool bounds, round content shapes -----------------------------------
+class MempoolFull(FedCoinError):
+    """The mempool holds as many transactions as it may and the new one does not pay more."""
+
+    def __init__(self, **details: Any) -> None:
+        self.details = details
+        extra = ", ".join(f"{k}={_short(v)}" for k, v in details.items())
+        super().__init__(
+            f"{type(self).__name__}: {type(self).__doc__}" + f" ({extra})" * bool(extra)
+        )
+
+
+class SenderQueueFull(MempoolFull):
+    """The sender has as many pending transactions as one sender may."""
+
+
+class WrongTensorShapes(ContractError):
+    """client updates and the global model must have the task model's tensor shapes and dtypes"""
