@@ -326,3 +326,7 @@ class SenderQueueFull(MempoolFull):
 
 class WrongTensorShapes(ContractError):
     """client updates and the global model must have the task model's tensor shapes and dtypes"""
+
+
+class TooManyShares(ShareError):
+    """a PoSap section may carry at most MAX_SHARES shares"""

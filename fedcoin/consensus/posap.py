@@ -25,6 +25,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
+
 from fedcoin.consensus.aggregate import aggregate_estimates
 from fedcoin.consensus.shapley import (
     ESTIMATOR_EXACT,
@@ -51,6 +53,7 @@ from fedcoin.errors import (
     ScheduleMismatch,
     ShareContentUnavailable,
     TableEntryMismatch,
+    WrongTensorShapes,
 )
 
 SEED_TAG = b"fedcoin/posap/seed"
@@ -126,6 +129,11 @@ def verify_share(
             raise TableEntryMismatch(mask=mask, claimed=value, evaluated=real)
 
 
+def layout(weights: Sequence[np.ndarray]) -> list[tuple[tuple[int, ...], str]]:
+    """Each tensor's shape and dtype, in order: what two models must share to be averaged."""
+    return [(tuple(a.shape), a.dtype.str) for a in weights]
+
+
 def aggregate_shares(shares: Sequence[Share]) -> tuple[int, ...]:
     """The round's consensus SV: coordinate-wise median of the shares' estimates."""
     return aggregate_estimates([s.estimate for s in shares])
@@ -152,11 +160,16 @@ class PosapVerifier:
         try:
             clients = [weights_of(self._blob(u.weights, miss)) for u in round_.updates]
             global_model = weights_of(self._blob(round_.global_model, miss))
+            reference = weights_of(self._blob(task.spec.model, miss))
         except DecodeError as exc:
             raise NotFedAvg(reason=f"undecodable weights: {exc}") from None
-        reference = weights_of(self._blob(task.spec.model, miss))
-        if not all(len(c) == len(reference) for c in clients):
-            raise NotFedAvg(reason="a client's weights do not fit the task's model")
+        # Every client update and the global model fit the task's model: same tensors, same
+        # shapes, same dtypes (else no coalition of them can be evaluated)
+        expected = layout(reference)
+        for index, weights in enumerate([*clients, global_model]):
+            if layout(weights) != expected:
+                which = f"client {index}" if index < len(clients) else "global model"
+                raise WrongTensorShapes(which=which, expected=expected, got=layout(weights))
         # The global model is the FedAvg of the updates
         if not is_fedavg(global_model, clients, [u.samples for u in round_.updates]):
             raise NotFedAvg(round=round_.round)
@@ -179,9 +192,15 @@ class PosapVerifier:
             clients = [weights_of(self._blob(u.weights, miss)) for u in sv_task.updates]
         except DecodeError as exc:
             raise ShareContentUnavailable(reason=f"undecodable content: {exc}") from None
-        game = CoalitionGame(
-            architecture, previous, clients, [u.samples for u in sv_task.updates], x, y
-        )
+        try:
+            game = CoalitionGame(
+                architecture, previous, clients, [u.samples for u in sv_task.updates], x, y
+            )
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            # content that passed the round's checks but still cannot form a game (e.g. a
+            # validation set that does not fit the model): no share can be made, so the
+            # round is voided after the PoSap timeout instead of stopping the miners
+            raise ShareContentUnavailable(reason=f"cannot build the game: {exc}") from None
         self.games[sv_task.sv_task_id] = game
         while len(self.games) > self.cache_games:
             self.games.popitem(last=False)
