@@ -89,6 +89,8 @@ class NetConfig:
     """Longest reconnect delay."""
     limits: PeerLimits = field(default_factory=PeerLimits)
     """Caps, rate limits and ban policy."""
+    advertise: str = ""
+    """``host:port`` peers should dial to reach this node ("": the listen address)."""
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
