@@ -213,7 +213,7 @@ class FullNode:
     def _on_imported(self, block: Block, result: ImportResult) -> None:
         if result.outcome is Imported.HEAD:
             state = self.chain.head_state()
-            self.mempool.refresh(state, block.height, self.config.clock_ms())
+            self.mempool.refresh(state, block.height, self.config.clock_ms(), block.txs)
             self.shares.keep_only(sv.sv_task_id for sv in state.queue)
         self._poke()
 

@@ -17,7 +17,8 @@ admission that needs no state, for callers to run off the event loop before anyt
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fedcoin.consensus.transactions import TxContext, apply_transaction
@@ -39,6 +40,7 @@ __all__ = ["Mempool", "MempoolFull", "SenderQueueFull", "check_signatures"]
 
 DEFAULT_CAPACITY = 50_000
 DEFAULT_PER_SENDER = 10_000
+RECENT_BLOCKS = 8
 
 
 def check_signatures(tx: Transaction) -> None:
@@ -98,6 +100,7 @@ class Mempool:
         self.runs: dict[bytes, Run] = {}
         self.sender_of: dict[bytes, bytes] = {}
         self.sizes: dict[bytes, int] = {}
+        self.recent: deque[tuple[Transaction, ...]] = deque(maxlen=RECENT_BLOCKS)
 
     def __len__(self) -> int:
         return len(self.sender_of)
@@ -208,17 +211,29 @@ class Mempool:
         if not run.txs:
             del self.runs[sender]
 
-    def refresh(self, state: State, height: int, now_ms: int) -> None:
-        """Keep only what still applies on the new head, in order."""
-        old = self.runs
-        self.runs, self.sender_of, sizes, self.sizes = {}, {}, self.sizes, {}
+    def refresh(
+        self, state: State, height: int, now_ms: int, included: Sequence[Transaction] = ()
+    ) -> None:
+        """Keep only what still applies on the new head, in order.
+
+        ``included`` are the new head block's transactions. Those of the last
+        ``RECENT_BLOCKS`` heads are candidates again, so a reorg that drops a block returns
+        its transactions to the pool instead of losing them (and every later one of their
+        senders, whose nonces would no longer be contiguous)."""
+        self.recent.append(tuple(included))
+        candidates: dict[bytes, dict[bytes, Transaction]] = {}
+        for txs in [*self.recent, *(run.txs for run in self.runs.values())]:
+            for tx in txs:
+                candidates.setdefault(tx.sender, {})[tx.id] = tx
+        sizes = self.sizes
+        self.runs, self.sender_of, self.sizes = {}, {}, {}
         ctx = self._context(height + 1, now_ms)
-        for sender, run in old.items():
+        for sender, by_id in candidates.items():
             kept = Run()
             nonce = state.account(sender).nonce
-            for tx in run.txs:
-                if tx.nonce < nonce:
-                    continue  # included in a block already
+            for tx in sorted(by_id.values(), key=lambda t: (t.nonce, -t.fee, t.id)):
+                if tx.nonce < nonce + len(kept.txs):
+                    continue  # in a block already, or another tx took this nonce
                 before = kept.after[-1] if kept.after else None
                 try:
                     after = self._try(state, before, tx, ctx, self.checker, signature_checked=True)
@@ -227,6 +242,8 @@ class Mempool:
                 kept.txs.append(tx)
                 kept.after.append(after)
                 self.sender_of[tx.id] = sender
-                self.sizes[tx.id] = sizes[tx.id]
+                self.sizes[tx.id] = sizes.get(tx.id) or len(tx.encode())
+                if len(kept.txs) >= self.per_sender:
+                    break
             if kept.txs:
                 self.runs[sender] = kept

@@ -136,3 +136,20 @@ def test_admission_is_linear_in_the_senders_run() -> None:
     finally:
         mempool_module.apply_transaction = real
     assert len(mp) == 2_000 and set(calls) == {1}
+
+
+def test_a_reorg_returns_the_dropped_blocks_transactions_to_the_pool() -> None:
+    genesis = make_genesis()
+    mp, chain = Mempool(genesis, TableVerifier()), ChainBuilder(genesis)
+    fork = ChainBuilder(genesis)
+    txs = [make_transfer(ALICE, BOB, 1, n) for n in range(3)]
+    for tx in txs:
+        mp.add(tx, chain.state, 0, 0)
+    chain.add(txs[:2])
+    mp.refresh(chain.state, 1, 0, txs[:2])
+    assert mp.select(10) == [txs[2]]
+    # another branch wins without Alice's transfers: none of the three may be lost
+    other = make_transfer(BOB, CAROL, 1, 0)
+    fork.add([other])
+    mp.refresh(fork.state, 1, 0, [other])
+    assert mp.select(10) == txs
