@@ -320,6 +320,10 @@ class MempoolFull(FedCoinError):
         )
 
 
+class StartupError(FedCoinError):
+    """A node or network could not start: a port in use, a daemon down, peers unreachable."""
+
+
 class SenderQueueFull(MempoolFull):
     """The sender has as many pending transactions as one sender may."""
 

@@ -17,14 +17,16 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from fedcoin.application.cli_client import cmd_light, load_or_create_key, run_wallet
-from fedcoin.application.cli_parser import build_parser, fc_amount
+from fedcoin.application.cli_parser import advertised_address, build_parser, fc_amount
 from fedcoin.data.genesis import ChainParams, Genesis
 from fedcoin.data.keys import PrivateKey, format_address, parse_address
 from fedcoin.errors import FedCoinError
@@ -34,9 +36,19 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger("fedcoin")
 
 
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a failure to write ``path`` (no permission, no such folder) into one clear line."""
+    try:
+        yield
+    except OSError as exc:
+        raise FedCoinError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     key = PrivateKey.generate()
-    key.save(args.out)
+    with writing(args.out):
+        key.save(args.out)
     print(format_address(key.address))
     return 0
 
@@ -65,7 +77,8 @@ def cmd_genesis(args: argparse.Namespace) -> int:
             "params": {f.name: getattr(params, f.name) for f in fields(ChainParams)},
         }
     )  # fmt: skip
-    genesis.save(args.out)
+    with writing(args.out):
+        genesis.save(args.out)
     print(f"wrote {args.out}: chain {genesis.chain_id}, genesis {genesis.block().hash.hex()}")
     return 0
 
@@ -85,10 +98,16 @@ def cmd_full(args: argparse.Namespace) -> int:
     genesis = Genesis.load(args.genesis or args.data_dir / "genesis.json")
     key = load_or_create_key(args.key or args.data_dir / "node.pem")
     host, _, port = args.listen.rpartition(":")
+    advertise = args.advertise or os.environ.get("FEDCOIN_ADVERTISE", "")
+    if advertise:
+        try:
+            advertise = advertised_address(advertise)
+        except argparse.ArgumentTypeError as exc:
+            raise FedCoinError(f"--advertise / FEDCOIN_ADVERTISE: {exc}") from None
     config = FullNodeConfig(
         data_dir=args.data_dir, genesis=genesis, key=key, host=host, port=int(port),
-        bootstrap=tuple(args.bootstrap), discover=not args.no_discover, ipfs_api=args.ipfs_api,
-        mine=not args.no_mine,
+        advertise=advertise, bootstrap=tuple(args.bootstrap), discover=not args.no_discover,
+        ipfs_api=args.ipfs_api, mine=not args.no_mine,
     )  # fmt: skip
 
     async def serve(stop: asyncio.Event) -> None:
@@ -108,7 +127,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             miners=args.miners, clients=args.clients, rounds=args.rounds, noisy=args.noisy,
             free_riders=args.free_riders, non_iid=args.non_iid, epochs=args.epochs,
             price=args.price, seed=args.seed, dataset=args.dataset, mnist_path=args.mnist_path,
-            out=args.out, data_dir=args.data_dir,
+            out=args.out, data_dir=args.data_dir, connect_seconds=args.connect_timeout,
         )
     )  # fmt: skip
     return 0 if report["same_head"] and report["conserved"] else 1
@@ -135,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(args.data_dir)
         return commands[args.command](args)
     except FedCoinError as exc:
+        print(f"fedcoin {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file or socket the command needed; the message names it
         print(f"fedcoin {args.command}: {exc}", file=sys.stderr)
         return 1
 

@@ -48,6 +48,27 @@ def host_port(text: str) -> str:
     return text
 
 
+def advertised_address(text: str) -> str:
+    """A ``HOST:PORT`` others can dial: a host name or IP (IPv6 in brackets) and a port 1-65535,
+    never an unspecified address (0.0.0.0, ::) or port 0."""
+    host, sep, port = text.rpartition(":")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if (
+        not sep
+        or not bare
+        or not port.isascii()
+        or not port.isdigit()
+        or not 1 <= int(port) <= 65535
+        or bare in ("0.0.0.0", "::", "*")
+        or any(c.isspace() or c in "/?#@[]" for c in bare)
+        or (":" in bare and bare == host)
+    ):
+        raise argparse.ArgumentTypeError(
+            f"expected a dialable HOST:PORT (port 1-65535, not 0.0.0.0), got {text!r}"
+        )
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedcoin",
@@ -106,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a peer to keep connected (repeatable)",
     )
+    p.add_argument(
+        "--advertise", type=advertised_address, default=None, metavar="HOST:PORT",
+        help="address peers should dial to reach this node, e.g. behind NAT or in a container "
+        "(default: the listen address; env FEDCOIN_ADVERTISE, the flag wins)",
+    )  # fmt: skip
     p.add_argument("--no-discover", action="store_true", help="do not dial peers learnt from peers")
     p.add_argument(
         "--ipfs-api",
@@ -190,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="keep the miners' SQLite files here (default: a temporary dir)",
     )
+    p.add_argument(
+        "--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="give up when a miner has no peer after this long (default %(default)s)",
+    )  # fmt: skip
 
     def wallet(name: str, help_text: str) -> argparse.ArgumentParser:
         w = sub.add_parser(name, help=help_text, description=help_text)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from fedcoin.errors import (
     Reject,
     RuleViolation,
     ShareError,
+    StartupError,
 )
 from fedcoin.network.messages import BlockMessage, Message, ShareMessage, TxMessage
 from fedcoin.network.node import NetConfig, Notifier, P2PNode
@@ -79,6 +81,24 @@ class FullNodeConfig:
     """Share one with other nodes in the same process (tests, simulations)."""
 
 
+async def connect_ipfs(api: str) -> IpfsClient:
+    """An IPFS client whose daemon answered; ``StartupError`` naming the address if not."""
+
+    def probe() -> IpfsClient:
+        with warnings.catch_warnings():  # urllib3's FutureWarning is noise to a user here
+            warnings.simplefilter("ignore")
+            ipfs = IpfsClient(api)
+            ipfs.client.version()
+            return ipfs
+
+    try:
+        ipfs = await asyncio.to_thread(probe)
+    except Exception as exc:  # noqa: BLE001 - the client raises many types; all mean "down"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise StartupError(f"IPFS daemon at {api} is not answering: {reason}") from None
+    return ipfs
+
+
 class FullNode:
     def __init__(self, config: FullNodeConfig) -> None:
         self.config = config
@@ -92,12 +112,20 @@ class FullNode:
 
     # --- lifetime ---------------------------------------------------------------------------
     async def __aenter__(self) -> FullNode:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()  # close what did open: no half-started node
+            raise
+        return self
+
+    async def _start(self) -> None:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = SqliteChainStore(cfg.data_dir / "chain.sqlite", self.genesis)
         self._stack.callback(self.store.close)
         self.content = ContentStore(cfg.data_dir / "content", cfg.max_content_bytes)
-        ipfs = IpfsClient(cfg.ipfs_api) if cfg.ipfs_api else None
+        ipfs = await connect_ipfs(cfg.ipfs_api) if cfg.ipfs_api else None
         self.resolver = ContentResolver(self.content, self._peer_addresses, ipfs)
         self._stack.push_async_callback(self.resolver.close)
         self.verifier = PosapVerifier(self.resolver)
@@ -122,7 +150,11 @@ class FullNode:
         self.p2p.register(BlockMessage, self._on_block)
         self.p2p.register(TxMessage, self._on_tx)
         self.p2p.register(ShareMessage, self._on_share)
-        await self._stack.enter_async_context(self.p2p)
+        try:
+            await self._stack.enter_async_context(self.p2p)
+        except OSError as exc:
+            where = f"{cfg.host}:{cfg.port}"
+            raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         if cfg.mine:
             miner = Miner(
                 self.key, self.genesis, self.chain, self.link, self.mempool, self.verifier,
@@ -134,7 +166,6 @@ class FullNode:
             "full node %s serving on %s, head %s at height %d",
             format_address(self.key.address), self.address, head.hash.hex()[:12], head.height,
         )  # fmt: skip
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._mining is not None:
