@@ -254,6 +254,9 @@ class FullNode:
         await asyncio.to_thread(check_signatures, tx)
         if isinstance(tx.body, SubmitRound):
             await self.resolver.ensure(self._round_refs(tx.body, self.chain.head_state()))
+            task = self.chain.head_state().tasks.get(tx.body.task_id)
+            if task is not None:  # the FedAvg check is numpy work: do it off the event loop
+                await asyncio.to_thread(self.verifier.check_round, task, tx.body)
         head, state = self.chain.head, self.chain.head_state()
         self.mempool.add(tx, state, head.height, self.config.clock_ms(), signature_checked=True)
 

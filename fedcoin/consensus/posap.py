@@ -58,6 +58,7 @@ from fedcoin.errors import (
 
 SEED_TAG = b"fedcoin/posap/seed"
 SPOT_TAG = b"fedcoin/posap/spot"
+ROUNDS_REMEMBERED = 64
 
 
 class Game(Protocol):
@@ -147,6 +148,7 @@ class PosapVerifier:
         self.content = content
         self.games: OrderedDict[bytes, CoalitionGame] = OrderedDict()
         self.cache_games = cache_games
+        self.rounds_ok: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()  # games are built and looked up from worker threads
 
     def _blob(self, ref: ContentRef, missing: type[RuleViolation]) -> bytes:
@@ -156,6 +158,20 @@ class PosapVerifier:
         return data
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
+        """Shapes, dtypes and FedAvg of a round; a round that passed is remembered, so the
+        node can check it off the event loop first and the mempool's re-checks cost nothing."""
+        key = hashlib.sha256(task.spec.model.sha256 + round_.encode()).digest()
+        with self._lock:
+            if key in self.rounds_ok:
+                self.rounds_ok.move_to_end(key)
+                return
+        self._check_round(task, round_)
+        with self._lock:
+            self.rounds_ok[key] = None
+            while len(self.rounds_ok) > ROUNDS_REMEMBERED:
+                self.rounds_ok.popitem(last=False)
+
+    def _check_round(self, task: TaskState, round_: SubmitRound) -> None:
         miss = RoundContentUnavailable
         try:
             clients = [weights_of(self._blob(u.weights, miss)) for u in round_.updates]
