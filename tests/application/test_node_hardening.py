@@ -18,9 +18,9 @@ from fedcoin.data.block import MAX_SHARES, Share
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.tx import ClientUpdate, ContentRef, SubmitRound, Transfer, make_tx
 from fedcoin.errors import Reject
-from fedcoin.network.messages import TxMessage
+from fedcoin.network.messages import BlockMessage, TxMessage
 from tests.application.cluster import PUBLISHER_KEY, SERVER_KEY, Cluster
-from tests.helpers import CHAIN_ID, CLIENTS
+from tests.helpers import CHAIN_ID, CLIENTS, ChainBuilder
 
 
 async def test_supervised_loop_survives_any_error_and_logs_a_repeat_once(caplog) -> None:
@@ -149,3 +149,24 @@ async def test_mempool_of_10_000_transactions_stays_responsive_and_drains(tmp_pa
         await poller
         assert latencies and max(latencies) < 5.0, f"/status stalled {max(latencies):.1f} s"
         assert first.chain.head.height >= 2
+
+
+async def test_a_block_that_breaks_the_checker_is_a_rejected_message_not_a_dead_node(
+    tmp_path, monkeypatch
+) -> None:
+    async with Cluster(tmp_path) as cluster:
+        node = await cluster.start(0)
+        donor = ChainBuilder(cluster.genesis)
+        block, _ = donor.make(
+            [make_tx(SERVER_KEY, CHAIN_ID, 0, Transfer(PUBLISHER_KEY.address, 1), 0)]
+        )
+
+        def broken(*args, **kwargs):
+            raise ValueError("operands could not be broadcast together")
+
+        monkeypatch.setattr(node.chain, "import_block", broken)
+        with pytest.raises(Reject, match="could not be checked"):
+            await node.link.on_block(BlockMessage(block), None)
+        monkeypatch.undo()
+        await node.link.on_block(BlockMessage(block), None)  # the node still imports blocks
+        assert node.chain.head.hash == block.hash
