@@ -63,6 +63,22 @@ def gossipable(text: str) -> str | None:
     return format_host_port(host, port)
 
 
+def advertised_address(configured: str, host: str, port: int) -> str:
+    """What a node tells peers it listens on: ``configured`` (checked) if given, else the bound
+    ``host:port`` — unless that is unspecified (0.0.0.0, ::), then "" (nothing is advertised).
+
+    ``BadAddress`` when ``configured`` is malformed or itself unspecified.
+    """
+    if configured:
+        address = gossipable(configured)
+        if address is None:
+            raise BadAddress(f"cannot advertise an unspecified address: {configured!r}")
+        return address
+    if is_unspecified(host):
+        return ""
+    return format_host_port(host, port)
+
+
 def ip_of(remote: str) -> str:
     """The IP part of a connection's remote ``host:port`` (as the transport reports it)."""
     try:

@@ -102,12 +102,18 @@ class AddressBook:
         if entry is None:
             return
         if ok:
-            entry.last_good, entry.delay, entry.next_try = now, 0.0, now
+            entry.last_good = now
             entry.node_key = node_key
-        else:
-            low, high = backoff
-            entry.delay = min(max(entry.delay * 2, low), high)
-            entry.next_try = now + entry.delay
+        # Every dial backs off, even one that connected: a node that accepts and then drops
+        # us at once must not be redialled in a tight loop. A long-lived link resets it.
+        low, high = backoff
+        entry.delay = min(max(entry.delay * 2, low), high)
+        entry.next_try = now + entry.delay
+
+    def reset(self, address: str) -> None:
+        entry = self.entries.get(address)
+        if entry is not None:
+            entry.delay = 0.0
 
     def due(self, now: float, connected: set[str], connected_keys: set[str]) -> list[str]:
         """Addresses worth dialling now, best first: bootstrap, recently good, untried."""

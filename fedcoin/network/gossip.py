@@ -209,6 +209,6 @@ class Pipeline:
             if bad:
                 raise Reject(f"{bad} malformed addresses in Peers")
         elif isinstance(message, GetBlocks):
-            self.syncer.answer(peer, message)
+            await self.syncer.answer(peer, message)
         elif isinstance(message, Blocks):
             await self.syncer.on_blocks(peer, message)

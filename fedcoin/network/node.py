@@ -28,7 +28,7 @@ from aiohttp import web
 
 from fedcoin.data.keys import PrivateKey
 from fedcoin.errors import BadAddress, ConfigError, HandshakeRefused
-from fedcoin.network.addresses import format_host_port, gossipable, is_unspecified, parse_host_port
+from fedcoin.network.addresses import advertised_address, format_host_port, parse_host_port
 from fedcoin.network.dialer import AddressBook, Dialer
 from fedcoin.network.gossip import Handler, Handlers, Pipeline, SeenCache
 from fedcoin.network.handshake import Identity, handshake
@@ -139,7 +139,7 @@ class P2PNode:
         self.port = config.port
         self.listen = ""
         """Where this node accepts peers (the bound ``host:port``)."""
-        self.advertised = _checked_advertise(config.advertise)
+        self.advertised = _checked_advertise(config.advertise, config.host, config.port)
         """What this node tells peers it listens on; "" for nothing."""
         self.notifier = notifier if notifier is not None else Notifier()
         self.max_frame_bytes = min(config.max_message_bytes, MAX_FRAME_BYTES)
@@ -176,8 +176,7 @@ class P2PNode:
         await self._group.__aenter__()
         self._runner, self.port = await serve(self.app, self.config.host, self.config.port)
         self.listen = format_host_port(self.config.host, self.port)
-        if not self.advertised and not is_unspecified(self.config.host):
-            self.advertised = self.listen
+        self.advertised = _checked_advertise(self.config.advertise, self.config.host, self.port)
         self._spawn(self.dialer.run())
         log.info("p2p listening on %s, advertising %s", self.listen, self.advertised or "nothing")
         return self
@@ -262,13 +261,16 @@ class P2PNode:
     async def _accept(self, conn: Connection) -> None:
         await self._run_peer(conn, None)
 
-    def _refusal(self, hello: Hello) -> str | None:
+    def _refusal(self, peer: Peer, hello: Hello) -> str | None:
+        """A local reason to refuse this peer, checked before we prove our key and after."""
         if self.bans.banned(hello.node_pubkey.hex()) or (
             hello.listen and self.bans.banned(hello.listen)
         ):
             return "banned"
         if hello.node_pubkey.hex() in self.peers:
             return "already connected"
+        if not self.table.room_for(peer)[0]:
+            return "too many peers, none idle"
         return None
 
     async def _run_peer(self, conn: Connection, ready: asyncio.Future[bool] | None) -> None:
@@ -281,8 +283,9 @@ class P2PNode:
                 self.table.start_outbound(peer)
             me = Identity(self.config.chain_id, self.config.genesis, self.node_key, self.advertised)
             await handshake(
-                peer, me, self.chain, deadline=self.config.handshake_timeout, refused=self._refusal
-            )
+                peer, me, self.chain, deadline=self.config.handshake_timeout,
+                refused=lambda hello: self._refusal(peer, hello),
+            )  # fmt: skip
             victim = self.table.join(peer)
             if victim is not None:
                 log.info("evicting idle peer %s for %s", victim.name, peer.name)
@@ -309,6 +312,11 @@ class P2PNode:
                 writer.cancel()
             if self.peers.get(peer.key) is peer:
                 log.info("disconnected from %s", peer.name)
+                if (
+                    not conn.inbound
+                    and self.clock() - peer.connected_at > self.config.reconnect_max
+                ):
+                    self.book.reset(conn.remote)  # a long good link: redial it at once
             self.table.release(peer)
             await conn.close("bye")
             self._notify()
@@ -349,14 +357,9 @@ class P2PNode:
         await self.notifier.wait_for(predicate, timeout)
 
 
-def _checked_advertise(text: str) -> str:
-    """The canonical form of a configured advertise address; ``ConfigError`` if unusable."""
-    if not text:
-        return ""
+def _checked_advertise(configured: str, host: str, port: int) -> str:
+    """``advertised_address``, with a bad configured address as a ``ConfigError``."""
     try:
-        address = gossipable(text)
+        return advertised_address(configured, host, port)
     except BadAddress as exc:
         raise ConfigError(f"advertise address: {exc}") from None
-    if address is None:
-        raise ConfigError(f"cannot advertise an unspecified address: {text!r}")
-    return address

@@ -131,6 +131,8 @@ class Peer:
         self.connected_at = clock()
         #: When the peer last gave us something new and valid (gossip, sync blocks).
         self.last_useful = self.connected_at
+        #: Our ``Blocks`` answer to this peer while it waits in the send queue.
+        self.answering: bytes | None = None
         #: Addresses this connection has added to our address book.
         self.addresses_added = 0
 
@@ -159,3 +161,5 @@ class Peer:
         while not self.conn.closed:
             frame = await self.queue.get()
             await self.conn.send(frame)
+            if frame is self.answering:
+                self.answering = None

@@ -63,25 +63,30 @@ class PeerTable:
         if self.peers.get(peer.key) is peer:
             del self.peers[peer.key]
 
+    def room_for(self, peer: Peer) -> tuple[bool, Peer | None]:
+        """Whether an authenticated ``peer`` may join, and who must give way for it."""
+        if not peer.conn.inbound:
+            return True, None
+        ip = ip_of(peer.conn.remote)
+        inbound = [p for p in self.inbound() if p is not peer]
+        same_ip = [p for p in inbound if ip_of(p.conn.remote) == ip]
+        if self._ip_capped(ip) and len(same_ip) >= self.limits.max_per_ip:
+            victim = self._victim(same_ip)
+            return victim is not None, victim
+        if len(inbound) >= self.limits.max_inbound:
+            victim = self._victim(inbound)
+            return victim is not None, victim
+        return True, None
+
     def join(self, peer: Peer) -> Peer | None:
-        """Move an authenticated inbound peer into the table, naming a peer to evict for it.
+        """Move an authenticated peer into the table; return the peer evicted for it, if any.
 
         ``HandshakeRefused`` when the node is full and no one may give way.
         """
         self.handshaking.discard(peer)
-        victim = None
-        if peer.conn.inbound:
-            ip = ip_of(peer.conn.remote)
-            inbound = self.inbound()
-            same_ip = [p for p in inbound if ip_of(p.conn.remote) == ip]
-            if self._ip_capped(ip) and len(same_ip) >= self.limits.max_per_ip:
-                victim = self._victim(same_ip)
-                if victim is None:
-                    raise HandshakeRefused(f"too many peers from {ip}, none idle")
-            elif len(inbound) >= self.limits.max_inbound:
-                victim = self._victim(inbound)
-                if victim is None:
-                    raise HandshakeRefused("too many peers, none idle")
+        ok, victim = self.room_for(peer)
+        if not ok:
+            raise HandshakeRefused("too many peers, none idle")
         self.peers[peer.key] = peer
         if victim is not None:
             del self.peers[victim.key]

@@ -9,6 +9,7 @@ reorganises. A full batch means there may be more, so the node asks again from i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -26,6 +27,8 @@ from fedcoin.network.messages import (
 from fedcoin.network.peers import PENALTY_FLOOD, Peer, PeerLimits
 
 SYNC_BATCH = 64
+#: Longest a GetBlocks waits for its peer's cost budget before it counts as abuse (seconds).
+MAX_WAIT = 2.0
 
 
 class ChainView(Protocol):
@@ -49,6 +52,11 @@ class Syncer:
     bucket holds its base cost, then charged the answer's bytes. A peer that asks faster than
     that is penalised. One answer carries at most ``max_answer_bytes`` of blocks (and at least
     one block, so sync always progresses).
+
+    An honest node asks again only once it has our answer; asking while our previous answer
+    still waits to be sent is pipelining and is penalised. A request the budget cannot cover
+    yet waits (back-pressure on that peer alone) up to ``MAX_WAIT`` seconds; one that would
+    have to wait longer is penalised and dropped.
     """
 
     def __init__(
@@ -78,10 +86,19 @@ class Syncer:
             peer.syncing = True
             peer.enqueue(GetBlocks(tuple(self.chain.locator()[:MAX_LOCATOR]), SYNC_BATCH))
 
-    def answer(self, peer: Peer, message: GetBlocks) -> None:
-        if not peer.sync_bucket.take(self.limits.getblocks_base_cost):
-            self.penalise(peer, PENALTY_FLOOD, "GetBlocks over its cost budget")
+    async def answer(self, peer: Peer, message: GetBlocks) -> None:
+        if peer.answering is not None:
+            self.penalise(peer, PENALTY_FLOOD, "GetBlocks before our last answer was sent")
             return
+        base = self.limits.getblocks_base_cost
+        if not peer.sync_bucket.take(base):
+            bucket = peer.sync_bucket
+            wait = (base - bucket.tokens) / bucket.rate
+            if wait > MAX_WAIT:
+                self.penalise(peer, PENALTY_FLOOD, "GetBlocks over its cost budget")
+                return
+            await asyncio.sleep(wait)
+            bucket.charge(base)
         limit = max(1, min(message.limit, SYNC_BATCH))
         blocks: list[Block] = []
         size = 0
@@ -92,7 +109,9 @@ class Syncer:
             blocks.append(block)
             size += block_bytes
         peer.sync_bucket.charge(size)
-        peer.enqueue(Blocks(tuple(blocks)))
+        frame = encode_message(Blocks(tuple(blocks)))
+        if peer.enqueue(frame):
+            peer.answering = frame
 
     async def on_blocks(self, peer: Peer, message: Blocks) -> None:
         peer.syncing = False
@@ -110,9 +129,13 @@ class Syncer:
             peer.last_useful = peer.sync_bucket.clock()
             self.seen.add(message_id(encode_message(BlockMessage(block))))
         self.notify()
-        if len(message.blocks) >= SYNC_BATCH:
+        head, _, weight = self.chain.status()
+        if len(message.blocks) >= SYNC_BATCH or (
+            # an answer cut short by the answerer's byte bound: there is more to fetch
+            head != head_before and peer.hello is not None and weight < peer.hello.weight
+        ):
             self.maybe_sync(peer, force=True)
-        elif self.chain.status()[0] != head_before:
+        elif head != head_before:
             # Announce the new tip to everyone else; a peer that lacks its ancestors syncs.
             tip = message.blocks[-1]
             if self.chain.status()[0] == tip.hash:
