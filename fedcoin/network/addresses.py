@@ -20,7 +20,10 @@ _PORT = re.compile(r"[0-9]{1,5}")
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
-    """``(host, port)`` of a strict ``host:port``; ``BadAddress`` for anything else."""
+    """``(host, port)`` of a strict ``host:port``; ``BadAddress`` for anything else.
+
+    The host comes back in one canonical spelling (compressed IP, lower-case name).
+    """
     if not isinstance(text, str) or not text or len(text) > MAX_ADDRESS or not text.isascii():
         raise BadAddress(f"not a host:port: {text!r}")
     if text.startswith("["):
@@ -34,7 +37,7 @@ def parse_host_port(text: str) -> tuple[str, int]:
             raise BadAddress(f"not a host:port: {text!r}")
     if not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
         raise BadAddress(f"port must be 1-65535: {text!r}")
-    return host, int(port_text)
+    return _canonical(host), int(port_text)
 
 
 def format_host_port(host: str, port: int) -> str:
@@ -92,6 +95,14 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def _canonical(host: str) -> str:
+    """One spelling per host: compressed IP literals, lower-case names."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower()
 
 
 def _is_ip(host: str, version: int) -> bool:

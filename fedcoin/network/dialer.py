@@ -126,12 +126,17 @@ class AddressBook:
             and not (entry.node_key and entry.node_key in connected_keys)
             and entry.next_try <= now
         ]
-        wanted.sort(key=lambda ae: (not ae[1].bootstrap, -(ae[1].last_good or -1e18)))
+        wanted.sort(key=lambda ae: (not ae[1].bootstrap, _recency(ae[1])))
         return [address for address, _ in wanted]
 
     def next_due(self, now: float) -> float | None:
         later = [e.next_try - now for e in self.entries.values() if e.next_try > now]
         return min(later) if later else None
+
+
+def _recency(entry: Entry) -> float:
+    """Sort key: most recently good first, never-good last."""
+    return float("inf") if entry.last_good is None else -entry.last_good
 
 
 class Dialer:
