@@ -18,6 +18,7 @@ import aiohttp
 from fedcoin.data.content import ContentStore
 from fedcoin.data.tx import ContentRef
 from fedcoin.errors import ContentMissing
+from fedcoin.network.addresses import peer_http_url
 
 log = logging.getLogger("fedcoin.content")
 
@@ -91,7 +92,9 @@ class ContentResolver:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         for address in list(self.peers()):
-            url = f"http://{address}/content/{ref.sha256.hex()}"
+            url = peer_http_url(address, f"/content/{ref.sha256.hex()}")
+            if url is None:  # only a strict host:port becomes a URL (no path, query, userinfo)
+                continue
             try:
                 async with self._session.get(url) as resp:
                     if resp.status != 200:

@@ -82,6 +82,18 @@ def advertised_address(configured: str, host: str, port: int) -> str:
     return format_host_port(host, port)
 
 
+def peer_http_url(address: str, path: str) -> str | None:
+    """``http://host:port/path`` for a peer's address, or None unless the address is a strict,
+    specified ``host:port`` — the one way a peer's address may become a URL."""
+    if not path.startswith("/") or any(c in path for c in "?#@\\ "):
+        raise ValueError(f"not a plain path: {path!r}")  # our own code's mistake
+    try:
+        canonical = gossipable(address)
+    except BadAddress:
+        return None
+    return None if canonical is None else f"http://{canonical}{path}"
+
+
 def ip_of(remote: str) -> str:
     """The IP part of a connection's remote ``host:port`` (as the transport reports it)."""
     try:

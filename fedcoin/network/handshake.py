@@ -3,7 +3,8 @@
 Each side signs the other's fresh nonce, so a peer holds the node key it names (bans by key
 cannot be pinned on someone else). Before it completes only handshake-sized frames are read
 (``HANDSHAKE_FRAME_BYTES``, checked before decoding). A peer's advertised listen address must be
-a strict ``host:port``; an unspecified one (``0.0.0.0:8700``) is kept as "no address".
+a strict ``host:port``; an unspecified one (``0.0.0.0:8700``) is kept as "no address", and
+``peer.hello.listen`` holds only the checked, canonical form.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fedcoin.data.keys import TAG_HELLO, PrivateKey, verify
 from fedcoin.errors import BadAddress, HandshakeRefused, Reject
@@ -102,7 +103,9 @@ async def _exchange(
     reason = refused(hello)  # a second connection of the same node may have finished first
     if reason:
         raise HandshakeRefused(reason)
-    peer.hello = hello
+    # Keep the checked form: whoever reads ``hello.listen`` later (content fetches build URLs
+    # from it) sees a canonical host:port or "", never the peer's raw text.
+    peer.hello = replace(hello, listen=advertised)
     peer.advertised = advertised
 
 

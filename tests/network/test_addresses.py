@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 
 from fedcoin.errors import BadAddress, HandshakeRefused
-from fedcoin.network.addresses import advertised_address, gossipable, parse_host_port
+from fedcoin.network.addresses import (
+    advertised_address,
+    gossipable,
+    parse_host_port,
+    peer_http_url,
+)
 from fedcoin.network.dialer import AddressBook
 from fedcoin.network.peers import Peer, PeerLimits
 from fedcoin.network.slots import PeerTable
@@ -86,6 +91,13 @@ def test_unspecified_addresses_are_never_gossiped() -> None:
     assert gossipable("[::]:8700") is None
     assert gossipable("10.0.0.5:8700") == "10.0.0.5:8700"
     assert gossipable("[2001:db8:0::7]:8700") == "[2001:db8::7]:8700"
+
+
+def test_peer_urls_are_built_only_from_strict_addresses() -> None:
+    assert peer_http_url("127.0.0.1:8700", "/content/ab") == "http://127.0.0.1:8700/content/ab"
+    assert peer_http_url("[::1]:8700", "/content/ab") == "http://[::1]:8700/content/ab"
+    for bad in ("127.0.0.1:80/internal/admin/reset?confirm=yes#", "0.0.0.0:80", "u@h:1"):
+        assert peer_http_url(bad, "/content/ab") is None
 
 
 def test_what_a_node_advertises() -> None:

@@ -62,6 +62,7 @@ async def test_only_real_advertised_addresses_are_gossiped() -> None:
         old = await handshake_as(hub.address, "old", GENESIS, listen="0.0.0.0:8700")
         await ask(old, Ping(1), Pong)
         assert hub.p2p.peers[key("old").public.hex()].advertised == ""
+        assert hub.p2p.peers[key("old").public.hex()].hello.listen == ""  # what the app reads
         asker = await handshake_as(hub.address, "asker", GENESIS, listen="127.0.0.1:9")
         answer = await ask(asker, GetPeers(), Peers)
         assert set(answer.addresses) == {"n.fedcoin.test:8700"}
@@ -73,3 +74,35 @@ def test_an_unusable_advertise_address_is_a_config_error() -> None:
     for bad in ("0.0.0.0:8700", "host:8700/path", "host"):
         with pytest.raises(ConfigError):
             NetNode("a", GENESIS, advertise=bad)
+
+
+async def test_content_is_fetched_only_from_strict_peer_addresses(tmp_path) -> None:
+    from aiohttp import web
+
+    from fedcoin.application.content import ContentResolver
+    from fedcoin.data.content import ContentStore
+    from fedcoin.data.tx import ContentRef
+    from fedcoin.errors import ContentMissing
+    from fedcoin.network.transport import serve
+
+    asked: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        asked.append(request.path_qs)
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner, port = await serve(app, "127.0.0.1", 0)
+    try:
+        lies = [f"127.0.0.1:{port}/internal/admin/reset?confirm=yes#", f"user@127.0.0.1:{port}"]
+        resolver = ContentResolver(
+            ContentStore(tmp_path, 1 << 20), lambda: [*lies, f"127.0.0.1:{port}"], timeout=5
+        )
+        ref = ContentRef(bytes(range(32)), 10, "")
+        with pytest.raises(ContentMissing):
+            await resolver.ensure([ref])
+        await resolver.close()
+        assert asked == [f"/content/{ref.sha256.hex()}"]
+    finally:
+        await runner.cleanup()

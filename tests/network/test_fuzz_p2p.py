@@ -80,6 +80,8 @@ def mutated(draw: st.DrawFn) -> bytes:
     frame = bytearray(draw(st.sampled_from(VALID)))
     for _ in range(draw(st.integers(1, 4))):
         how = draw(st.sampled_from(["flip", "cut", "insert", "append", "set"]))
+        if not frame:
+            how = "append"
         at = draw(st.integers(0, max(0, len(frame) - 1)))
         if how == "flip":
             frame[at] ^= 1 << draw(st.integers(0, 7))
