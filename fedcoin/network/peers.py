@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedcoin.network.messages import Hello, Message, encode_message
-from fedcoin.network.transport import Connection
+from fedcoin.network.transport import Connection, TransportError
 
 Clock = Callable[[], float]
 
@@ -157,9 +157,12 @@ class Peer:
         return True
 
     async def writer(self) -> None:
-        """Send queued frames until the connection closes."""
-        while not self.conn.closed:
-            frame = await self.queue.get()
-            await self.conn.send(frame)
-            if frame is self.answering:
-                self.answering = None
+        """Send queued frames until the connection closes; a failed send closes it."""
+        try:
+            while not self.conn.closed:
+                frame = await self.queue.get()
+                await self.conn.send(frame)
+                if frame is self.answering:
+                    self.answering = None
+        except TransportError as exc:
+            await self.conn.close(str(exc))

@@ -17,6 +17,7 @@ from fedcoin.data.block import Block
 from fedcoin.errors import Ignore, NeedsSync, Reject
 from fedcoin.network.gossip import Handlers, SeenCache
 from fedcoin.network.messages import (
+    MAX_BLOCK_BYTES,
     MAX_LOCATOR,
     BlockMessage,
     Blocks,
@@ -100,11 +101,12 @@ class Syncer:
             await asyncio.sleep(wait)
             bucket.charge(base)
         limit = max(1, min(message.limit, SYNC_BATCH))
+        budget = min(self.limits.max_answer_bytes, MAX_BLOCK_BYTES)  # the answer fits a frame
         blocks: list[Block] = []
         size = 0
         for block in self.chain.blocks_after(message.locator, limit):
             block_bytes = len(block.encode())
-            if blocks and size + block_bytes > self.limits.max_answer_bytes:
+            if blocks and size + block_bytes > budget:
                 break
             blocks.append(block)
             size += block_bytes
