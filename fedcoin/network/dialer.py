@@ -110,6 +110,12 @@ class AddressBook:
         entry.delay = min(max(entry.delay * 2, low), high)
         entry.next_try = now + entry.delay
 
+    def note_key(self, address: str, node_key: str) -> None:
+        """The node behind ``address`` proved ``node_key``: skip it while we are connected."""
+        entry = self.entries.get(address)
+        if entry is not None:
+            entry.node_key = node_key
+
     def reset(self, address: str) -> None:
         entry = self.entries.get(address)
         if entry is not None:

@@ -48,11 +48,13 @@ async def handshake(
     chain: ChainView,
     *,
     deadline: float,
-    refused: Callable[[Hello], str | None],
+    refused: Callable[[Hello, bool], str | None],
 ) -> None:
     """Run the handshake on ``peer``; fills in ``peer.hello`` and ``peer.advertised``.
 
-    ``refused(hello)`` names a local reason to refuse (banned, already connected) or None.
+    ``refused(hello, proven)`` names a local reason to refuse (banned, full, and once the key
+    is proven, already connected) or None. ``peer.proven_key`` is set once the peer proved
+    its key, even if it is then refused (the dialler learns which node an address reaches).
     Raises ``HandshakeRefused`` for everything that goes wrong, including a missed deadline.
     """
     try:
@@ -63,7 +65,7 @@ async def handshake(
 
 
 async def _exchange(
-    peer: Peer, me: Identity, chain: ChainView, refused: Callable[[Hello], str | None]
+    peer: Peer, me: Identity, chain: ChainView, refused: Callable[[Hello, bool], str | None]
 ) -> None:
     head, height, weight = chain.status()
     nonce = os.urandom(32)
@@ -89,7 +91,7 @@ async def _exchange(
             advertised = gossipable(hello.listen) or ""
         except BadAddress as exc:
             raise HandshakeRefused(f"bad listen address: {exc}") from None
-    reason = refused(hello)
+    reason = refused(hello, False)
     if reason:
         raise HandshakeRefused(reason)
     proof = me.key.sign(TAG_HELLO, auth_digest(hello.nonce, me.key.public))
@@ -100,7 +102,8 @@ async def _exchange(
         hello.node_pubkey, TAG_HELLO, auth_digest(nonce, hello.node_pubkey), auth.signature
     ):
         raise HandshakeRefused("the peer could not prove its node key")
-    reason = refused(hello)  # a second connection of the same node may have finished first
+    peer.proven_key = hello.node_pubkey.hex()
+    reason = refused(hello, True)  # now also "already connected": the key is proven
     if reason:
         raise HandshakeRefused(reason)
     # Keep the checked form: whoever reads ``hello.listen`` later (content fetches build URLs

@@ -261,13 +261,13 @@ class P2PNode:
     async def _accept(self, conn: Connection) -> None:
         await self._run_peer(conn, None)
 
-    def _refusal(self, peer: Peer, hello: Hello) -> str | None:
+    def _refusal(self, peer: Peer, hello: Hello, proven: bool) -> str | None:
         """A local reason to refuse this peer, checked before we prove our key and after."""
         if self.bans.banned(hello.node_pubkey.hex()) or (
             hello.listen and self.bans.banned(hello.listen)
         ):
             return "banned"
-        if hello.node_pubkey.hex() in self.peers:
+        if proven and hello.node_pubkey.hex() in self.peers:
             return "already connected"
         if not self.table.room_for(peer)[0]:
             return "too many peers, none idle"
@@ -284,7 +284,7 @@ class P2PNode:
             me = Identity(self.config.chain_id, self.config.genesis, self.node_key, self.advertised)
             await handshake(
                 peer, me, self.chain, deadline=self.config.handshake_timeout,
-                refused=lambda hello: self._refusal(peer, hello),
+                refused=lambda hello, proven: self._refusal(peer, hello, proven),
             )  # fmt: skip
             victim = self.table.join(peer)
             if victim is not None:
@@ -300,6 +300,8 @@ class P2PNode:
             await self._read(peer)
         except HandshakeRefused as exc:
             log.warning("refused peer %s: %s", conn.remote, exc)
+            if not conn.inbound and peer.proven_key:
+                self.book.note_key(conn.remote, peer.proven_key)  # do not dial it again
             await conn.close(str(exc))
         except TransportError as exc:
             log.info("peer %s: %s", peer.name, exc)

@@ -120,6 +120,8 @@ class Peer:
     def __init__(self, conn: Connection, limits: PeerLimits, clock: Clock) -> None:
         self.conn = conn
         self.hello: Hello | None = None
+        #: The node key the peer proved in the handshake (hex), even if it was then refused.
+        self.proven_key = ""
         #: The peer's listen address as checked at the handshake (canonical), or "".
         self.advertised = ""
         self.score = 0

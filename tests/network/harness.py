@@ -178,7 +178,7 @@ async def handshake_as(
     await conn.send(encode_message(hello))
     first = await conn.recv()
     assert first is not None  # the node's own Hello
-    theirs = decode_message(first)
+    theirs = decode_message(first, 1 << 26)
     assert isinstance(theirs, Hello)
     with contextlib.suppress(TransportError):  # a node that refused us may be gone already
         await conn.send(
@@ -191,6 +191,6 @@ async def read_until_closed(conn: WebSocketConnection) -> list[Message]:
     """Every message the node sends until it hangs up on us; then release our side."""
     got = []
     while (frame := await conn.recv()) is not None:
-        got.append(decode_message(frame))
+        got.append(decode_message(frame, 1 << 26))
     await conn.close()
     return got

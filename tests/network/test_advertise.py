@@ -22,7 +22,7 @@ async def ask(conn, message, answer_type, timeout: float = 10):
         while True:
             frame = await conn.recv()
             assert frame is not None, "the node hung up"
-            got = decode_message(frame)
+            got = decode_message(frame, 1 << 26)
             if isinstance(got, answer_type):
                 return got
 

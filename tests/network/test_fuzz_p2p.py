@@ -145,7 +145,7 @@ class LiveNode:
             while True:
                 frame = await conn.recv()
                 assert frame is not None, "the node hung up"
-                got = decode_message(frame)
+                got = decode_message(frame, 1 << 26)
                 if isinstance(got, Pong) and got.nonce == nonce:
                     return
 

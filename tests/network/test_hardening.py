@@ -52,7 +52,7 @@ async def ping_pong(conn, nonce: int = 99, timeout: float = 10) -> None:
         while True:
             frame = await conn.recv()
             assert frame is not None, "the node hung up"
-            message = messages.decode_message(frame)
+            message = messages.decode_message(frame, 1 << 26)
             if isinstance(message, Pong) and message.nonce == nonce:
                 return
 
@@ -163,9 +163,8 @@ async def test_a_large_block_is_decoded_off_the_event_loop(decoded_sizes) -> Non
 
 # --- 3. connection slots ------------------------------------------------------------------
 async def test_idle_authenticated_attackers_cannot_lock_out_an_honest_node() -> None:
-    limits = PeerLimits(evict_idle_seconds=0.5)
     async with Network() as net:
-        a = await net.add(NetNode("a", GENESIS, limits=limits))
+        a = await net.add(NetNode("a", GENESIS))  # default limits: 16 inbound, 5 s idle
         attackers = [await handshake_as(a.address, f"idle-{i}", GENESIS) for i in range(16)]
         await net.wait_until(lambda: len(a.p2p.peers) == 16)
         honest = await net.add(NetNode("h", GENESIS, bootstrap=[a.address], reconnect_max=1.0))
@@ -174,10 +173,10 @@ async def test_idle_authenticated_attackers_cannot_lock_out_an_honest_node() -> 
             lambda: (
                 honest.key.public.hex() in a.p2p.peers and a.key.public.hex() in honest.p2p.peers
             ),
-            timeout=10,
+            timeout=15,
         )
-        assert time.monotonic() - started < 10
-        # an idle attacker gave way; the honest node stays
+        assert time.monotonic() - started < 15
+        # an idle attacker gave way; the honest node stays and its blocks flow
         assert len(a.p2p.peers) == 16
         block = await honest.produce()
         await net.wait_until(lambda: a.head == block.hash)
@@ -186,19 +185,24 @@ async def test_idle_authenticated_attackers_cannot_lock_out_an_honest_node() -> 
 
 
 async def test_connections_in_the_handshake_take_slots_and_time_out() -> None:
-    limits = PeerLimits(handshake_slots=4)
     async with Network() as net:
-        a = await net.add(NetNode("a", GENESIS, limits=limits, handshake_timeout=1.0))
+        # default limits: at most 8 inbound connections in the handshake at once
+        a = await net.add(NetNode("a", GENESIS, handshake_timeout=4.0))
         started = time.monotonic()
         silent = [
             await connect(a.address, max_bytes=1 << 16, timeout=5, send_timeout=5)
-            for _ in range(12)
+            for _ in range(30)
         ]
-        assert len(a.p2p.table.handshaking) <= 4
-        # every silent connection is closed: the extra ones at once, the rest at the deadline
-        await asyncio.wait_for(asyncio.gather(*(read_until_closed(c) for c in silent)), 10)
-        assert time.monotonic() - started < 8
-        assert not a.p2p.table.handshaking
+
+        async def closed_after(conn) -> float:
+            await read_until_closed(conn)
+            return time.monotonic() - started
+
+        # every silent connection is closed: those over the slots at once, the rest at the
+        # handshake deadline (4 s)
+        times = await asyncio.wait_for(asyncio.gather(*(closed_after(c) for c in silent)), 20)
+        assert sum(t < 2.0 for t in times) >= 30 - 8
+        assert max(times) < 15
         honest = await net.add(NetNode("h", GENESIS))
         await net.link(honest, a)
 
@@ -222,72 +226,89 @@ async def test_silent_addresses_do_not_delay_reconnecting_to_bootstrap() -> None
             liar = await handshake_as(x.address, "liar", GENESIS)
             await liar.send(encode_message(Peers(addresses)))
             await ping_pong(liar)  # the Peers message was handled
-            assert (
-                sum(a in x.p2p.book for a in addresses)
-                <= x.p2p.config.limits.max_addresses_per_peer
-            )
             # b drops x; x must be back quickly, not after 64 dial timeouts
             await b.p2p.peers[x.key.public.hex()].conn.close("test")
             await net.wait_until(lambda: b.key.public.hex() not in x.p2p.peers)
             started = time.monotonic()
             await net.wait_until(lambda: b.key.public.hex() in x.p2p.peers, timeout=15)
             assert time.monotonic() - started < 4
+            # and one peer could add only a few of its addresses
+            limit = x.p2p.config.limits.max_addresses_per_peer
+            assert sum(a in x.p2p.book for a in addresses) <= limit
             await liar.close()
     finally:
         for s in tarpits:
             s.close()
 
 
-async def test_a_connected_node_is_not_redialled() -> None:
+async def test_a_connected_node_is_not_redialled_under_another_address(monkeypatch) -> None:
+    import fedcoin.network.node as node_module
+
+    dials: list[str] = []
+    real_connect = node_module.connect
+
+    async def counting(address: str, **kwargs):
+        dials.append(address)
+        return await real_connect(address, **kwargs)
+
+    monkeypatch.setattr(node_module, "connect", counting)
     async with Network() as net:
-        a = await net.add(NetNode("a", GENESIS))
-        b = await net.add(NetNode("b", GENESIS, discover=True))
-        await net.link(a, b)  # a dialled b: b knows a only as an inbound peer
-        dials = []
-        real = b.p2p.connect_to
-
-        async def counting(address: str) -> bool:
-            dials.append(address)
-            return await real(address)
-
-        b.p2p.dialer.connect_to = counting
+        # a advertises a name b cannot match to the address it will learn for a
+        a = await net.add(NetNode("a", GENESIS, advertise="a.fedcoin.test:8700"))
+        b = await net.add(NetNode("b", GENESIS, discover=True, reconnect_min=0.1))
+        await net.link(a, b)
+        dials.clear()
         teller = await handshake_as(b.address, "teller", GENESIS)
         await teller.send(encode_message(Peers((a.address,))))
         await ping_pong(teller)
-        b.p2p.dialer.wake.set()
-        await ping_pong(teller, nonce=100)
-        assert a.address in b.p2p.book
-        assert dials == []
+        await net.wait_until(lambda: dials == [a.address])  # one try: it reaches a, known
+        # the dialler wakes again and again on its backoff timer (0.1 s, doubling) but skips a
+        with contextlib.suppress(TimeoutError):
+            await net.wait_until(lambda: len(dials) > 1, timeout=3)
+        assert dials == [a.address]
         assert len(a.p2p.peers) == 1 and len(b.p2p.peers) == 2
         await teller.close()
 
 
 # --- 5. GetBlocks costs the asker --------------------------------------------------------
-async def test_getblocks_is_rate_limited_by_cost_and_answers_are_bounded() -> None:
-    limits = PeerLimits(
-        sync_bytes_per_second=256 * 1024, sync_burst_bytes=1024 * 1024, max_answer_bytes=8 * 1024
-    )
+async def test_a_getblocks_flood_is_penalised_until_banned() -> None:
+    async with Network() as net:
+        a = await net.add(NetNode("a", GENESIS))  # default limits
+        for _ in range(70):
+            await a.produce(gossip=False)
+        conn = await handshake_as(a.address, "asker", GENESIS)
+        locator = (GENESIS.block().hash,)
+        with contextlib.suppress(TransportError):  # the node hangs up on us mid-flood
+            for _ in range(400):
+                await conn.send(encode_message(GetBlocks(locator, MAX_BLOCKS_BATCH)))
+        got = await asyncio.wait_for(read_until_closed(conn), 30)
+        assert len([m for m in got if isinstance(m, Blocks)]) <= 20
+        assert a.p2p.bans.banned(key("asker").public.hex())
+
+
+async def answer_to(conn, request) -> Blocks:
+    await conn.send(encode_message(request))
+    async with asyncio.timeout(10):
+        while True:
+            frame = await conn.recv()
+            assert frame is not None
+            answer = messages.decode_message(frame, 1 << 26)
+            if isinstance(answer, Blocks):
+                return answer
+
+
+async def test_answers_are_bounded_in_bytes_and_sync_still_completes() -> None:
+    limits = PeerLimits(max_answer_bytes=8 * 1024)
     async with Network() as net:
         a = await net.add(NetNode("a", GENESIS, limits=limits))
         for _ in range(70):
             await a.produce(gossip=False)
         conn = await handshake_as(a.address, "asker", GENESIS)
-        locator = (GENESIS.block().hash,)
-        # one request at a time is served, and one answer holds at most ~8 KiB of blocks
-        await conn.send(encode_message(GetBlocks(locator, MAX_BLOCKS_BATCH)))
-        async with asyncio.timeout(10):
-            while not isinstance(answer := messages.decode_message(await conn.recv()), Blocks):
-                pass
+        answer = await answer_to(conn, GetBlocks((GENESIS.block().hash,), MAX_BLOCKS_BATCH))
         sizes = [len(block.encode()) for block in answer.blocks]
-        assert 1 <= len(sizes) < 70 and sum(sizes[:-1]) <= 8 * 1024
-        # a flood of pipelined requests is penalised until the asker is banned
-        with contextlib.suppress(TransportError):  # the node hangs up on us mid-flood
-            for _ in range(400):
-                await conn.send(encode_message(GetBlocks(locator, MAX_BLOCKS_BATCH)))
-        got = await asyncio.wait_for(read_until_closed(conn), 20)
-        assert len([m for m in got if isinstance(m, Blocks)]) <= 20
-        assert a.p2p.bans.banned(key("asker").public.hex())
-        # an honest late node still syncs the whole chain from a, batch by batch
+        assert 1 <= len(sizes) < 64 and sum(sizes[:-1]) <= 8 * 1024
+        await conn.close()
+        # an honest late node still syncs the whole chain from a, short answer by short answer
         late = await net.add(NetNode("l", GENESIS))
         await net.link(late, a)
         await net.wait_until(lambda: late.head == a.head)
