@@ -220,6 +220,8 @@ class Dialer:
         ok = False
         try:
             ok = await self.connect_to(address)
+        except Exception:  # noqa: BLE001 - one bad dial must not end the service's TaskGroup
+            log.exception("dialling %s failed", address)
         finally:
             self.dialing.discard(address)
             key = next(
