@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcoin.data.block import Block, BlockHeader, PosapSection, Share
+from fedcoin.data.curve import is_small_order
 from fedcoin.data.encoding import decode_raw, encode
 from fedcoin.data.genesis import ChainParams, Genesis
 from fedcoin.data.state import Account, State, SvTask, TaskState
@@ -51,25 +52,27 @@ specs = st.builds(
     u64,
     posap_params,
 )
-updates = st.builds(ClientUpdate, h32, content_refs, u64, sig)
+#: Public keys: any 32 bytes but the small-order points, which the codec refuses.
+pubkeys = h32.filter(lambda k: not is_small_order(k))
+updates = st.builds(ClientUpdate, pubkeys, content_refs, u64, sig)
 bodies = st.one_of(
     st.builds(Transfer, addr, u64),
     st.builds(PublishTask, specs),
     st.builds(SubmitRound, h32, u32, st.lists(updates, max_size=3).map(tuple), content_refs),
     st.builds(CloseTask, h32),
 )
-transactions = st.builds(Transaction, txt, h32, u64, u64, bodies, sig)
+transactions = st.builds(Transaction, txt, pubkeys, u64, u64, bodies, sig)
 shares = st.builds(
     Share,
     h32,
-    h32,
+    pubkeys,
     u8,
     st.lists(st.tuples(u64, u32), max_size=5).map(tuple),
     st.lists(i64, max_size=5).map(tuple),
     sig,
 )
 sections = st.builds(PosapSection, h32, st.lists(shares, max_size=3).map(tuple))
-headers = st.builds(BlockHeader, u16, u64, h32, u64, h32, h32, h32, h32, u64, sig)
+headers = st.builds(BlockHeader, u16, u64, h32, u64, pubkeys, h32, h32, h32, u64, sig)
 blocks = st.builds(
     Block, headers, st.lists(transactions, max_size=3).map(tuple), st.none() | sections
 )
