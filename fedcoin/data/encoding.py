@@ -283,7 +283,7 @@ class Record:
         try:
             return cls(*(c.unpack(v) for c, v in zip(codecs, raw, strict=True)))
         except DecodeError as exc:
-            raise DecodeError(f"{cls.__name__}: {exc}") from exc
+            raise type(exc)(f"{cls.__name__}: {exc}") from exc  # keeps SmallOrderKey etc.
 
     def encode(self) -> bytes:
         return encode(self.to_wire())
@@ -373,18 +373,25 @@ class _ObjectCounter:
 
 
 def _check_tree(raw: Any, max_depth: int) -> None:
-    """Only ints, bytes and arrays, nested at most ``max_depth`` deep."""
-    level, depth = [raw], 0
+    """Only ints, bytes and arrays, at most ``max_depth`` arrays nested in one another."""
+    if type(raw) is not list:
+        if type(raw) not in (int, bytes):
+            raise DecodeError(f"unsupported wire type {type(raw).__name__}")
+        return
+    level, depth = [raw], 1
     while level:
         below: list[Any] = []
-        for item in level:
-            if type(item) is list:
-                below.extend(item)
-            elif type(item) not in (int, bytes):
-                raise DecodeError(f"unsupported wire type {type(item).__name__}")
-        level, depth = below, depth + 1
-        if level and depth > max_depth:
-            raise TooManyObjects(f"arrays nested deeper than {max_depth}")
+        for array in level:
+            for item in array:
+                if type(item) is list:
+                    below.append(item)
+                elif type(item) not in (int, bytes):
+                    raise DecodeError(f"unsupported wire type {type(item).__name__}")
+        if below:
+            depth += 1
+            if depth > max_depth:
+                raise TooManyObjects(f"arrays nested deeper than {max_depth}")
+        level = below
 
 
 def sha256(data: bytes) -> bytes:
