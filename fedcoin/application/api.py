@@ -251,11 +251,11 @@ def add_api_routes(
             except ValueError as exc:
                 return error(400, str(exc))
         declared = request.content_length
-        if size is not None and declared is not None and size != declared:
-            return error(400, f"'size' {size} differs from Content-Length {declared}")
         for claimed in (size, declared):
             if claimed is not None and claimed > max_content:
                 return error(413, f"content over the {max_content}-byte cap")
+        if size is not None and declared is not None and size != declared:
+            return error(400, f"'size' {size} differs from Content-Length {declared}")
         try:
             with node.content.writer(max_content) as blob:
                 async for chunk in request.content.iter_chunked(CHUNK):
