@@ -200,7 +200,10 @@ def add_api_routes(
         return web.json_response(task_json(task_id, found, node.chain, True))
 
     async def post_tx(request: web.Request) -> web.Response:
-        data = await read_capped(request, MAX_TX_BYTES)
+        try:
+            data = await read_capped(request, MAX_TX_BYTES)
+        except (HttpProcessingError, OSError) as exc:
+            return error(400, f"body cut short: {exc}")
         if data is None:
             return error(413, f"a transaction is at most {MAX_TX_BYTES} bytes")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import aiohttp
@@ -172,3 +173,25 @@ async def test_upload_size_is_checked_and_a_refused_upload_leaves_no_file(api) -
     ok = await http.put(f"/content/{sha}?size=5000", data=blob)
     assert (await expect(ok, 200))["size"] == 5000
     assert node.content.get(bytes.fromhex(sha)) == blob
+
+
+async def test_an_upload_cut_short_leaves_no_file_and_the_node_answers(api) -> None:
+    _, node, http = api
+    host, port = node.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"PUT /content/{'ab' * 32} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".encode()
+        + b"x" * 1000
+    )
+    await writer.drain()
+    root = node.content.root
+    deadline = asyncio.get_running_loop().time() + 30
+    while not any(p.name.startswith(".tmp-") for p in root.iterdir()):  # the upload has begun
+        assert asyncio.get_running_loop().time() < deadline, "upload never started"
+        await asyncio.sleep(0.01)
+    writer.close()
+    await writer.wait_closed()
+    while any(p.is_file() for p in root.rglob("*")):  # ... and is cleaned up once cut
+        assert asyncio.get_running_loop().time() < deadline, "temporary file left behind"
+        await asyncio.sleep(0.01)
+    assert (await http.get("/status")).status == 200
