@@ -4,20 +4,38 @@ second node from the first, and never kept when a peer serves the wrong bytes or
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 from aiohttp import web
 
 from fedcoin.application.content import ContentResolver
 from fedcoin.consensus.posap import PosapVerifier
 from fedcoin.data.content import ContentStore
-from fedcoin.data.tx import ContentRef
+from fedcoin.data.tensors import encode_bundle, encode_dataset, encode_weights
+from fedcoin.data.tx import (
+    ClientUpdate,
+    ContentRef,
+    PublishTask,
+    SubmitRound,
+    TaskSpec,
+    Transaction,
+    make_tx,
+)
 from fedcoin.errors import ContentMissing, RoundContentUnavailable
-from tests.application.cluster import Cluster
+from tests.application.cluster import (
+    CLIENT_KEYS,
+    FAST_POSAP,
+    PUBLISHER_KEY,
+    SERVER_KEY,
+    Cluster,
+)
+from tests.helpers import CHAIN_ID, FC
 
 MB = 1_000_000
 #: 1 MB and 8 MB failed before issue 9 (only the buffered part of a body was read); 60 MB is
@@ -144,3 +162,71 @@ async def test_a_ref_with_the_wrong_size_is_unusable_on_every_node(
         assert fetcher.store.resolve(real) == blob
     finally:
         await fetcher.close()
+
+
+# --- the issue's done-criterion: a 60 MB model uploads, gossips and is fetched ------------------
+ARCH = json.dumps(
+    {"class_name": "Sequential", "config": {"layers": [
+        {"class_name": "Dense", "config": {"activation": "softmax", "use_bias": False}},
+    ]}}
+)  # fmt: skip
+IN, OUT = 1_500, 10_000  # one 1 500 × 10 000 float32 kernel: 60 MB
+
+
+async def put(http: aiohttp.ClientSession, url: str, blob: bytes) -> ContentRef:
+    sha = hashlib.sha256(blob).hexdigest()
+    resp = await http.put(f"{url}/content/{sha}?size={len(blob)}", data=blob)
+    body = await resp.json()
+    assert resp.status == 200, body
+    return ContentRef(bytes.fromhex(body["sha256"]), body["size"], body["cid"])
+
+
+async def post_tx(http: aiohttp.ClientSession, url: str, tx: Transaction) -> None:
+    resp = await http.post(f"{url}/tx", data=tx.encode())
+    assert resp.status == 200, await resp.json()
+
+
+async def test_a_60_mb_model_uploads_gossips_and_is_fetched_by_a_second_node(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(60)
+    kernel = rng.standard_normal((IN, OUT), dtype=np.float32)
+    model = encode_bundle(ARCH, [kernel])
+    update = encode_weights([kernel + np.float32(0.5)])
+    validation = encode_dataset(
+        rng.standard_normal((8, IN), dtype=np.float32), rng.integers(0, OUT, 8, dtype=np.int64)
+    )
+    assert len(model) > 60 * MB and len(update) > 60 * MB
+    async with Cluster(tmp_path) as cluster:
+        first = await cluster.start(0)
+        second = await cluster.start(1, mine=False)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
+            model_ref = await put(http, first.url, model)
+            update_ref = await put(http, first.url, update)
+            validation_ref = await put(http, first.url, validation)
+            spec = TaskSpec(
+                name="sixty", model=model_ref, validation=validation_ref,
+                server=SERVER_KEY.address, rounds=1, price_per_round=10 * FC,
+                split_bps=(7000, 1000, 2000), min_clients=1, max_clients=4,
+                deadline_height=10_000, posap=FAST_POSAP,
+            )  # fmt: skip
+            publish = make_tx(PUBLISHER_KEY, CHAIN_ID, 0, PublishTask(spec))
+            await post_tx(http, first.url, publish)
+            await cluster.wait_until(
+                lambda: publish.id in second.chain.head_state().tasks, timeout=300
+            )
+            client = ClientUpdate.create(CLIENT_KEYS[0], publish.id, 1, update_ref, 10)
+            # one client: the FedAvg is the client's own weights
+            submit = make_tx(
+                SERVER_KEY, CHAIN_ID, 0, SubmitRound(publish.id, 1, (client,), update_ref)
+            )
+            assert not second.content.has(model_ref.sha256)
+            await post_tx(http, first.url, submit)
+            # the transaction reaches the second node by gossip (or in a block); to check it,
+            # the node fetches the 60 MB model and the 60 MB update from the first
+            await cluster.wait_until(
+                lambda: second.content.has_ref(model_ref) and second.content.has_ref(update_ref),
+                timeout=300,
+            )
+        assert second.content.resolve(model_ref) == model
+        assert second.content.resolve(update_ref) == update
