@@ -193,7 +193,8 @@ class _Nested(Codec):
 
     @property
     def objects(self) -> int:  # type: ignore[override]
-        return self.cls.max_objects()
+        bound = getattr(self.cls, "max_objects", None)  # any type with from_wire may nest
+        return MAX_OBJECTS if bound is None else int(bound())
 
     def pack(self, value: Any) -> Any:
         if not isinstance(value, self.cls):
