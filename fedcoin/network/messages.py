@@ -228,19 +228,17 @@ def frame_type(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> type[Message]:
 
 def decode_message(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Message:
     """Decode one frame; raise ``ProtocolViolation`` for anything malformed or unknown."""
-    frame_type(frame, max_bytes)
+    cls = frame_type(frame, max_bytes)
     try:
-        raw: Any = decode_raw(frame, max_bytes=max_bytes)
+        # The envelope (array, version, type) plus the most objects the claimed type can hold
+        raw: Any = decode_raw(frame, max_bytes=max_bytes, max_objects=3 + cls.max_objects())
     except DecodeError as exc:
         raise ProtocolViolation(str(exc)) from None
     if type(raw) is not list or len(raw) != 3:
         raise ProtocolViolation("envelope must be [version, type, body]")
     version, kind, body = raw
-    if version != PROTOCOL_VERSION:
-        raise ProtocolViolation(f"protocol version {version!r}")
-    cls = MESSAGE_TYPES.get(kind) if type(kind) is int else None
-    if cls is None:
-        raise ProtocolViolation(f"unknown message type {kind!r}")
+    if version != PROTOCOL_VERSION or kind != cls.TYPE:  # canonical: the header bytes say it
+        raise ProtocolViolation(f"envelope [{version!r}, {kind!r}, …] is not canonical")
     try:
         return cls.from_wire(body)
     except DecodeError as exc:
