@@ -1,0 +1,37 @@
+"""The ClientApp: trains the job's model on this client's data; the FedCoin mod signs the reply.
+
+Run each client as its own SuperNode with its own key and data:
+
+    flower-supernode --insecure --superlink 127.0.0.1:9092 --clientappio-api-address 127.0.0.1:PORT \\
+        --node-config 'fedcoin-key="client1.pem" data-path="client1.npz"'
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedcoin.application.flower.client import fedcoin_mod
+from fedcoin_flower_example.task import build_model, load_client_data, train
+
+app = ClientApp(mods=[fedcoin_mod])
+
+
+def local_update(msg: Message, context: Context) -> Message:
+    """Train from the server's arrays; reply with the new arrays and the sample count."""
+    model = build_model()
+    model.set_weights(msg.content["arrays"].to_numpy_ndarrays())
+    x, y = load_client_data(dict(context.node_config))
+    server_round = int(msg.content["config"]["server-round"])
+    epochs = int(context.run_config.get("local-epochs", 2))
+    loss = train(model, x, y, epochs, seed=server_round)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model.get_weights()),
+            "metrics": MetricRecord({"train_loss": loss, "num-examples": len(y)}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+app.train()(local_update)

@@ -1,0 +1,54 @@
+"""Shared pieces of the Flower tests: the example app on the path, an in-process Grid."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr", reason="the optional extra fedcoin[flower] is installed by make test")
+
+from flwr.app import Context, Message, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "flower"
+if str(EXAMPLE) not in sys.path:
+    sys.path.insert(0, str(EXAMPLE))
+
+
+def client_context(node_id: int, partition: int, partitions: int, epochs: int = 1) -> Context:
+    return Context(
+        run_id=1,
+        node_id=node_id,
+        node_config={"partition-id": partition, "num-partitions": partitions},
+        state=RecordDict(),
+        run_config={"local-epochs": epochs},
+    )
+
+
+class LocalGrid:
+    """Flower's ``Grid`` as the strategy uses it, delivering to ClientApps in this process.
+
+    It exercises the strategy's real hooks (configure, aggregate, start) without a SuperLink;
+    the deployment test covers the real transport.
+    """
+
+    def __init__(self, apps: dict[int, tuple[ClientApp, Context]]) -> None:
+        self.apps = apps
+        # What a ServerApp process has set when it builds messages
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.apps)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        replies = []
+        for message in messages:
+            app, context = self.apps[message.metadata.dst_node_id]
+            replies.append(app(message, context))
+        return replies
