@@ -18,6 +18,19 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "flower"
 if str(EXAMPLE) not in sys.path:
     sys.path.insert(0, str(EXAMPLE))
 
+# The example app the tests run, as a user copies it
+from fedcoin_flower_example.client_app import local_update  # noqa: E402
+from fedcoin_flower_example.task import build_model, validation_set  # noqa: E402
+
+__all__ = [
+    "EXAMPLE",
+    "LocalGrid",
+    "build_model",
+    "client_context",
+    "local_update",
+    "validation_set",
+]
+
 
 def client_context(node_id: int, partition: int, partitions: int, epochs: int = 1) -> Context:
     return Context(
