@@ -10,13 +10,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from fedcoin.application.api import ref_from_json
-from fedcoin.application.fl_server import NodeClient, NodeError
+from fedcoin.application.fl_server import NodeClient, NodeError, load_task_id, save_task_id
 from fedcoin.consensus.utility import fedavg
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.tensors import Weights, encode_bundle, encode_dataset, encode_weights, weights_of
@@ -29,9 +28,12 @@ from fedcoin.data.tx import (
     SubmitRound,
     TaskSpec,
 )
-from fedcoin.errors import ConfigError, FedCoinError
+from fedcoin.errors import FedCoinError
 
 T = TypeVar("T")
+
+
+__all__ = ["Ledger", "RoundRefused", "SignedUpdate", "TaskOffer", "load_task_id", "save_task_id"]
 
 
 class RoundRefused(FedCoinError):
@@ -177,26 +179,3 @@ class Ledger:
             if exc.rule:
                 raise RoundRefused(str(exc), exc.rule) from None
             raise
-
-
-def load_task_id(path: Path | None) -> bytes | None:
-    """The task id saved by an earlier run (resume after a restart), if any."""
-    if path is None or not path.exists():
-        return None
-    text = path.read_text().strip()
-    try:
-        task_id = bytes.fromhex(text)
-    except ValueError:
-        task_id = b""
-    if len(task_id) != 32:
-        raise ConfigError(f"{path} does not hold a task id (64 hex digits): {text[:80]!r}")
-    return task_id
-
-
-def save_task_id(path: Path | None, task_id: bytes) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(task_id.hex() + "\n")
-    tmp.replace(path)
