@@ -24,6 +24,7 @@ import numpy as np
 from fedcoin.application.api import ref_from_json
 from fedcoin.application.content import IpfsClient
 from fedcoin.application.datasets import ClientShard, Dataset, from_arrays
+from fedcoin.application.task_file import load_task_id, save_task_id
 from fedcoin.consensus.utility import fedavg
 from fedcoin.data.genesis import UNIT
 from fedcoin.data.keys import PrivateKey, format_address
@@ -50,6 +51,8 @@ from fedcoin.data.tx import (
 from fedcoin.errors import ConfigError, ContentMismatch, FedCoinError
 
 log = logging.getLogger("fedcoin.fl")
+RESUME_TIMEOUT = 30.0
+"""Seconds to wait for a joined or saved task to show up on the node's chain."""
 
 
 class NodeError(FedCoinError):
@@ -188,6 +191,7 @@ class FLServer:
         self.reports: list[RoundReport] = []
         self.task_id: bytes | None = config.task_id or load_task_id(config.task_file)
         self.resumed = self.task_id is not None
+        """The task was given or saved, not published by this run."""
         self.architecture = config.architecture
         self.validation = config.validation
         self.ipfs = IpfsClient(config.ipfs_api) if config.ipfs_api else None
@@ -230,7 +234,9 @@ class FLServer:
                     raise ConfigError("no task to join and no model to publish")
                 self.task_id = await self._publish(node, chain_id, status["height"])
                 save_task_id(cfg.task_file, self.task_id)
-            task = await self._wait(node, lambda t: True, "the task to appear")
+            task = await self._wait(
+                node, lambda t: True, f"task {self.task_id.hex()} to be on the chain", resumed=True
+            )
             await self._adopt(node, task)
             save_task_id(cfg.task_file, self.task_id)
             assert self.architecture is not None
@@ -342,10 +348,17 @@ class FLServer:
         return report
 
     async def _wait(
-        self, node: NodeClient, done: Callable[[dict[str, Any]], bool], what: str
+        self,
+        node: NodeClient,
+        done: Callable[[dict[str, Any]], bool],
+        what: str,
+        resumed: bool = False,
     ) -> dict[str, Any]:
         assert self.task_id is not None
-        deadline = asyncio.get_running_loop().time() + self.config.settle_timeout
+        timeout = self.config.settle_timeout
+        if resumed and self.resumed:  # a saved task the node does not know: say so quickly
+            timeout = min(timeout, RESUME_TIMEOUT)
+        deadline = asyncio.get_running_loop().time() + timeout
         delay = 0.05
         while True:
             try:
@@ -356,9 +369,8 @@ class FLServer:
                 if "no task" not in str(exc):
                     raise
             if asyncio.get_running_loop().time() > deadline:
-                raise NodeError(
-                    f"timed out after {self.config.settle_timeout:.0f} s waiting for {what}"
-                )
+                hint = " (another network? --new-task publishes anew)" if resumed else ""
+                raise NodeError(f"timed out after {timeout:.0f} s waiting for {what}{hint}")
             await asyncio.sleep(delay)  # polling a remote HTTP API: there is no event to wait on
             delay = min(delay * 1.5, 1.0)
 
@@ -366,27 +378,3 @@ class FLServer:
 def fc_text(units: int) -> str:
     """Base units as FC with all six decimals, exactly."""
     return f"{units // UNIT}.{units % UNIT:06d}"
-
-
-def load_task_id(path: Path | None) -> bytes | None:
-    """The task id saved by an earlier run, if any."""
-    if path is None or not path.exists():
-        return None
-    text = path.read_text().strip()
-    try:
-        task_id = bytes.fromhex(text)
-    except ValueError:
-        task_id = b""
-    if len(task_id) != 32:
-        raise ConfigError(f"{path} does not hold a task id (64 hex digits): {text[:80]!r}")
-    return task_id
-
-
-def save_task_id(path: Path | None, task_id: bytes) -> None:
-    """Keep the task id (written whole, then renamed: a crash leaves the old file or the new)."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(task_id.hex() + "\n")
-    tmp.replace(path)

@@ -100,8 +100,8 @@ def run_light(args: argparse.Namespace) -> int:
         FLServer,
         FLServerConfig,
         default_deadline_blocks,
-        load_task_id,
     )
+    from fedcoin.application.task_file import load_task_id
     from fedcoin.application.training import build_mlp
 
     task_file = args.data_dir / TASK_FILE

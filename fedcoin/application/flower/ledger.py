@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from fedcoin.application.api import ref_from_json
-from fedcoin.application.fl_server import NodeClient, NodeError, load_task_id, save_task_id
+from fedcoin.application.fl_server import NodeClient, NodeError
+from fedcoin.application.task_file import load_task_id, save_task_id
 from fedcoin.consensus.utility import fedavg
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.tensors import Weights, encode_bundle, encode_dataset, encode_weights, weights_of
