@@ -242,6 +242,7 @@ class FLServer:
             assert self.architecture is not None
             trainer = await asyncio.to_thread(Trainer, self.architecture)
             trainer.check_inputs([shard.data for shard in cfg.shards])
+            await self._finish_pending(node, trainer, task)
             for r in range(task["rounds_done"] + 1, task["spec"]["rounds"] + 1):
                 current = await node.get_content(ref_from_json(task["global_model"]))
                 global_weights = weights_of(current)
@@ -251,6 +252,19 @@ class FLServer:
                     cfg.on_round(report)
                 task = await node.task(self.task_id)
         return self.reports
+
+    async def _finish_pending(self, node: NodeClient, trainer: Any, task: dict[str, Any]) -> None:
+        """A resumed task's last round may be submitted but not settled: report it first."""
+        rounds = task.get("rounds") or []
+        if not rounds or rounds[-1]["settled"]:
+            return
+        entry = rounds[-1]
+        weights = weights_of(await node.get_content(ref_from_json(entry["global_model"])))
+        accuracy = await asyncio.to_thread(trainer.accuracy, weights, self.validation)
+        report = await self._settled(node, int(entry["round"]), accuracy)
+        self.reports.append(report)
+        if self.config.on_round is not None:
+            self.config.on_round(report)
 
     async def _adopt(self, node: NodeClient, task: dict[str, Any]) -> None:
         """Train the task's own model on its own validation set (a joined task brings both)."""
@@ -323,6 +337,10 @@ class FLServer:
         assert self.validation is not None
         accuracy = await asyncio.to_thread(trainer.accuracy, new_global, self.validation)
         log.info("round %d submitted: %d clients, global accuracy %.3f", r, len(updates), accuracy)
+        return await self._settled(node, r, accuracy)
+
+    async def _settled(self, node: NodeClient, r: int, accuracy: float) -> RoundReport:
+        """Wait for round ``r`` to settle and report its Shapley values and payouts."""
         waiting = self._step(f"round {r}: waiting for miners to value and settle it", None)
         task = await self._wait(
             node,
