@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,10 +23,14 @@ if str(EXAMPLE) not in sys.path:
 
 # The example app the tests run, as a user copies it
 from fedcoin_flower_example.client_app import local_update  # noqa: E402
+from fedcoin_flower_example.simulation import FREE_RIDER, NOISY, client_key  # noqa: E402
 from fedcoin_flower_example.task import build_model, validation_set  # noqa: E402
 
 __all__ = [
     "EXAMPLE",
+    "FREE_RIDER",
+    "NOISY",
+    "client_key",
     "LocalGrid",
     "build_model",
     "client_context",
@@ -65,3 +72,38 @@ class LocalGrid:
             app, context = self.apps[message.metadata.dst_node_id]
             replies.append(app(message, context))
         return replies
+
+
+async def run_flower_simulation(node_url: str, clients: int, rounds: int, price: int) -> Any:
+    """Flower's simulation engine (Ray) with ``clients`` clients for ``rounds`` rounds, paying
+    through the full node at ``node_url``; returns the finished ``FedCoinFedAvg``."""
+    from fedcoin_flower_example.simulation import client_app, server_app
+    from flwr.simulation import run_simulation
+
+    from tests.application.cluster import FAST_POSAP, SERVER_KEY
+
+    # Ray's workers import the ClientApp's modules: they inherit this environment
+    paths = [str(EXAMPLE.parents[1]), str(EXAMPLE), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    for name, value in SIMULATION_ENV.items():
+        os.environ.setdefault(name, value)
+    done: list[Any] = []
+    app = server_app(node_url, SERVER_KEY, rounds, clients, price, done.append, FAST_POSAP)
+    backend = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": 2, "include_dashboard": False},
+    }
+    await asyncio.to_thread(
+        run_simulation, server_app=app, client_app=client_app, num_supernodes=clients,
+        backend_config=backend,
+    )  # fmt: skip
+    assert done, "the ServerApp did not finish"
+    return done[0]
+
+
+SIMULATION_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+}

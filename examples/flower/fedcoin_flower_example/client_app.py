@@ -9,6 +9,7 @@ Run each client as its own SuperNode with its own key and data:
 
 from __future__ import annotations
 
+import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -19,16 +20,20 @@ app = ClientApp(mods=[fedcoin_mod])
 
 
 def local_update(msg: Message, context: Context) -> Message:
-    """Train from the server's arrays; reply with the new arrays and the sample count."""
+    """Train from the server's arrays on this client's data; reply with the new arrays."""
+    x, y = load_client_data(dict(context.node_config))
+    return fit_reply(msg, x, y, int(context.run_config.get("local-epochs", 2)))
+
+
+def fit_reply(msg: Message, x: np.ndarray, y: np.ndarray, epochs: int) -> Message:
     model = build_model()
     model.set_weights(msg.content["arrays"].to_numpy_ndarrays())
-    x, y = load_client_data(dict(context.node_config))
     server_round = int(msg.content["config"]["server-round"])
-    epochs = int(context.run_config.get("local-epochs", 2))
     loss = train(model, x, y, epochs, seed=server_round)
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.get_weights()),
+            # num-examples is the client's FedAvg weight: the mod signs it with the weights
             "metrics": MetricRecord({"train_loss": loss, "num-examples": len(y)}),
         }
     )

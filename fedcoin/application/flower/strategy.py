@@ -223,12 +223,12 @@ class FedCoinFedAvg(FedAvg):
             if problem and self.drop_invalid:
                 log.warning("dropping the reply of node %d: %s", node, problem)
                 continue
+            if len(out) == self.max_clients:
+                log.warning("the task pays at most %d clients a round: rest left out", len(out))
+                break
             seen_keys.add(update.pubkey)
             seen_weights.add(_sha(update.blob))
             out.append(update)
-            if len(out) == self.max_clients:
-                log.warning("the task pays at most %d clients per round", self.max_clients)
-                break
         return out
 
     def _signed_update(self, reply: Message) -> SignedUpdate:
