@@ -2,9 +2,8 @@
 
 Run each client as its own SuperNode with its own key and data:
 
-    flower-supernode --insecure --superlink 127.0.0.1:9092 \\
-        --clientappio-api-address 127.0.0.1:PORT \\
-        --node-config 'fedcoin-key="client1.pem" data-path="client1.npz"'
+    flower-supernode --insecure --superlink 127.0.0.1:9093 --port 9101 \\
+        --node-config 'fedcoin-key="/abs/client1.pem" data-path="/abs/client1.npz"'
 """
 
 from __future__ import annotations

@@ -121,6 +121,10 @@ class FedCoinFedAvg(FedAvg):
         self.on_settled = on_settled
         self.round = 0
         """The last FedCoin round submitted (0 before the first)."""
+        self.rounds = 0
+        """Rounds the task pays for (from the chain)."""
+        self.min_clients, self.max_clients = 1, 1
+        """How many updates a round of the task must carry (from the chain)."""
         self.global_weights: Weights | None = None
         self.settled: list[SettledRound] = []
         self.timings: list[RoundTiming] = []
@@ -146,6 +150,7 @@ class FedCoinFedAvg(FedAvg):
         save_task_id(self.task_file, self.task_id)
         self.round = task["rounds_done"]
         self.global_weights = self.ledger.global_weights(task)
+        self.min_clients = int(task["spec"]["min_clients"])
         self.max_clients = int(task["spec"]["max_clients"])
         self.rounds = int(task["spec"]["rounds"])
         log.info(
@@ -178,6 +183,12 @@ class FedCoinFedAvg(FedAvg):
         _, metrics = super().aggregate_train(server_round, replies)
         updates = self._updates(replies)
         if self.task_id is None or self.global_weights is None or not updates:
+            return None, metrics
+        if len(updates) < self.min_clients:  # the chain would refuse it: Flower keeps the model
+            log.warning(
+                "FedCoin round %d not submitted: %d signed updates, the task needs %d",
+                self.round + 1, len(updates), self.min_clients,
+            )  # fmt: skip
             return None, metrics
         start = time.perf_counter()
         self._join_pending()
