@@ -190,3 +190,21 @@ def vars_of(s: FedCoinFedAvg) -> dict[str, object]:
         "fraction_evaluate": 0.0, "min_train_nodes": 3, "min_available_nodes": 3,
         "settle_timeout": 120.0,
     }  # fmt: skip
+
+
+async def test_a_restarted_job_resumes_its_task_from_the_task_file(tmp_path) -> None:
+    async with Cluster(tmp_path) as cluster:
+        node = await cluster.start(0)
+        task_file = tmp_path / "job" / "task.txt"
+        arrays = ArrayRecord(build_model().get_weights())
+        first = strategy(node.url, offer=offer(2, 3), task_file=task_file)
+        await asyncio.to_thread(first.start, grid=honest_grid(3), initial_arrays=arrays,
+                                num_rounds=1)  # fmt: skip
+        # the job restarts: no offer, only the task file; Flower's own arrays are stale
+        again = strategy(node.url, task_file=task_file)
+        assert again.task_id == first.task_id
+        await asyncio.to_thread(again.start, grid=honest_grid(3), initial_arrays=arrays,
+                                num_rounds=1)  # fmt: skip
+        assert [r.round for r in first.settled] == [1] and [r.round for r in again.settled] == [2]
+        task = node.chain.head_state().tasks[first.task_id]
+        assert task.rounds_done == 2 and len(node.chain.head_state().tasks) == 1

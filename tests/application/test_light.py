@@ -101,3 +101,29 @@ def test_own_conv2d_model_and_data_through_bundle_publish_and_a_restarted_light(
                           cwd=tmp_path)  # fmt: skip
         assert balance.returncode == 0
         assert paid > 0
+
+
+def test_transfer_wait_gives_up_when_no_block_comes(tmp_path):
+    alice = fedcoin("keygen", "--out", "alice.pem", cwd=tmp_path).stdout.strip()
+    bob = fedcoin("keygen", "--out", "bob.pem", cwd=tmp_path).stdout.strip()
+    gen = fedcoin("genesis", "--out", "genesis.json", "--alloc", f"{alice}=10", cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr
+    node = subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), "full", "--data-dir", "n", "--genesis",
+         "genesis.json", "--listen", "127.0.0.1:0", "--no-mine"],
+        cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        address = next(
+            m.group(1)
+            for line in node.stderr
+            if (m := re.search(r"serving on (127\.0\.0\.1:\d+)", line))
+        )
+        sent = fedcoin("transfer", "--node", f"http://{address}", "--key", "alice.pem",
+                       "--to", bob, "--amount", "1", "--wait", "--timeout", "2",
+                       cwd=tmp_path)  # fmt: skip
+        assert sent.returncode == 1
+        assert "not included in a block after 2 s" in sent.stderr
+    finally:
+        node.terminate()
+        node.communicate(timeout=30)
