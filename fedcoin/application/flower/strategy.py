@@ -32,6 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
+from fedcoin.application.fl_server import fc_text
 from fedcoin.application.flower.client import REPLY_RECORD, ROUND_CONFIG, TASK_CONFIG
 from fedcoin.application.flower.ledger import (
     Ledger,
@@ -46,6 +47,7 @@ from fedcoin.application.flower.serde import (
     weights_blob,
     weights_of_record,
 )
+from fedcoin.consensus.shapley import SV_SCALE
 from fedcoin.consensus.utility import same_shapes
 from fedcoin.data.keys import PrivateKey, address_of, format_address
 from fedcoin.data.tensors import Weights
@@ -327,7 +329,7 @@ class FedCoinFedAvg(FedAvg):
         log.info(
             "FedCoin round %d settled at height %d%s: %s",
             r, settled.height, " (voided)" if settled.voided else "",
-            ", ".join(f"{a} SV {sv} paid {paid.get(a, 0) / 1e6:.6f} FC"
+            ", ".join(f"{a} SV {sv / SV_SCALE:.2f} paid {fc_text(paid.get(a, 0))} FC"
                       for a, sv in zip(clients, settled.sv, strict=False)),
         )  # fmt: skip
         if self.on_settled is not None:
