@@ -17,10 +17,13 @@ Where this differs from the paper, and why:
   proposal may never come back (e.g. its private validator refused to sign after a restart).
 - Lines 52–54 (next height) happen on ``NewHeight``: the node must first apply the decided block
   to learn the next validator set. Messages of other heights are ignored (gossip re-sends them).
-- Messages more than ``MAX_FUTURE_ROUNDS`` rounds ahead are ignored, bounding memory; a
-  proposer's second, different proposal for a round is ignored (the first one counts).
-- A second, different vote of a validator for the same round and type is not counted; it yields
-  ``ReportEvidence``.
+- Messages more than ``MAX_FUTURE_ROUNDS`` rounds ahead are ignored, bounding memory. An
+  equivocating proposer's second proposal for a round is kept (it may be the block the others
+  decide, as the paper's line 49 allows any proposal of the round); a third is dropped. The
+  rules of lines 22 and 28 take the first that qualifies.
+- A second, different vote of a validator for the same round and type counts for its block id
+  (as in the paper, messages are counted per sender and content) and yields ``ReportEvidence``;
+  a third is dropped (bounded memory).
 """
 
 from __future__ import annotations
@@ -64,24 +67,46 @@ from fedcoin.errors import BadVoteSignature, InvalidVote
 
 #: Messages for rounds further ahead than this are ignored (bounded memory per height).
 MAX_FUTURE_ROUNDS = 64
+#: Proposals kept per round: an equivocating proposer's second block may be the one decided.
+MAX_PROPOSALS_PER_ROUND = 2
 
 PREVOTE, PRECOMMIT = VoteType.PREVOTE, VoteType.PRECOMMIT
 
 
 class _RoundVotes:
-    """The votes of one round and type: one per validator, and the power behind each block id."""
+    """The votes of one round and type, and the power behind each block id.
 
-    __slots__ = ("by_validator", "power_for", "total")
+    As in the paper, a count "2f+1 ⟨PREVOTE, h, r, id(v)⟩" is over distinct validators that
+    sent *that* message: an equivocator's second, conflicting vote counts for its own block id
+    (quorum intersection keeps this safe) while "2f+1 ⟨PREVOTE, h, r, ∗⟩" counts each validator
+    once. At most two different votes are kept per validator (bounded memory); the second one
+    is reported as evidence.
+    """
+
+    __slots__ = ("first", "extra", "power_for", "total")
 
     def __init__(self) -> None:
-        self.by_validator: dict[bytes, Vote] = {}
+        self.first: dict[bytes, Vote] = {}
+        self.extra: dict[bytes, Vote] = {}
         self.power_for: dict[bytes | None, int] = {}
         self.total = 0
 
-    def add(self, vote: Vote, power: int) -> None:
-        self.by_validator[vote.validator] = vote
+    def add(self, vote: Vote, power: int) -> Vote | None:
+        """Record ``vote``; return the validator's earlier vote when this one conflicts."""
+        earlier = self.first.get(vote.validator)
+        if earlier is None:
+            self.first[vote.validator] = vote
+            self.total += power
+        elif earlier.block_id == vote.block_id or vote.validator in self.extra:
+            return None  # a repeat, or beyond the bound: nothing new to count
+        else:
+            self.extra[vote.validator] = vote
         self.power_for[vote.block_id] = self.power_for.get(vote.block_id, 0) + power
-        self.total += power
+        return earlier
+
+    def for_block(self, block_id: bytes) -> list[Vote]:
+        votes = list(self.first.values()) + list(self.extra.values())
+        return [vote for vote in votes if vote.block_id == block_id]
 
 
 class Tendermint(Generic[V]):
@@ -118,7 +143,7 @@ class Tendermint(Generic[V]):
         self.locked_round = NO_ROUND  # [L7]
         self.valid_value: V | None = None  # [L8]
         self.valid_round = NO_ROUND  # [L9]
-        self._proposals: dict[int, tuple[Proposal, V]] = {}
+        self._proposals: dict[int, list[tuple[Proposal, V]]] = {}
         self._votes: dict[tuple[int, int], _RoundVotes] = {}
         self._senders: dict[int, set[bytes]] = {}
         self._proposers: dict[int, bytes] = {}
@@ -170,9 +195,10 @@ class Tendermint(Generic[V]):
         # The value is the block the proposal names
         if self._id(value) != proposal.block_id:
             raise InvalidVote(reason="value does not match block_id", round=proposal.round)
-        if proposal.round in self._proposals:
-            return  # a repeat, or the proposer equivocating: the first proposal counts
-        self._proposals[proposal.round] = (proposal, value)
+        known = self._proposals.setdefault(proposal.round, [])
+        if proposal in (p for p, _ in known) or len(known) >= MAX_PROPOSALS_PER_ROUND:
+            return  # a repeat, or the proposer equivocating beyond the bound
+        known.append((proposal, value))
         self._senders.setdefault(proposal.round, set()).add(proposal.proposer)
 
     def _on_vote(self, vote: Vote, out: list[Action[V]]) -> None:
@@ -182,13 +208,10 @@ class Tendermint(Generic[V]):
             raise InvalidVote(reason="unknown vote type", type=vote.type)
         verify_vote(vote, self._set(), self.chain_id, self._check)
         votes = self._votes.setdefault((vote.round, vote.type), _RoundVotes())
-        earlier = votes.by_validator.get(vote.validator)
-        if earlier is not None:
-            evidence = detect(earlier, vote)
-            if evidence is not None:
-                out.append(ReportEvidence(evidence))
-            return
-        votes.add(vote, self._set().power_of(vote.validator))
+        earlier = votes.add(vote, self._set().power_of(vote.validator))
+        evidence = None if earlier is None else detect(earlier, vote)
+        if evidence is not None:
+            out.append(ReportEvidence(evidence))
         self._senders.setdefault(vote.round, set()).add(vote.validator)
 
     def _on_timeout(self, event: Timeout, out: list[Action[V]]) -> None:
@@ -241,10 +264,10 @@ class Tendermint(Generic[V]):
 
     def _upon_proposal(self, out: list[Action[V]]) -> bool:
         # [L22] upon PROPOSAL(h_p, round_p, v, -1) from proposer while step_p = propose
-        entry = self._proposals.get(self.round)
-        if self.current_step != Step.PROPOSE or entry is None or entry[0].pol_round != NO_ROUND:
+        fresh = [v for p, v in self._proposals.get(self.round, ()) if p.pol_round == NO_ROUND]
+        if self.current_step != Step.PROPOSE or not fresh:
             return False
-        v = entry[1]
+        v = fresh[0]
         # [L23] valid(v) ∧ (lockedRound_p = −1 ∨ lockedValue_p = v)
         if self._is_valid(v) and (
             self.locked_round == NO_ROUND or self._same(self.locked_value, v)
@@ -258,13 +281,17 @@ class Tendermint(Generic[V]):
     def _upon_pol_proposal(self, out: list[Action[V]]) -> bool:
         # [L28] upon PROPOSAL(h_p, round_p, v, vr) AND 2f+1 PREVOTE(h_p, vr, id(v))
         #       while step_p = propose ∧ (vr ≥ 0 ∧ vr < round_p)
-        entry = self._proposals.get(self.round)
-        if self.current_step != Step.PROPOSE or entry is None:
+        if self.current_step != Step.PROPOSE:
             return False
-        proposal, v = entry
+        locked = [
+            (p, v)
+            for p, v in self._proposals.get(self.round, ())
+            if 0 <= p.pol_round < self.round and self._quorum_for(p.pol_round, PREVOTE, p.block_id)
+        ]
+        if not locked:
+            return False
+        proposal, v = locked[0]
         vr = proposal.pol_round
-        if not (0 <= vr < self.round) or not self._quorum_for(vr, PREVOTE, proposal.block_id):
-            return False
         # [L29] valid(v) ∧ (lockedRound_p ≤ vr ∨ lockedValue_p = v)
         if self._is_valid(v) and (self.locked_round <= vr or self._same(self.locked_value, v)):
             self._vote(PREVOTE, proposal.block_id, out)  # [L30]
@@ -285,12 +312,16 @@ class Tendermint(Generic[V]):
     def _upon_prevotes_for_block(self, out: list[Action[V]]) -> bool:
         # [L36] upon PROPOSAL(h_p, round_p, v, ∗) AND 2f+1 PREVOTE(h_p, round_p, id(v))
         #       while valid(v) ∧ step_p ≥ prevote for the first time
-        entry = self._proposals.get(self.round)
-        if self.current_step < Step.PREVOTE or entry is None or (36, self.round) in self._done:
+        if self.current_step < Step.PREVOTE or (36, self.round) in self._done:
             return False
-        proposal, v = entry
-        if not self._quorum_for(self.round, PREVOTE, proposal.block_id) or not self._is_valid(v):
+        backed = [
+            (p, v)
+            for p, v in self._proposals.get(self.round, ())
+            if self._quorum_for(self.round, PREVOTE, p.block_id) and self._is_valid(v)
+        ]
+        if not backed:
             return False
+        proposal, v = backed[0]
         self._first_time(36)
         if self.current_step == Step.PREVOTE:  # [L37]
             self.locked_value = v  # [L38]
@@ -319,16 +350,12 @@ class Tendermint(Generic[V]):
     def _upon_decide(self, out: list[Action[V]]) -> bool:
         # [L49] upon PROPOSAL(h_p, r, v, ∗) AND 2f+1 PRECOMMIT(h_p, r, id(v))
         #       while decision_p[h_p] = nil
-        for r, (proposal, v) in sorted(self._proposals.items()):
+        for r, proposal, v in self._all_proposals():
             if not self._quorum_for(r, PRECOMMIT, proposal.block_id):
                 continue
             if not self._is_valid(v):  # [L50]
                 continue
-            precommits = [
-                vote
-                for vote in self._votes[(r, PRECOMMIT)].by_validator.values()
-                if vote.block_id == proposal.block_id
-            ]
+            precommits = self._votes[(r, PRECOMMIT)].for_block(proposal.block_id)
             certificate = CommitCertificate.from_votes(precommits)
             self.decision = Commit(self.height, v, certificate)  # [L51]
             out.append(self.decision)
@@ -375,6 +402,9 @@ class Tendermint(Generic[V]):
     def _quorum_any(self, round_: int, type_: VoteType) -> bool:
         votes = self._votes.get((round_, type_))
         return votes is not None and self._set().has_two_thirds(votes.total)
+
+    def _all_proposals(self) -> list[tuple[int, Proposal, V]]:
+        return [(r, p, v) for r, known in sorted(self._proposals.items()) for p, v in known]
 
     def _set(self) -> ValidatorSet:
         if self.validators is None:

@@ -407,17 +407,21 @@ def test_quorums_count_power_not_heads() -> None:
     assert h.machine.locked_value == A
 
 
-def test_a_second_different_vote_is_evidence_and_not_counted() -> None:
+def test_a_second_different_vote_is_evidence_and_counts_for_its_own_block() -> None:
     h = follower_of(0)
     h.start()
-    h.propose(0, A)
-    other = others(h, 1)[0]
-    h.votes(0, PREVOTE, A, [other])
-    actions = h.votes(0, PREVOTE, None, [other])
+    h.timeout(TimeoutKind.PROPOSE, 0)  # own prevote: nil
+    x, y, z = others(h, 3)
+    h.votes(0, PREVOTE, A, [x, y])  # 2f+1 of any kind: prevote timer, no quorum for a value
+    actions = h.votes(0, PREVOTE, None, [x])  # x equivocates
     (report,) = [a for a in actions if isinstance(a, ReportEvidence)]
-    assert report.evidence.validator == other.public
-    assert h.votes(0, PREVOTE, A, [other]) == []  # an exact repeat is not evidence
-    assert h.machine.current_step == Step.PREVOTE  # the nil vote did not make 2f+1
+    assert report.evidence.validator == x.public
+    assert h.machine.current_step == Step.PREVOTE  # nil has 20 of 40: no precommit yet
+    assert h.votes(0, PREVOTE, A, [x]) == []  # an exact repeat: not evidence, not counted
+    assert h.votes(0, PREVOTE, B, [x]) == []  # a third vote: dropped (bounded memory)
+    # z's nil prevote makes 2f+1 for nil only because x's second message counts (the paper)
+    (cast,) = sent_votes(h.votes(0, PREVOTE, None, [z]))
+    assert (cast.type, cast.block_id) == (PRECOMMIT, None)
 
 
 def test_bad_votes_raise_and_change_nothing() -> None:
