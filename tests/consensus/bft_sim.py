@@ -76,7 +76,12 @@ def message_height(message: Message) -> int:
 
 class SimNetwork:
     def __init__(
-        self, n: int, tmp_path: Path, *, byzantine: set[int] = frozenset(), seed: int = 0
+        self,
+        n: int,
+        tmp_path: Path,
+        *,
+        byzantine: frozenset[int] | set[int] = frozenset(),
+        seed: int = 0,
     ) -> None:
         self.n = n
         self.rng = random.Random(seed)

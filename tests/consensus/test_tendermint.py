@@ -20,6 +20,7 @@ from fedcoin.consensus.tendermint_io import (
     VoteReceived,
 )
 from fedcoin.consensus.validators import verify_commit
+from fedcoin.data.keys import PrivateKey
 from fedcoin.data.vote import NO_ROUND, VoteType
 from fedcoin.errors import BadVoteSignature, InvalidVote, UnknownValidator
 from tests.consensus.bft_helpers import (
@@ -53,7 +54,7 @@ def follower_of(round_: int) -> Harness:
     raise AssertionError("no such validator")
 
 
-def others(h: Harness, count: int) -> list:
+def others(h: Harness, count: int) -> list[PrivateKey]:
     return h.others[:count]
 
 
