@@ -13,6 +13,7 @@ whatever round is being played (headers carry it as ``validators_hash``).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -48,6 +49,41 @@ VoteVerifier = Callable[[Vote, str], bool]
 
 def check_signature(vote: Vote, chain_id: str) -> bool:
     return vote.signature_ok(chain_id)
+
+
+class SignatureCache:
+    """A ``VoteVerifier`` that remembers the votes it verified (bounded, oldest out first).
+
+    Every vote reaches a node once per peer that relays it, and a one-process simulation holds
+    many nodes: verifying each signature once per process instead of once per delivery is what
+    keeps 32 validators within 2 cores (DESIGN §9). Only successes are remembered; the key is
+    the whole vote and the chain id, so a changed field or signature is verified afresh.
+    """
+
+    def __init__(self, capacity: int = 65_536) -> None:
+        if capacity <= 0:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self._verified: OrderedDict[tuple[str, Vote], None] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __call__(self, vote: Vote, chain_id: str) -> bool:
+        key = (chain_id, vote)
+        if key in self._verified:
+            self._verified.move_to_end(key)
+            self.hits += 1
+            return True
+        self.misses += 1
+        if not vote.signature_ok(chain_id):
+            return False
+        self._verified[key] = None
+        if len(self._verified) > self.capacity:
+            self._verified.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._verified)
 
 
 @dataclass(frozen=True, slots=True)

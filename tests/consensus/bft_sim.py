@@ -31,7 +31,7 @@ from fedcoin.consensus.tendermint_io import (
     Timeout,
     VoteReceived,
 )
-from fedcoin.consensus.validators import ValidatorSet, verify_commit
+from fedcoin.consensus.validators import SignatureCache, ValidatorSet, verify_commit
 from fedcoin.data.encoding import sha256
 from fedcoin.data.privval import FilePrivValidator
 from fedcoin.data.vote import Proposal, Vote
@@ -94,6 +94,7 @@ class SimNetwork:
         self.evidence_against: set[bytes] = set()
         self.errors: list[FedCoinError] = []
         self.byzantine = set(byzantine)
+        self.signatures = SignatureCache()  # one per process, shared by every node
         self.nodes = [self._make_node(i) for i in range(n)]
         self.decision_times: list[tuple[int, int, int]] = []  # (time, node, height)
 
@@ -111,6 +112,7 @@ class SimNetwork:
             valid=is_valid,
             value_id=value_id,
             timeouts=TIMEOUTS,
+            check=self.signatures,
         )
 
     def validators_at(self, height: int) -> ValidatorSet:

@@ -7,10 +7,13 @@ validators of power 10 unless a test says otherwise: 2f+1 is three of them, f+1 
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from fedcoin.consensus import tendermint
 from fedcoin.consensus.tendermint_io import (
     ProposalReceived,
     ReportEvidence,
@@ -472,3 +475,12 @@ def test_a_follower_decides_without_voting() -> None:
     actions += h.votes(0, PRECOMMIT, A, KEYS[:3])
     assert sent_votes(actions) == [] and sent_proposals(actions) == []
     assert [c.value for c in commits(actions)] == [A]
+
+
+def test_every_line_of_algorithm_1_is_marked_in_the_code() -> None:
+    """Lines 1-67 of the paper's pseudocode are each findable as ``[Lnn]`` or ``[La-Lb]``."""
+    source = Path(tendermint.__file__).read_text()
+    marked: set[int] = set()
+    for first, last in re.findall(r"\[L(\d+)(?:-L(\d+))?\]", source):
+        marked.update(range(int(first), int(last or first) + 1))
+    assert set(range(1, 68)) - marked == set()

@@ -8,6 +8,7 @@ import pytest
 
 from fedcoin.consensus.validators import (
     MAX_TOTAL_POWER,
+    SignatureCache,
     Validator,
     ValidatorSet,
     select_validators,
@@ -22,7 +23,15 @@ from fedcoin.errors import (
     InvalidValidatorSet,
     UnknownValidator,
 )
-from tests.consensus.bft_helpers import CHAIN, KEYS, PRECOMMIT, make_set, value_id, vote
+from tests.consensus.bft_helpers import (
+    CHAIN,
+    KEYS,
+    PRECOMMIT,
+    make_set,
+    value_id,
+    vote,
+    wrong_signature,
+)
 
 PK = sorted(k.public for k in KEYS)
 BLOCK = b"committed block"
@@ -135,3 +144,34 @@ def test_signatures_bind_round_and_chain() -> None:
         verify_commit(make_set(4), CHAIN, 5, value_id(BLOCK), replace(cert, round=2))
     with pytest.raises(BadVoteSignature):
         verify_commit(make_set(4), "another-chain", 5, value_id(BLOCK), cert)
+
+
+# --- the signature cache ---------------------------------------------------------------------
+def test_the_cache_verifies_once_and_never_remembers_a_failure() -> None:
+    cache = SignatureCache(capacity=2)
+    good = vote(KEYS[0], 1, 0, PRECOMMIT, BLOCK)
+    bad = wrong_signature(good)
+    assert cache(good, CHAIN) and cache(good, CHAIN)
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert not cache(bad, CHAIN) and not cache(bad, CHAIN)
+    assert not cache(good, "another-chain")
+    assert len(cache) == 1
+
+
+def test_the_cache_is_bounded_and_evicts_the_oldest() -> None:
+    cache = SignatureCache(capacity=2)
+    votes = [vote(KEYS[i], 1, 0, PRECOMMIT, BLOCK) for i in range(3)]
+    for v in votes:
+        assert cache(v, CHAIN)
+    assert len(cache) == 2
+    misses = cache.misses
+    cache(votes[0], CHAIN)  # evicted: verified again
+    assert cache.misses == misses + 1
+
+
+def test_the_cache_is_a_drop_in_verifier_for_certificates() -> None:
+    cache = SignatureCache()
+    cert = certificate([0, 1, 2])
+    verify_commit(make_set(4), CHAIN, 5, value_id(BLOCK), cert, cache)
+    verify_commit(make_set(4), CHAIN, 5, value_id(BLOCK), cert, cache)
+    assert (cache.hits, cache.misses) == (3, 3)
