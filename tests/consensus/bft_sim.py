@@ -95,6 +95,7 @@ class SimNetwork:
         self.errors: list[FedCoinError] = []
         self.byzantine = set(byzantine)
         self.signatures = SignatureCache()  # one per process, shared by every node
+        self.twins: dict[bytes, tuple[bytes, int]] = {}  # block → (its twin, the side shown it)
         self.nodes = [self._make_node(i) for i in range(n)]
         self.decision_times: list[tuple[int, int, int]] = []  # (time, node, height)
 
@@ -199,14 +200,25 @@ class SimNetwork:
                 return [(None, ProposalReceived(signed, action.value))]
             except DoubleSignRefused:
                 return []
-        # Byzantine: one message to the even nodes, a conflicting one to the odd nodes
+        # Byzantine: one message to the even nodes, a conflicting one to the odd nodes. The
+        # equivocators coordinate: a vote for one of their twin blocks goes to the side that
+        # was shown that twin, and the other side gets a vote for the other twin.
         if isinstance(message, Vote):
-            other_id = sha256(b"evil") if message.block_id is None else None
-            twin = replace(message, block_id=other_id)
-            return [(0, VoteReceived(sign_vote(message))), (1, VoteReceived(sign_vote(twin)))]
+            block = message.block_id
+            if block is not None and block in self.twins:
+                other, side = self.twins[block]
+                mine = replace(message, block_id=block)
+                theirs = replace(message, block_id=other)
+                pair = (mine, theirs) if side == 0 else (theirs, mine)
+            else:
+                other_id = sha256(b"evil") if block is None else None
+                pair = (message, replace(message, block_id=other_id))
+            return [(0, VoteReceived(sign_vote(pair[0]))), (1, VoteReceived(sign_vote(pair[1])))]
         assert isinstance(message, Proposal) and action.value is not None
         evil = action.value + b"-evil"
         twin_p = replace(message, block_id=value_id(evil))
+        self.twins[message.block_id] = (twin_p.block_id, 0)
+        self.twins[twin_p.block_id] = (message.block_id, 1)
         return [
             (0, ProposalReceived(sign_proposal(message), action.value)),
             (1, ProposalReceived(sign_proposal(twin_p), evil)),
@@ -250,6 +262,15 @@ class SimNetwork:
 
     def all_reached(self, height: int, nodes: list[SimNode]) -> bool:
         return all(height in n.decided for n in nodes)
+
+    def disagrees(self) -> bool:
+        """Two honest nodes decided different values at some height (checked cheaply)."""
+        first: dict[int, bytes] = {}
+        for node in self.honest:
+            for h, value in node.decided.items():
+                if first.setdefault(h, value) != value:
+                    return True
+        return False
 
     def check_agreement(self) -> int:
         """No two honest nodes decided different values at any height; return the heights."""
