@@ -33,6 +33,7 @@ from typing import Generic
 
 from fedcoin.consensus.evidence import detect
 from fedcoin.consensus.proposer import proposer_for_round
+from fedcoin.consensus.round_votes import RoundVotes
 from fedcoin.consensus.tendermint_io import (
     Action,
     Broadcast,
@@ -73,42 +74,6 @@ MAX_PROPOSALS_PER_ROUND = 2
 PREVOTE, PRECOMMIT = VoteType.PREVOTE, VoteType.PRECOMMIT
 
 
-class _RoundVotes:
-    """The votes of one round and type, and the power behind each block id.
-
-    As in the paper, a count "2f+1 ⟨PREVOTE, h, r, id(v)⟩" is over distinct validators that
-    sent *that* message: an equivocator's second, conflicting vote counts for its own block id
-    (quorum intersection keeps this safe) while "2f+1 ⟨PREVOTE, h, r, ∗⟩" counts each validator
-    once. At most two different votes are kept per validator (bounded memory); the second one
-    is reported as evidence.
-    """
-
-    __slots__ = ("first", "extra", "power_for", "total")
-
-    def __init__(self) -> None:
-        self.first: dict[bytes, Vote] = {}
-        self.extra: dict[bytes, Vote] = {}
-        self.power_for: dict[bytes | None, int] = {}
-        self.total = 0
-
-    def add(self, vote: Vote, power: int) -> Vote | None:
-        """Record ``vote``; return the validator's earlier vote when this one conflicts."""
-        earlier = self.first.get(vote.validator)
-        if earlier is None:
-            self.first[vote.validator] = vote
-            self.total += power
-        elif earlier.block_id == vote.block_id or vote.validator in self.extra:
-            return None  # a repeat, or beyond the bound: nothing new to count
-        else:
-            self.extra[vote.validator] = vote
-        self.power_for[vote.block_id] = self.power_for.get(vote.block_id, 0) + power
-        return earlier
-
-    def for_block(self, block_id: bytes) -> list[Vote]:
-        votes = list(self.first.values()) + list(self.extra.values())
-        return [vote for vote in votes if vote.block_id == block_id]
-
-
 class Tendermint(Generic[V]):
     """One validator's (or a follower's, ``me=None``) consensus state for the current height."""
 
@@ -144,7 +109,7 @@ class Tendermint(Generic[V]):
         self.valid_value: V | None = None  # [L8]
         self.valid_round = NO_ROUND  # [L9]
         self._proposals: dict[int, list[tuple[Proposal, V]]] = {}
-        self._votes: dict[tuple[int, int], _RoundVotes] = {}
+        self._votes: dict[tuple[int, int], RoundVotes] = {}
         self._senders: dict[int, set[bytes]] = {}
         self._proposers: dict[int, bytes] = {}
         self._validity: dict[bytes, bool] = {}
@@ -207,7 +172,7 @@ class Tendermint(Generic[V]):
         if not vote.well_formed:
             raise InvalidVote(reason="unknown vote type", type=vote.type)
         verify_vote(vote, self._set(), self.chain_id, self._check)
-        votes = self._votes.setdefault((vote.round, vote.type), _RoundVotes())
+        votes = self._votes.setdefault((vote.round, vote.type), RoundVotes())
         earlier = votes.add(vote, self._set().power_of(vote.validator))
         evidence = None if earlier is None else detect(earlier, vote)
         if evidence is not None:

@@ -30,7 +30,7 @@ from fedcoin.data.encoding import (
     wire,
 )
 from fedcoin.data.keys import address_of
-from fedcoin.data.vote import MAX_VALIDATORS, CommitCertificate, Vote, VoteType
+from fedcoin.data.vote import MAX_VALIDATORS, CommitCertificate, Vote
 from fedcoin.errors import (
     BadVoteSignature,
     CertificateMismatch,
@@ -226,7 +226,3 @@ def verify_commit(
     power = validators.power_of_all(keys)
     if not validators.has_two_thirds(power):
         raise InsufficientPower(height=height, power=power, total=validators.total_power)
-
-
-def is_precommit_for(vote: Vote, block_id: bytes | None) -> bool:
-    return vote.type == VoteType.PRECOMMIT and vote.block_id == block_id

@@ -8,10 +8,11 @@ and resume with no fork once the crashed ones come back.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcoin.data.keys import PrivateKey
@@ -109,15 +110,14 @@ def test_a_restarted_validator_does_not_sign_against_its_persisted_state(tmp_pat
     assert isinstance(KEYS[0], PrivateKey)
 
 
-@settings(
-    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), byzantine=st.integers(0, 3))
-def test_agreement_holds_for_any_delivery_order(tmp_path: Path, seed: int, byzantine: int) -> None:
-    net = SimNetwork(4, tmp_path / str(seed), byzantine={byzantine}, seed=seed)
-    net.start()
-    net.run_until(LIMIT_MS, stop=lambda: net.all_reached(4, net.honest))
-    assert net.check_agreement() >= 4
+def test_agreement_holds_for_any_delivery_order(seed: int, byzantine: int) -> None:
+    with tempfile.TemporaryDirectory() as fresh:  # each example its own validator files
+        net = SimNetwork(4, Path(fresh), byzantine={byzantine}, seed=seed)
+        net.start()
+        net.run_until(LIMIT_MS, stop=lambda: net.all_reached(4, net.honest))
+        assert net.check_agreement() >= 4
 
 
 def test_the_agreement_check_catches_a_split_beyond_the_fault_bound(tmp_path: Path) -> None:
