@@ -308,6 +308,17 @@ class NeedsSync(Ignore):
     """The message refers to blocks this node lacks (unknown parent): fetch them from the peer."""
 
 
+# --- hardening (issue 9, data layer) ---------------------------------------------------------
+class SmallOrderKey(DecodeError):
+    """A public key at a point of small order (the identity or a torsion point): it would verify
+    forged signatures, so no account, validator, client or node may use it."""
+
+
+class TooManyObjects(DecodeError):
+    """An input whose decoded form would hold more objects, or nest deeper, than its type allows
+    (bounds memory before a rule runs)."""
+
+
 # --- BFT consensus: votes, certificates, evidence, the private validator --------------------
 class VoteError(RuleViolation):
     """A vote, a proposal, a commit certificate or a piece of evidence breaks a rule."""
