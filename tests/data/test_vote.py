@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fedcoin.data.curve import is_small_order
 from fedcoin.data.encoding import encode, hash_of
 from fedcoin.data.keys import TAG_BLOCK, TAG_TX, PrivateKey
 from fedcoin.data.vote import (
@@ -23,13 +24,13 @@ from fedcoin.data.vote import (
     Vote,
     VoteType,
 )
-from fedcoin.errors import DecodeError
+from fedcoin.errors import DecodeError, SmallOrderKey
 
 KEY = PrivateKey.from_seed(b"\x07" * 32)
 CHAIN = "fedcoin-test"
 
 hashes = st.binary(min_size=32, max_size=32)
-keys = st.binary(min_size=32, max_size=32)
+keys = st.binary(min_size=32, max_size=32).filter(lambda k: not is_small_order(k))
 sigs = st.binary(min_size=64, max_size=64)
 heights = st.integers(0, 2**64 - 1)
 rounds = st.integers(0, 2**32 - 1)
@@ -160,3 +161,9 @@ def test_a_certificate_is_built_sorted_by_validator() -> None:
     assert all(cert.vote_of(s).signature_ok(CHAIN) for s in cert.signatures)
     with pytest.raises(ValueError):
         CommitCertificate.from_votes([replace(precommits[0], block_id=None)])
+
+
+def test_a_vote_from_a_small_order_key_does_not_decode() -> None:
+    raw = encode([1, 0, 1, [], bytes(32), b"\x00" * 64])  # the identity point as validator
+    with pytest.raises(SmallOrderKey):
+        Vote.decode(raw)
