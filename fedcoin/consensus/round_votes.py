@@ -41,6 +41,10 @@ class RoundVotes:
         self.power_for[vote.block_id] = self.power_for.get(vote.block_id, 0) + power
         return earlier
 
+    def holds(self, vote: Vote) -> bool:
+        """This exact vote, signature included, is already recorded."""
+        return vote in (self.first.get(vote.validator), self.extra.get(vote.validator))
+
     def for_block(self, block_id: bytes) -> list[Vote]:
         votes = list(self.first.values()) + list(self.extra.values())
         return [vote for vote in votes if vote.block_id == block_id]

@@ -171,6 +171,9 @@ class Tendermint(Generic[V]):
             return
         if not vote.well_formed:
             raise InvalidVote(reason="unknown vote type", type=vote.type)
+        known = self._votes.get((vote.round, vote.type))
+        if known is not None and known.holds(vote):
+            return  # the very same signed vote again (gossip repeats): nothing to verify
         verify_vote(vote, self._set(), self.chain_id, self._check)
         votes = self._votes.setdefault((vote.round, vote.type), RoundVotes())
         earlier = votes.add(vote, self._set().power_of(vote.validator))
