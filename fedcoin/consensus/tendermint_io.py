@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 
 from fedcoin.consensus.validators import ValidatorSet
 from fedcoin.data.vote import CommitCertificate, DuplicateVoteEvidence, Proposal, Vote
+from fedcoin.errors import ConfigError
 
 V = TypeVar("V")
 
@@ -45,6 +46,13 @@ class Timeouts:
     prevote_delta_ms: int = 500
     precommit_ms: int = 1000
     precommit_delta_ms: int = 500
+
+    def __post_init__(self) -> None:
+        bases = (self.propose_ms, self.prevote_ms, self.precommit_ms)
+        deltas = (self.propose_delta_ms, self.prevote_delta_ms, self.precommit_delta_ms)
+        # Every timeout is positive and none shrinks with the round
+        if min(bases) <= 0 or min(deltas) < 0:
+            raise ConfigError(f"timeouts need positive bases and non-negative deltas: {self}")
 
     def duration(self, kind: TimeoutKind, round_: int) -> int:
         base, delta = {

@@ -20,12 +20,13 @@ from fedcoin.consensus.tendermint_io import (
     Step,
     Timeout,
     TimeoutKind,
+    Timeouts,
     VoteReceived,
 )
 from fedcoin.consensus.validators import verify_commit
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.vote import NO_ROUND, VoteType
-from fedcoin.errors import BadVoteSignature, InvalidVote, UnknownValidator
+from fedcoin.errors import BadVoteSignature, ConfigError, InvalidVote, UnknownValidator
 from tests.consensus.bft_helpers import (
     CHAIN,
     KEYS,
@@ -396,6 +397,12 @@ def test_timeouts_grow_with_the_round() -> None:
     for kind in TimeoutKind:
         durations = [TIMEOUTS.duration(kind, r) for r in range(5)]
         assert durations == sorted(set(durations))
+
+
+@pytest.mark.parametrize("bad", [{"propose_ms": 0}, {"prevote_delta_ms": -1}])
+def test_timeouts_must_be_positive_and_never_shrink(bad: dict[str, int]) -> None:
+    with pytest.raises(ConfigError):
+        Timeouts(**bad)
 
 
 # --- counting by power, validation, evidence, followers --------------------------------------
