@@ -4,6 +4,7 @@
     genesis  write a genesis file from allocations and parameters
     full     run a full node (miner): chain, P2P, HTTP API, PoSap mining
     light    run a lightweight FL server: train clients, submit rounds, report SVs and payouts
+    bundle   make a task's model bundle (.keras) and dataset blob (.npz) for publish-task
     simulate N miners, one FL server and K clients in one process, with a report and plots
     balance, transfer, publish-task, close-task, task   wallet commands against a node's API
     demo     a small ledger demo on a SQLite file
@@ -25,8 +26,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from fedcoin.application.bundle import cmd_bundle
 from fedcoin.application.cli_client import cmd_light, load_or_create_key, run_wallet
-from fedcoin.application.cli_parser import advertised_address, build_parser, fc_amount
+from fedcoin.application.cli_parser import advertise_arg, build_parser, fc_amount
 from fedcoin.data.genesis import ChainParams, Genesis
 from fedcoin.data.keys import PrivateKey, format_address, parse_address
 from fedcoin.errors import FedCoinError
@@ -101,7 +103,7 @@ def cmd_full(args: argparse.Namespace) -> int:
     advertise = args.advertise or os.environ.get("FEDCOIN_ADVERTISE", "")
     if advertise:
         try:
-            advertise = advertised_address(advertise)
+            advertise = advertise_arg(advertise)
         except argparse.ArgumentTypeError as exc:
             raise FedCoinError(f"--advertise / FEDCOIN_ADVERTISE: {exc}") from None
     config = FullNodeConfig(
@@ -141,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "keygen": cmd_keygen, "genesis": cmd_genesis, "full": cmd_full, "light": cmd_light,
-        "simulate": cmd_simulate,
+        "simulate": cmd_simulate, "bundle": cmd_bundle,
     }  # fmt: skip
     for name in ("balance", "transfer", "publish-task", "close-task", "task"):
         commands[name] = lambda a: asyncio.run(run_wallet(a))

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +26,9 @@ def load_or_create_key(path: Path) -> PrivateKey:
 
 
 def cmd_light(args: argparse.Namespace) -> int:
-    from fedcoin.application.datasets import load_task_data, make_clients
-    from fedcoin.application.fl_server import FLServer, FLServerConfig
-    from fedcoin.application.training import build_mlp
+    from fedcoin.application.light import run_light
 
-    train, val = load_task_data(args.dataset, args.mnist_path, args.seed)
-    shards = make_clients(
-        train, clients=args.clients, noisy=args.noisy, free_riders=args.free_riders,
-        non_iid_alpha=args.non_iid, seed=args.seed,
-    )  # fmt: skip
-    key = load_or_create_key(args.key)
-    client_keys = [
-        PrivateKey.from_seed(hashlib.sha256(b"fedcoin/client" + key.public + bytes([i])).digest())
-        for i in range(args.clients)
-    ]
-    arch, initial = build_mlp(train.x.shape[1], train.classes, seed=args.seed)
-    config = FLServerConfig(
-        key=key, node_url=args.node, architecture=arch, initial_weights=initial, validation=val,
-        shards=shards, client_keys=client_keys, rounds=args.rounds, price_per_round=args.price,
-        epochs=args.epochs, task_id=bytes.fromhex(args.task_id) if args.task_id else None,
-        ipfs_api=args.ipfs_api, seed=args.seed, progress=sys.stderr.isatty(),
-    )  # fmt: skip
-    reports = asyncio.run(FLServer(config).run())
-    for r in reports:
-        print(f"round {r.round}: accuracy {r.accuracy:.3f}, SV {r.sv}, paid {r.paid}")
-    return 0
+    return run_light(args)
 
 
 def task_id_arg(text: str) -> bytes:
@@ -113,7 +89,10 @@ async def run_wallet(args: argparse.Namespace) -> int:
             raise FedCoinError(str(exc)) from None
         print(f"submitted {tx.kind_name} {tx.id.hex()}")
         if getattr(args, "wait", False):
+            deadline = asyncio.get_running_loop().time() + args.timeout
             while (await node.account(key.address))["nonce"] <= tx.nonce:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise FedCoinError(f"not included in a block after {args.timeout:g} s")
                 await asyncio.sleep(0.2)  # polling the node's HTTP API
             print("included in a block")
         return 0

@@ -11,7 +11,11 @@ import os
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from fedcoin.application.bundle import add_bundle_parser
+from fedcoin.application.light import add_light_arguments
 from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT
+from fedcoin.errors import BadAddress
+from fedcoin.network.addresses import format_host_port, is_unspecified, parse_host_port
 
 DEFAULT_NODE = "http://127.0.0.1:8700"
 
@@ -48,25 +52,16 @@ def host_port(text: str) -> str:
     return text
 
 
-def advertised_address(text: str) -> str:
-    """A ``HOST:PORT`` others can dial: a host name or IP (IPv6 in brackets) and a port 1-65535,
-    never an unspecified address (0.0.0.0, ::) or port 0."""
-    host, sep, port = text.rpartition(":")
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if (
-        not sep
-        or not bare
-        or not port.isascii()
-        or not port.isdigit()
-        or not 1 <= int(port) <= 65535
-        or bare in ("0.0.0.0", "::", "*")
-        or any(c.isspace() or c in "/?#@[]" for c in bare)
-        or (":" in bare and bare == host)
-    ):
-        raise argparse.ArgumentTypeError(
-            f"expected a dialable HOST:PORT (port 1-65535, not 0.0.0.0), got {text!r}"
-        )
-    return text
+def advertise_arg(text: str) -> str:
+    """A ``HOST:PORT`` others can dial (strictly parsed; port 1-65535), never an unspecified
+    address such as 0.0.0.0 or ::."""
+    try:
+        host, port = parse_host_port(text)
+        if is_unspecified(host):
+            raise BadAddress(f"{text!r} is not an address others can dial")
+    except BadAddress as exc:
+        raise argparse.ArgumentTypeError(f"expected a dialable HOST:PORT: {exc}") from None
+    return format_host_port(host, port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a peer to keep connected (repeatable)",
     )
     p.add_argument(
-        "--advertise", type=advertised_address, default=None, metavar="HOST:PORT",
+        "--advertise", type=advertise_arg, default=None, metavar="HOST:PORT",
         help="address peers should dial to reach this node, e.g. behind NAT or in a container "
         "(default: the listen address; env FEDCOIN_ADVERTISE, the flag wins)",
     )  # fmt: skip
@@ -143,33 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("light", help="run a lightweight FL server against a full node")
-    p.add_argument("--node", default=DEFAULT_NODE, help="full node API URL (default %(default)s)")
-    p.add_argument(
-        "--key",
-        type=Path,
-        default=default_home() / "server.pem",
-        help="FL server key (default %(default)s)",
-    )
-    p.add_argument("--task-id", help="join this task (hex) instead of publishing one")
-    p.add_argument("--rounds", type=int, default=3, help="rounds to publish (default %(default)s)")
-    p.add_argument(
-        "--price", type=fc_amount, default=fc_amount("10"), help="FC per round (default 10)"
-    )
-    p.add_argument(
-        "--clients", type=int, default=4, help="in-process clients (default %(default)s)"
-    )
-    p.add_argument("--noisy", type=int, default=0, help="clients with noisy labels")
-    p.add_argument("--free-riders", type=int, default=0, help="clients that train nothing")
-    p.add_argument("--non-iid", type=float, metavar="ALPHA", help="Dirichlet non-IID shards")
-    p.add_argument(
-        "--epochs", type=int, default=2, help="local epochs per round (default %(default)s)"
-    )
-    p.add_argument(
-        "--dataset", choices=["digits", "mnist"], default="digits", help="(default %(default)s)"
-    )
-    p.add_argument("--mnist-path", type=Path, help="local mnist.npz for --dataset mnist")
-    p.add_argument("--ipfs-api", help="also add every blob to this IPFS daemon")
-    p.add_argument("--seed", type=int, default=0, help="data split and training seed")
+    add_light_arguments(p, default_home(), DEFAULT_NODE, fc_amount)
+    add_bundle_parser(sub)
 
     p = sub.add_parser(
         "simulate",
@@ -241,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--amount", type=fc_amount, required=True, help="FC to send, up to 6 decimals")
     w.add_argument("--fee", type=fc_amount, help="fee in FC (default: none)")
     w.add_argument("--wait", action="store_true", help="wait until a block includes it")
+    w.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits (120)")
     w = wallet(
         "publish-task", "escrow a budget for an FL task (digits MLP and validation set by default)"
     )
