@@ -44,41 +44,45 @@ EXACT = 2**53
 """Every partial sum of a float64 product must stay below this."""
 LIMB_BITS = 40
 """Limb width for ``c @ P``: ``2^K·2^40 < 2^53``."""
-BATCH_ELEMENTS = 2**20
-"""Memory bound of a batch of coalitions: int64 activation values per batch (8 MiB)."""
+BATCH_ELEMENTS = 2**22
+"""Memory bound of a batch of coalitions: activation values per batch (32 MiB of float64)."""
 
 
-def exact_matmul(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int) -> np.ndarray:
+def exact_matmul(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int) -> tuple[np.ndarray, int]:
     """``a @ b`` for integer-valued float64 ``a (…, M, k)``, ``b (…, k, o)`` with
-    ``|a| ≤ a_max``, ``|b| ≤ b_max``: exact, as int64, via BLAS on chunks of the inner axis."""
+    ``|a| ≤ a_max``, ``|b| ≤ b_max``, exactly: the product and a bound on its |values|.
+    One BLAS call (float64 result) when ``k·a_max·b_max < 2^53``; otherwise chunks of the inner
+    axis that each respect that bound, added in int64 (int64 result)."""
     k = a.shape[-1]
     per_term = max(a_max * b_max, 1)
     chunk = max((EXACT - 1) // per_term, 1)
     if chunk >= k:
-        return np.matmul(a, b).astype(np.int64)
+        return np.matmul(a, b), k * per_term
     out: np.ndarray | None = None
     for start in range(0, k, chunk):
         part = np.matmul(a[..., start : start + chunk], b[..., start : start + chunk, :])
         out = part.astype(np.int64) if out is None else out + part.astype(np.int64)
     assert out is not None  # k ≥ 1, so the loop ran
-    return out
+    return out, k * per_term
 
 
-def combine_players(coeffs: np.ndarray, stacked: np.ndarray) -> np.ndarray:
-    """``coeffs (m, P) @ stacked (P, M)`` exactly as int64, for non-negative integer ``coeffs``
-    whose rows sum to at most ``2^K`` and int64 ``stacked``: 40-bit limbs through BLAS."""
+def combine_players(coeffs: np.ndarray, stacked: np.ndarray) -> tuple[np.ndarray, int]:
+    """``coeffs (m, P) @ stacked (P, M)`` exactly, for non-negative integer ``coeffs`` whose
+    rows sum to at most ``2^K`` and int64 ``stacked``: one float64 GEMM when ``|stacked| <
+    2^40``, else two 40-bit limbs added in int64. Returns the product and its bound."""
     c = coeffs.astype(np.float64)
     top = int(np.abs(stacked).max(initial=0))
+    bound = (1 << K) * top
     if top < 2**LIMB_BITS:
-        return np.matmul(c, stacked.astype(np.float64)).astype(np.int64)
+        return np.matmul(c, stacked.astype(np.float64)), bound
     low = (stacked & (2**LIMB_BITS - 1)).astype(np.float64)
     high = (stacked >> LIMB_BITS).astype(np.float64)
     out = np.matmul(c, high).astype(np.int64) << LIMB_BITS
     out += np.matmul(c, low).astype(np.int64)
-    return out
+    return out, bound
 
 
-def _pad(h: np.ndarray, layer: WeightLayer | PoolLayer, value: int) -> np.ndarray:
+def _pad(h: np.ndarray, layer: WeightLayer | PoolLayer, value: float) -> np.ndarray:
     """Pad axes −3, −2 of (…, H, W, C) as Keras 'same' does (before = pads, rest after)."""
     (top, left), (h_in, w_in) = layer.pads, layer.in_shape[:2]
     rows = (layer.out_shape[0] - 1) * layer.strides[0] + layer.window[0]
@@ -90,67 +94,91 @@ def _pad(h: np.ndarray, layer: WeightLayer | PoolLayer, value: int) -> np.ndarra
     return np.pad(h, width, constant_values=value)
 
 
-def _windows(h: np.ndarray, layer: WeightLayer | PoolLayer) -> np.ndarray:
-    """(…, H, W, C) → (…, H', W', C, kh, kw): every window the layer reads."""
-    win = np.lib.stride_tricks.sliding_window_view(h, layer.window, axis=(-3, -2))
+def _taps(h: np.ndarray, layer: WeightLayer | PoolLayer) -> list[np.ndarray]:
+    """The kh·kw strided views of padded ``(…, H, W, C)``, one per kernel offset (di, dj) in
+    row-major order: tap (di, dj)[…, i, j, c] = input cell (i·sr + di, j·sc + dj, c)."""
     (rows, cols), (sr, sc) = layer.out_shape[:2], layer.strides
-    return win[..., : rows * sr : sr, : cols * sc : sc, :, :, :]
+    return [
+        h[..., di : di + (rows - 1) * sr + 1 : sr, dj : dj + (cols - 1) * sc + 1 : sc, :]
+        for di in range(layer.window[0])
+        for dj in range(layer.window[1])
+    ]
 
 
 def patches(h: np.ndarray, layer: WeightLayer, batch_axes: int) -> np.ndarray:
-    """The input ``h (*B, N, *in_shape)`` as rows of ``fan_in`` values, float64:
-    ``(*B, N·positions, fan_in)``. Conv2D patches are ordered (C, kh, kw) like ``kernel_matrix``."""
+    """The float64 input ``h (*B, N, *in_shape)`` as rows of ``fan_in`` values:
+    ``(*B, N·positions, fan_in)``; Conv2D rows are ordered (kh, kw, C) like its kernel."""
     lead = h.shape[:batch_axes]
     if layer.kind == "Dense":
-        return h.reshape(*lead, -1, layer.fan_in).astype(np.float64)
-    win = _windows(_pad(h.astype(np.float64), layer, 0), layer)
-    return win.reshape(*lead, -1, layer.fan_in)
+        return h.reshape(*lead, -1, layer.fan_in)
+    taps = _taps(_pad(h, layer, 0), layer)
+    stacked = np.stack(taps, axis=-2)  # (…, H', W', kh·kw, C)
+    return stacked.reshape(*lead, -1, layer.fan_in)
 
 
-def kernel_matrix(kernel: np.ndarray, layer: WeightLayer) -> np.ndarray:
-    """A kernel (…, kh, kw, C, F) or (…, fan_in, F) as (…, fan_in, F) in patch order."""
-    if layer.kind == "Dense":
-        return kernel
-    moved = np.moveaxis(kernel, -2, -4)  # (…, C, kh, kw, F)
-    return moved.reshape(*kernel.shape[:-4], layer.fan_in, kernel.shape[-1])
-
-
-def requantize(acc: np.ndarray, bias: np.ndarray | None, layer: WeightLayer, f_in: int) -> None:
-    """In place: ``clip(floor((acc + b·2^F_in + 2^(s−1)) / 2^s), lo, A_MAX)``."""
+def requantize(
+    acc: np.ndarray, bound: int, bias: np.ndarray | None, bias_max: int, f_in: int, relu: bool
+) -> np.ndarray:
+    """``clip(floor((acc + b·2^F_in + 2^(s−1)) / 2^s), lo, A_MAX)`` of ``acc (m, R, F)`` with
+    ``|acc| ≤ bound`` and ``bias`` shaped to broadcast against it: a new float64 array of
+    integers.
+    In float64 when every value stays below 2^53 (adding integers and scaling by 2^−s are then
+    exact), else in int64."""
     s = f_in + F_W + K - F_A
-    if bias is not None:
-        acc += (bias << f_in)[..., None, :]  # bias (m, F) over positions
-    acc += 1 << (s - 1)
-    acc >>= s
-    np.clip(acc, 0 if layer.relu else -A_MAX, A_MAX, out=acc)
+    lo = 0 if relu else -A_MAX
+    out = np.empty(acc.shape, dtype=np.float64)
+    if acc.dtype == np.float64 and bound + (bias_max << f_in) + (1 << (s - 1)) < EXACT:
+        offset: np.ndarray | float = 2.0 ** (s - 1)
+        if bias is not None:
+            offset = offset + bias * 2.0**f_in
+        np.add(acc, offset, out=out)
+        out *= 2.0**-s
+        np.floor(out, out=out)
+    else:
+        whole = np.empty(acc.shape, dtype=np.int64)
+        np.copyto(whole, acc, casting="unsafe")  # integer-valued floats: exact
+        if bias is not None:
+            whole += bias.astype(np.int64) << f_in
+        whole += 1 << (s - 1)
+        whole >>= s
+        np.copyto(out, whole, casting="unsafe")  # |values| < 2^53 after the shift
+    np.clip(out, lo, A_MAX, out=out)
+    return out
 
 
 def pool(h: np.ndarray, layer: PoolLayer) -> np.ndarray:
     """Integer max, or ``floor((2·sum + cnt) / (2·cnt))`` over the real cells of each window."""
     if layer.kind == "MaxPooling2D":
-        low = np.iinfo(np.int64).min
-        return _windows(_pad(h, layer, low), layer).max(axis=(-2, -1))
-    total = _windows(_pad(h, layer, 0), layer).sum(axis=(-2, -1))
+        taps = _taps(_pad(h, layer, -np.inf), layer)
+        out = taps[0].copy()
+        for tap in taps[1:]:
+            np.maximum(out, tap, out=out)
+        return out
+    taps = _taps(_pad(h, layer, 0), layer)
+    total = taps[0].astype(np.int64)
+    for tap in taps[1:]:
+        total += tap.astype(np.int64)
     ones = np.ones((*layer.in_shape[:2], 1), dtype=np.int64)
-    count = _windows(_pad(ones, layer, 0), layer).sum(axis=(-2, -1))
-    return (2 * total + count) // (2 * count)
+    count = sum(_taps(_pad(ones, layer, 0), layer))
+    return ((2 * total + count) // (2 * count)).astype(np.float64)
 
 
 def correct_counts(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(m, N, classes) int logits → correct samples per row: ``z_y > z_j`` for all j ≠ y (ties
-    are wrong); one output: ``z > 0`` for y = 1, ``z < 0`` for y = 0."""
+    """(m, N, classes) integer logits → correct samples per row: ``z_y > z_j`` for every
+    j ≠ y (ties are wrong); one output: ``z > 0`` for y = 1, ``z < 0`` for y = 0."""
     if logits.shape[-1] == 1:
         z = logits[..., 0]
         right = np.where(y[None, :] == 1, z > 0, z < 0)
         return right.sum(axis=1).astype(np.int64)
     hot = np.arange(logits.shape[-1])[None, :] == y[:, None]  # (N, classes)
     true = np.where(hot, logits, 0).sum(axis=-1)
-    others = np.where(hot, np.iinfo(np.int64).min, logits).max(axis=-1)
+    others = np.where(hot, -np.inf, logits).max(axis=-1)
     return (true > others).sum(axis=1).astype(np.int64)
 
 
 class ExactEvaluator:
-    """Scores coalition models of a fixed set of players on one validation set, exactly."""
+    """Scores coalition models of a fixed set of players on one validation set, exactly.
+    Activations are float64 arrays holding integers (|h| ≤ A_MAX), so BLAS takes them as is."""
 
     def __init__(
         self, program: Program, validation: Validation, players: Sequence[QuantizedModel]
@@ -167,7 +195,7 @@ class ExactEvaluator:
         ]
         self.w_max = [int(np.abs(s).max(initial=0)) for s in self.stacked]
         # Layers before the first weight layer see only x_q: run them once.
-        h = validation.x
+        h = validation.x.astype(np.float64)
         self.start = 0
         for layer in program.layers:
             if isinstance(layer, WeightLayer):
@@ -200,56 +228,79 @@ class ExactEvaluator:
         return out
 
     def _mixed(self, c: np.ndarray, tensor: int) -> np.ndarray:
-        """``W_S`` of one tensor for each row: (m, size) integer-valued float64, exact."""
+        """``W_S`` of one tensor for each row: (m, size) integer-valued float64, exact because
+        ``Σ_j c_j·|Q_j| ≤ 2^K·W_MAX < 2^53``."""
         return np.matmul(c, self.stacked[tensor])
 
-    def _first_layer(self, coeffs: np.ndarray, c: np.ndarray) -> np.ndarray:
+    def _bias(self, c: np.ndarray, layer: WeightLayer) -> tuple[np.ndarray | None, int]:
+        if layer.bias is None:
+            return None, 0
+        return self._mixed(c, layer.bias), self.w_max[layer.bias] << K
+
+    def _first_layer(self, coeffs: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The first weight layer's activations and whether they are *wide*: laid out
+        (N, *positions, m·F), every coalition's channels side by side, as one GEMM of the
+        shared input against all the coalitions' kernels leaves them (else (m, N, …))."""
         layer, m = self.first, coeffs.shape[0]
-        rows = self.first_in[None]  # (1, N·positions, fan_in), shared by every coalition
+        units, n = layer.out_shape[-1], len(self.validation.y)
+        bias, bias_max = self._bias(c, layer)
         if self.use_players:
             if self.per_player is None:
-                shape = (self.players, *self._shape(layer.kernel))
-                kernels = kernel_matrix(self.stacked[layer.kernel].reshape(shape), layer)
-                prods = exact_matmul(
-                    rows, kernels, self.validation.input_max, self.w_max[layer.kernel]
-                )
-                self.per_player = prods.reshape(self.players, -1)
-            acc = combine_players(coeffs, self.per_player)
-            acc = acc.reshape(m, rows.shape[1], layer.out_shape[-1])
-        else:
-            kernel = self._mixed(c, layer.kernel).reshape(m, *self._shape(layer.kernel))
-            wmax = self.w_max[layer.kernel] * 2**K
-            acc = exact_matmul(rows, kernel_matrix(kernel, layer), self.validation.input_max, wmax)
-        bias = None if layer.bias is None else self._mixed(c, layer.bias).astype(np.int64)
-        requantize(acc, bias, layer, F_X)
-        return acc.reshape(m, len(self.validation.y), *layer.out_shape)
-
-    def _shape(self, tensor: int) -> tuple[int, ...]:
-        return self.program.tensor_shapes[tensor]
+                kernels = self.stacked[layer.kernel].reshape(self.players, layer.fan_in, -1)
+                side = kernels.transpose(1, 0, 2).reshape(layer.fan_in, -1)
+                wmax = self.w_max[layer.kernel]
+                prods, _ = exact_matmul(self.first_in, side, self.validation.input_max, wmax)
+                by_player = prods.reshape(-1, self.players, units).transpose(1, 0, 2)
+                self.per_player = by_player.astype(np.int64).reshape(self.players, -1)
+            acc, bound = combine_players(coeffs, self.per_player)
+            acc = acc.reshape(m, -1, units)
+            bias = None if bias is None else bias[:, None, :]
+            h = requantize(acc, bound, bias, bias_max, F_X, layer.relu)
+            return h.reshape(m, n, *layer.out_shape), False
+        kernels = self._mixed(c, layer.kernel).reshape(m, layer.fan_in, units)
+        side = kernels.transpose(1, 0, 2).reshape(layer.fan_in, m * units)
+        wmax = self.w_max[layer.kernel] << K
+        acc, bound = exact_matmul(self.first_in, side, self.validation.input_max, wmax)
+        bias = None if bias is None else bias.reshape(-1)
+        h = requantize(acc, bound, bias, bias_max, F_X, layer.relu)
+        return h.reshape(n, *layer.out_shape[:-1], m * units), True
 
     def logits(self, coeffs: np.ndarray) -> np.ndarray:
         """Integer logits (m, N, outputs) of one batch of coalitions (checked by ``correct``)."""
         c = coeffs.astype(np.float64)
         m = coeffs.shape[0]
-        h = self._first_layer(coeffs, c)
+        h, wide = self._first_layer(coeffs, c)
         for layer in self.program.layers[self.start + 1 :]:
+            if wide and isinstance(layer, PoolLayer):
+                h = pool(h, layer)  # per channel: the coalitions' channels pool alike
+                continue
+            if wide:
+                h, wide = _narrow(h, m), False
             if isinstance(layer, WeightLayer):
-                kernel = self._mixed(c, layer.kernel).reshape(m, *self._shape(layer.kernel))
+                kernel = self._mixed(c, layer.kernel).reshape(m, layer.fan_in, -1)
                 rows = patches(h, layer, 1)  # (m, N·positions, fan_in)
-                wmax = self.w_max[layer.kernel] * 2**K
-                acc = exact_matmul(rows, kernel_matrix(kernel, layer), A_MAX, wmax)
-                bias = None if layer.bias is None else self._mixed(c, layer.bias).astype(np.int64)
-                requantize(acc, bias, layer, F_A)
-                h = acc.reshape(m, h.shape[1], *layer.out_shape)
+                acc, bound = exact_matmul(rows, kernel, A_MAX, self.w_max[layer.kernel] << K)
+                bias, bias_max = self._bias(c, layer)
+                bias = None if bias is None else bias[:, None, :]
+                h = requantize(acc, bound, bias, bias_max, F_A, layer.relu)
+                h = h.reshape(m, len(self.validation.y), *layer.out_shape)
             else:
                 h = _run_fixed(layer, h, 2)
+        if wide:
+            h = _narrow(h, m)
         return h.reshape(m, h.shape[1], -1)
+
+
+def _narrow(h: np.ndarray, m: int) -> np.ndarray:
+    """Wide (N, *positions, m·F) → (m, N, *positions, F), C-ordered."""
+    split = h.reshape(*h.shape[:-1], m, h.shape[-1] // m)
+    return np.ascontiguousarray(np.moveaxis(split, -2, 0))
 
 
 def _run_fixed(
     layer: WeightLayer | PoolLayer | ReshapeLayer, h: np.ndarray, lead: int
 ) -> np.ndarray:
-    """A layer without weights on int64 activations ``(*lead axes, *shape)``."""
+    """A layer without weights on activations ``(*lead axes, *shape)``."""
     if isinstance(layer, ReshapeLayer):
         return h.reshape(*h.shape[:lead], *layer.out_shape)
     assert isinstance(layer, PoolLayer)
