@@ -149,7 +149,8 @@ def requantize(
 def pool(h: np.ndarray, layer: PoolLayer) -> np.ndarray:
     """Integer max, or ``floor((2·sum + cnt) / (2·cnt))`` over the real cells of each window."""
     if layer.kind == "MaxPooling2D":
-        taps = _taps(_pad(h, layer, -np.inf), layer)
+        low = -np.inf if h.dtype == np.float64 else np.iinfo(np.int64).min
+        taps = _taps(_pad(h, layer, low), layer)
         out = taps[0].copy()
         for tap in taps[1:]:
             np.maximum(out, tap, out=out)
@@ -209,6 +210,10 @@ class ExactEvaluator:
         self.first_in = patches(h, self.first, 0)  # (N·positions, fan_in)
         self.per_player: np.ndarray | None = None
         self.use_players = 2 * self.players < self.first.fan_in
+        after = program.layers[self.start + 1 : self.start + 2]
+        self.pool_first = next(
+            (p for p in after if isinstance(p, PoolLayer) and p.kind == "MaxPooling2D"), None
+        )
         widest = max(
             [self.first.fan_in, *(_width(layer) for layer in program.layers[self.start :])]
         )
@@ -261,16 +266,21 @@ class ExactEvaluator:
         side = kernels.transpose(1, 0, 2).reshape(layer.fan_in, m * units)
         wmax = self.w_max[layer.kernel] << K
         acc, bound = exact_matmul(self.first_in, side, self.validation.input_max, wmax)
+        acc = acc.reshape(n, *layer.out_shape[:-1], m * units)
+        if self.pool_first is not None:
+            # Rounding and clipping are non-decreasing and the bias is constant per channel,
+            # so max-pooling the accumulators first gives the same values on 1/pool the cells.
+            acc = pool(acc, self.pool_first)
         bias = None if bias is None else bias.reshape(-1)
-        h = requantize(acc, bound, bias, bias_max, F_X, layer.relu)
-        return h.reshape(n, *layer.out_shape[:-1], m * units), True
+        return requantize(acc, bound, bias, bias_max, F_X, layer.relu), True
 
     def logits(self, coeffs: np.ndarray) -> np.ndarray:
         """Integer logits (m, N, outputs) of one batch of coalitions (checked by ``correct``)."""
         c = coeffs.astype(np.float64)
         m = coeffs.shape[0]
         h, wide = self._first_layer(coeffs, c)
-        for layer in self.program.layers[self.start + 1 :]:
+        skip = self.start + 1 + (self.pool_first is not None and wide)
+        for layer in self.program.layers[skip:]:
             if wide and isinstance(layer, PoolLayer):
                 h = pool(h, layer)  # per channel: the coalitions' channels pool alike
                 continue
