@@ -418,3 +418,42 @@ def test_coefficients_must_sum_to_two_to_the_k():
     for bad in ([[4095, 0]], [[4097, -1]], [[4096]]):
         with pytest.raises(ValueError):
             ev.correct(np.array(bad))
+
+
+# --- the same model Keras runs ------------------------------------------------------------------
+KERAS_LAYERS = {
+    "mlp": lambda k: [k.Input((12,)), k.layers.Dense(9, activation="relu"),
+                      k.layers.Dropout(0.5), k.layers.Dense(4)],
+    "cnn-same-stride2": lambda k: [
+        k.Input((64,)), k.layers.Reshape((8, 8, 1)),
+        k.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu"),
+        k.layers.AveragePooling2D(3, strides=2, padding="same"),
+        k.layers.Conv2D(3, 2, padding="valid"), k.layers.Flatten(), k.layers.Dense(4),
+    ],
+    "cnn-odd-max-same": lambda k: [
+        k.Input((7, 9, 2)), k.layers.Conv2D(5, (2, 3), strides=(1, 2), padding="same"),
+        k.layers.MaxPooling2D(3, strides=2, padding="same"),
+        k.layers.Conv2D(3, 3, strides=(2, 1), padding="same", activation="relu"),
+        k.layers.Flatten(), k.layers.Dense(6, activation="relu"), k.layers.Dense(4),
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_LAYERS))
+def test_integer_logits_track_keras_float_logits(name):
+    keras = pytest.importorskip("keras", reason="tensorflow-cpu is a declared dependency")
+    model = keras.Sequential(KERAS_LAYERS[name](keras))
+    program = compile_architecture(model.to_json())
+    rng = np.random.default_rng(3)
+    weights = [rng.normal(0, 0.4, s).astype(np.float32) for s in program.tensor_shapes]
+    model.set_weights(weights)
+    # inputs on the 2^-8 grid, so only weight and activation rounding separate the two
+    x = (rng.integers(0, 256, (40, *program.input_shape)) / 256).astype(np.float32)
+    y = rng.integers(0, 4, 40)
+    ev = ExactEvaluator(
+        program, quantize_validation(program, x, y), [quantize_weights(program, weights)]
+    )
+    exact = ev.logits(np.array([[4096]]))[0] / 2**8
+    reference = np.asarray(model(x, training=False), dtype=np.float64)
+    assert np.abs(exact - reference).max() < 0.03
+    assert (exact.argmax(axis=1) == reference.argmax(axis=1)).mean() > 0.9
