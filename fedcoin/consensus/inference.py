@@ -214,6 +214,15 @@ class ExactEvaluator:
         self.pool_first = next(
             (p for p in after if isinstance(p, PoolLayer) and p.kind == "MaxPooling2D"), None
         )
+        # A max-pool with no padding right after: one GEMM per pool offset on just the rows it
+        # reads, kept as a running maximum (a quarter-size working set for a 2×2 pool).
+        self.pool_rows: list[np.ndarray] | None = None
+        if self.pool_first is not None and self.pool_first.pads == (0, 0):
+            grid = self.first_in.reshape(h.shape[0], *self.first.out_shape[:2], -1)
+            self.pool_rows = [
+                np.ascontiguousarray(tap).reshape(-1, self.first.fan_in)
+                for tap in _taps(grid, self.pool_first)
+            ]
         widest = max(
             [self.first.fan_in, *(_width(layer) for layer in program.layers[self.start :])]
         )
@@ -265,6 +274,15 @@ class ExactEvaluator:
         kernels = self._mixed(c, layer.kernel).reshape(m, layer.fan_in, units)
         side = kernels.transpose(1, 0, 2).reshape(layer.fan_in, m * units)
         wmax = self.w_max[layer.kernel] << K
+        if self.pool_rows is not None and self.pool_first is not None:
+            acc, bound = exact_matmul(self.pool_rows[0], side, self.validation.input_max, wmax)
+            for rows in self.pool_rows[1:]:
+                np.maximum(
+                    acc, exact_matmul(rows, side, self.validation.input_max, wmax)[0], out=acc
+                )
+            acc = acc.reshape(n, *self.pool_first.out_shape[:-1], m * units)
+            bias = None if bias is None else bias.reshape(-1)
+            return requantize(acc, bound, bias, bias_max, F_X, layer.relu), True
         acc, bound = exact_matmul(self.first_in, side, self.validation.input_max, wmax)
         acc = acc.reshape(n, *layer.out_shape[:-1], m * units)
         if self.pool_first is not None:
