@@ -64,6 +64,8 @@ MAX_WIDTH = 2**20
 """At most this many activation values per sample after any layer."""
 MAX_PARAMS = 2**24
 """At most this many weights in a model."""
+MAX_WINDOW = 256
+"""At most this many cells (kh·kw) in a Conv2D or pooling window."""
 
 HIDDEN_ACTIVATIONS = ("relu", "linear")
 SHAPE_LAYERS = ("InputLayer", "Flatten", "Reshape", "Dropout")
@@ -210,8 +212,12 @@ def _geometry(
     """Output (H', W') and padding before (top, left), as Keras computes them."""
     if len(in_shape) != 3:
         raise BadLayerConfig(layer=layer, field="input rank", value=len(in_shape))
+    if window[0] * window[1] > MAX_WINDOW:
+        raise ModelTooLarge(layer=layer, window=window, limit=MAX_WINDOW)
     out, pads = [], []
     for size, k, s in zip(in_shape[:2], window, strides, strict=True):
+        if k > size:  # also with 'same': a window wider than its input reads mostly padding
+            raise BadLayerConfig(layer=layer, field="window larger than input", value=size)
         if padding == "same":
             n = -(-size // s)
             pads.append(max((n - 1) * s + k - size, 0) // 2)

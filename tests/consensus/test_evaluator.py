@@ -177,6 +177,13 @@ def _bad(kind: str, **config):
         (_bad("Conv2D", filters=2, kernel_size=[3, 3], padding="causal"), BadLayerConfig),
         (_bad("Conv2D", filters=2, kernel_size=[9, 9]), BadLayerConfig),
         (_bad("Conv2D", filters=2, kernel_size=[0, 3]), BadLayerConfig),
+        (_bad("MaxPooling2D", pool_size=[9, 1], padding="same"), BadLayerConfig),
+        (
+            sequential(
+                [40, 40, 1], pooling("AveragePooling2D", 17, 1, "same"), layer("Flatten"), dense(2)
+            ),
+            ModelTooLarge,
+        ),
         (_bad("MaxPooling2D", pool_size=[2, 2], strides=[0, 1]), BadLayerConfig),
         (sequential([4], layer("Reshape", target_shape=[3]), dense(2)), BadLayerConfig),
         (sequential([4], layer("Reshape", target_shape=[-1, -1]), dense(2)), BadLayerConfig),
@@ -457,3 +464,37 @@ def test_integer_logits_track_keras_float_logits(name):
     reference = np.asarray(model(x, training=False), dtype=np.float64)
     assert np.abs(exact - reference).max() < 0.03
     assert (exact.argmax(axis=1) == reference.argmax(axis=1)).mean() > 0.9
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70_000) | st.text(max_size=8)
+    | st.sampled_from(["same", "valid", "relu", "softmax", "sigmoid", "channels_first"]),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    base=st.sampled_from([MLP, CNN, STRIDED, ODD]),
+    data=st.data(),
+    value=JSON_VALUES,
+)
+def test_property_hostile_configs_raise_named_errors_or_compile_and_run(base, data, value):
+    spec = json.loads(base)
+    entries = spec["config"]["layers"]
+    entry = entries[data.draw(st.integers(0, len(entries) - 1))]
+    keys = sorted(entry["config"]) + ["units", "filters", "kernel_size", "strides", "pool_size"]
+    entry["config"][data.draw(st.sampled_from(keys))] = value
+    try:
+        program = compile_architecture(json.dumps(spec))
+    except EvaluatorError:
+        return
+    if program.macs > 10**6:
+        return
+    models = random_models(program, 2, 0)
+    x, y = random_data(program, 3, 0)
+    ev = ExactEvaluator(program, quantize_validation(program, x, y),
+                        [quantize_weights(program, m) for m in models])  # fmt: skip
+    assert ev.correct(np.array([[4096, 0], [2048, 2048]])).shape == (2,)
