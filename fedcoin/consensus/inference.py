@@ -117,14 +117,25 @@ def patches(h: np.ndarray, layer: WeightLayer, batch_axes: int) -> np.ndarray:
 
 
 def requantize(
-    acc: np.ndarray, bound: int, bias: np.ndarray | None, bias_max: int, f_in: int, relu: bool
+    acc: np.ndarray,
+    bound: int,
+    bias: np.ndarray | None,
+    bias_max: int,
+    f_in: int,
+    relu: bool,
+    half: bool = True,
 ) -> np.ndarray:
     """``clip(floor((acc + b·2^F_in + 2^(s−1)) / 2^s), lo, A_MAX)`` of ``acc (m, R, F)`` with
     ``|acc| ≤ bound`` and ``bias`` shaped to broadcast against it: a new float64 array of
     integers.
     In float64 when every value stays below 2^53 (adding integers and scaling by 2^−s are then
-    exact), else in int64."""
+    exact), else in int64. ``half=False``: ``acc`` already holds the bias and ``2^(s−1)``."""
     s = f_in + F_W + K - F_A
+    if not half:
+        out = acc * 2.0**-s if acc.dtype == np.float64 else (acc >> s).astype(np.float64)
+        np.floor(out, out=out)
+        np.clip(out, 0 if relu else -A_MAX, A_MAX, out=out)
+        return out
     lo = 0 if relu else -A_MAX
     out = np.empty(acc.shape, dtype=np.float64)
     if acc.dtype == np.float64 and bound + (bias_max << f_in) + (1 << (s - 1)) < EXACT:
@@ -171,10 +182,13 @@ def correct_counts(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
         z = logits[..., 0]
         right = np.where(y[None, :] == 1, z > 0, z < 0)
         return right.sum(axis=1).astype(np.int64)
+    true = np.take_along_axis(logits, y[None, :, None], axis=-1)[..., 0]
     hot = np.arange(logits.shape[-1])[None, :] == y[:, None]  # (N, classes)
-    true = np.where(hot, logits, 0).sum(axis=-1)
-    others = np.where(hot, -np.inf, logits).max(axis=-1)
-    return (true > others).sum(axis=1).astype(np.int64)
+    others = np.where(hot, -np.inf, logits)
+    best = others[..., 0].copy()
+    for j in range(1, logits.shape[-1]):  # a running maximum beats a reduction over ~10 classes
+        np.maximum(best, others[..., j], out=best)
+    return (true > best).sum(axis=1).astype(np.int64)
 
 
 class ExactEvaluator:
@@ -265,11 +279,17 @@ class ExactEvaluator:
                 wmax = self.w_max[layer.kernel]
                 prods, _ = exact_matmul(self.first_in, side, self.validation.input_max, wmax)
                 by_player = prods.reshape(-1, self.players, units).transpose(1, 0, 2)
-                self.per_player = by_player.astype(np.int64).reshape(self.players, -1)
+                by_player = by_player.astype(np.int64)
+                # The bias term and the rounding half are linear in c too (Σ c_j = 2^K): fold
+                # Q(b_j)·2^F_x + 2^(s−1−K) into each player's product, so c @ P holds them.
+                if layer.bias is not None:
+                    biases = self.stacked[layer.bias].astype(np.int64)  # (P, F)
+                    by_player += (biases << F_X)[:, None, :]
+                by_player += 1 << (F_X + F_W - F_A - 1)  # 2^(s−1−K), s = F_x + F_w + K − F_a
+                self.per_player = by_player.reshape(self.players, -1)
             acc, bound = combine_players(coeffs, self.per_player)
             acc = acc.reshape(m, -1, units)
-            bias = None if bias is None else bias[:, None, :]
-            h = requantize(acc, bound, bias, bias_max, F_X, layer.relu)
+            h = requantize(acc, bound, None, 0, F_X, layer.relu, half=False)
             return h.reshape(m, n, *layer.out_shape), False
         kernels = self._mixed(c, layer.kernel).reshape(m, layer.fan_in, units)
         side = kernels.transpose(1, 0, 2).reshape(layer.fan_in, m * units)
