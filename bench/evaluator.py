@@ -34,12 +34,12 @@ from fedcoin.application.datasets import (  # noqa: E402
     split_validation,
 )
 from fedcoin.application.training import Trainer, build_cnn, build_mlp  # noqa: E402
-from fedcoin.consensus.evaluator import compile_bundle, quantize_validation  # noqa: E402
 from fedcoin.consensus.game import (  # noqa: E402
     NullPlayerGame,
     coalition_coefficients,
     exact_fedavg,
 )
+from fedcoin.consensus.quantize import compile_bundle, quantize_validation  # noqa: E402
 
 N_CLIENTS = 10
 

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedcoin.consensus.evaluator import K, Program, Validation, quantize_weights
+from fedcoin.consensus.evaluator import K, Program, Validation
 from fedcoin.consensus.inference import ExactEvaluator
+from fedcoin.consensus.quantize import quantize_weights
 
 Weights = list[np.ndarray]
 

@@ -18,11 +18,7 @@ from fedcoin.consensus.evaluator import (
     X_MAX,
     PoolLayer,
     WeightLayer,
-    accumulator_bound,
     compile_architecture,
-    compile_bundle,
-    quantize_validation,
-    quantize_weights,
 )
 from fedcoin.consensus.game import coalition_coefficients
 from fedcoin.consensus.inference import (
@@ -30,6 +26,12 @@ from fedcoin.consensus.inference import (
     combine_players,
     correct_counts,
     exact_matmul,
+)
+from fedcoin.consensus.quantize import (
+    accumulator_bound,
+    compile_bundle,
+    quantize_validation,
+    quantize_weights,
 )
 from fedcoin.errors import (
     AccumulatorBoundExceeded,

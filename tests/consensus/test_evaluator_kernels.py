@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcoin.consensus.evaluator import compile_architecture, quantize_validation
+from fedcoin.consensus.evaluator import compile_architecture
 from fedcoin.consensus.game import NullPlayerGame
+from fedcoin.consensus.quantize import quantize_validation
 from tests.consensus.exact_reference import conv, dense, layer, pooling, sequential, utility
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcoin.consensus.evaluator import K, compile_architecture, quantize_validation
+from fedcoin.consensus.evaluator import K, compile_architecture
 from fedcoin.consensus.game import (
     NullPlayerGame,
     apportion,
@@ -18,6 +18,7 @@ from fedcoin.consensus.game import (
     is_exact_fedavg,
     round_weights,
 )
+from fedcoin.consensus.quantize import quantize_validation
 from fedcoin.consensus.shapley import exact_shapley
 from fedcoin.errors import WeightOutOfRange, WeightShapeMismatch
 from tests.consensus.exact_reference import conv, dense, layer, pooling, sequential, utility
