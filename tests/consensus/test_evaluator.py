@@ -412,14 +412,17 @@ def test_property_counts_do_not_depend_on_batching_or_order(seed, batch, data):
     assert [ev.correct(coeffs[i : i + 1])[0] for i in range(8)] == whole
 
 
-def test_forced_int64_path_gives_the_same_counts(monkeypatch):
-    _, _, _, _, ev = evaluator_for(CNN, 4, 3, n=20)
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("use_players", [False, True])
+def test_forced_int64_path_gives_the_same_counts(monkeypatch, name, use_players):
+    _, _, _, _, ev = evaluator_for(ARCHITECTURES[name], 4, 3, n=20)
+    ev.use_players = use_players
     coeffs = coalition_coefficients(list(range(8)), [1000, 2000, 1096])
-    fast = ev.correct(coeffs).tolist()
+    fast = ev.logits(coeffs)
     monkeypatch.setattr(inference, "EXACT", 2**30)  # forces chunking and int64 rounding
     monkeypatch.setattr(inference, "LIMB_BITS", 8)  # and limbs in c @ P
     ev.per_player = None
-    assert ev.correct(coeffs).tolist() == fast
+    assert np.array_equal(ev.logits(coeffs), fast)
 
 
 def test_coefficients_must_sum_to_two_to_the_k():
