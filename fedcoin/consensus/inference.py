@@ -16,8 +16,15 @@ when ``Σ_k |a_k|·|b_k| < 2^53``. The inner dimension is cut into chunks that r
 - The first weight layer sees the same input for every coalition, and ``x·W_S = Σ_j c_j·(x·Q_j)``
   is linear in the weights: when the players are fewer than its fan-in, each player's product
   ``P_j = x·Q_j`` is made once and a coalition's accumulator is ``c @ P``, split into 40-bit
-  limbs so that ``2^K·|limb| < 2^53``. Otherwise the shared input meets every ``W_S`` directly.
-- Integer rounding, clipping, pooling and scoring run on int64 arrays.
+  limbs so that ``2^K·|limb| < 2^53``; the bias and the rounding half are folded into ``P_j``
+  (also linear in c). Otherwise the shared input meets every coalition's kernel in one wide
+  GEMM, and the result stays in that (N, …, m·F) layout through any pooling that follows.
+- A max-pool right after the first layer is applied to the accumulators before rounding:
+  rounding and clipping are non-decreasing and the bias is constant per channel, so the values
+  are the same; without padding it runs as one GEMM per pool offset and a running maximum.
+- Activations are float64 arrays holding integers (|h| ≤ A_MAX). Rounding runs in float64 when
+  every value stays below 2^53 (adding integers and scaling by 2^−s are then exact), else in
+  int64; average pooling divides in int64.
 """
 
 from __future__ import annotations
