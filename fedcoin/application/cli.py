@@ -158,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedCoinError as exc:
         print(f"fedcoin {args.command}: {exc}", file=sys.stderr)
         return 1
+    except TimeoutError:  # an OSError whose message is empty: say what it means
+        print(f"fedcoin {args.command}: gave up waiting (timed out)", file=sys.stderr)
+        return 1
     except OSError as exc:  # a file or socket the command needed; the message names it
         print(f"fedcoin {args.command}: {exc}", file=sys.stderr)
         return 1
