@@ -25,7 +25,7 @@ from fedcoin.application.api import ref_from_json
 from fedcoin.application.content import IpfsClient
 from fedcoin.application.datasets import ClientShard, Dataset, from_arrays
 from fedcoin.application.task_file import load_task_id, save_task_id
-from fedcoin.consensus.utility import fedavg
+from fedcoin.consensus.game import exact_fedavg as fedavg
 from fedcoin.data.genesis import UNIT
 from fedcoin.data.keys import PrivateKey, format_address
 from fedcoin.data.tensors import (

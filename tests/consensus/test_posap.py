@@ -164,11 +164,25 @@ def test_every_falsified_border_entry_is_caught(n: int) -> None:
             verify_share(forged, task, DEFAULT_POSAP, SmoothGame(n), PARENT)
 
 
-def test_deviation_within_tolerance_is_accepted() -> None:
+def test_any_deviation_is_a_mismatch_whatever_the_tolerance() -> None:
+    # U is exact, so the spec's tolerance is ignored: one sample off on one entry is forgery
+    task = sv_task(6)
+    params = replace(DEFAULT_POSAP, tolerance=1000)
+    share = make_share(task, params, SmoothGame(6), MINER)
+    nudged = falsify(share, [0], delta=1)
+    with pytest.raises(TableEntryMismatch):
+        verify_share(nudged, task, params, SmoothGame(6), PARENT)
+
+
+def test_bad_entries_are_caught_before_the_estimate_is_recomputed() -> None:
+    # the cheap entry checks run first: a share with a forged entry AND a wrong estimate
+    # fails on the entry
     task = sv_task(6)
     share = make_share(task, DEFAULT_POSAP, SmoothGame(6), MINER)
-    nudged = falsify(share, list(range(len(share.table))), delta=DEFAULT_POSAP.tolerance)
-    verify_share(nudged, task, DEFAULT_POSAP, SmoothGame(6), PARENT)
+    forged = falsify(share, [0], delta=1)
+    forged = replace(forged, estimate=tuple(e + 1 for e in forged.estimate))
+    with pytest.raises(TableEntryMismatch):
+        verify_share(forged, task, DEFAULT_POSAP, SmoothGame(6), PARENT)
 
 
 def non_border(share: Share, n: int) -> list[int]:

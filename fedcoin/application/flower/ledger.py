@@ -17,7 +17,7 @@ import numpy as np
 from fedcoin.application.api import ref_from_json
 from fedcoin.application.fl_server import NodeClient, NodeError
 from fedcoin.application.task_file import load_task_id, save_task_id
-from fedcoin.consensus.utility import fedavg
+from fedcoin.consensus.game import exact_fedavg as fedavg
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.tensors import Weights, encode_bundle, encode_dataset, encode_weights, weights_of
 from fedcoin.data.tx import (
@@ -150,7 +150,7 @@ class Ledger:
         """Upload every client's weights and the FedAvg global model, then submit the round.
 
         Returns the global model and the seconds spent uploading and submitting. The global
-        model is ``consensus.utility.fedavg`` of the updates: what the chain checks.
+        model is ``consensus.game.exact_fedavg`` of the updates: what the chain checks.
         """
         chain_id = self.chain_id()
         global_weights = fedavg([u.weights for u in updates], [u.samples for u in updates])
