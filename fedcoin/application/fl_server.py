@@ -160,6 +160,8 @@ class FLServerConfig:
     epochs: int = 2
     split_bps: tuple[int, int, int] = (7000, 1000, 2000)
     posap: PosapParams = DEFAULT_POSAP
+    allowed_clients: tuple[bytes, ...] = ()
+    """Public keys of a consortium task's clients (the only ones the chain pays); () = open."""
     deadline_blocks: int | None = None
     """Blocks from publication to the deadline; default ``default_deadline_blocks(rounds)``."""
     task_id: bytes | None = None
@@ -295,7 +297,7 @@ class FLServer:
             name="fedcoin-task", model=model, validation=validation, server=cfg.key.address,
             rounds=cfg.rounds, price_per_round=cfg.price_per_round, split_bps=cfg.split_bps,
             min_clients=1, max_clients=max(n, 1), deadline_height=height + deadline,
-            posap=cfg.posap,
+            posap=cfg.posap, allowed_clients=tuple(cfg.allowed_clients),
         )  # fmt: skip
         tx = await node.send(cfg.key, chain_id, PublishTask(spec))
         log.info(

@@ -64,6 +64,8 @@ class TaskOffer:
     deadline_blocks: int = 2_000
     split_bps: tuple[int, int, int] = (7000, 1000, 2000)
     posap: PosapParams = field(default=DEFAULT_POSAP)
+    allowed_clients: tuple[bytes, ...] = ()
+    """Consortium task: the only client public keys the chain will pay; () = open."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ class Ledger:
                 rounds=offer.rounds, price_per_round=offer.price_per_round,
                 split_bps=offer.split_bps, min_clients=offer.min_clients,
                 max_clients=offer.max_clients, deadline_height=height + offer.deadline_blocks,
-                posap=offer.posap,
+                posap=offer.posap, allowed_clients=offer.allowed_clients,
             )  # fmt: skip
             return (await node.send(self.key, chain_id, PublishTask(spec))).id
 
