@@ -57,7 +57,8 @@ ARCH = json.dumps({
     "class_name": "Sequential",
     "config": {"layers": [
         {"class_name": "InputLayer", "config": {"batch_shape": [None, 64], "dtype": "float32"}},
-        {"class_name": "Dense", "config": {"units": HIDDEN, "activation": "relu", "use_bias": True}},
+        {"class_name": "Dense",
+         "config": {"units": HIDDEN, "activation": "relu", "use_bias": True}},
         {"class_name": "Dense", "config": {"units": 10, "activation": "linear", "use_bias": True}},
     ]},
 })  # fmt: skip
@@ -255,8 +256,10 @@ def main() -> None:
               f"  per seed {[round(c, 3) for c in cvs]}")  # fmt: skip
         print(f"{setting:13s} CV of cumulative φ (alternative):   mean "
               f"{statistics.fmean(cvs_cum):.3f}")  # fmt: skip
-        results[setting] = {"gains": gains, "vs_lowest": vs_lowest, "cv": cvs,
-                            "cv_cumulative": cvs_cum, "free_rounds_paid": free_rounds_paid}  # fmt: skip
+        results[setting] = {
+            "gains": gains, "vs_lowest": vs_lowest, "cv": cvs, "cv_cumulative": cvs_cum,
+            "free_rounds_paid": free_rounds_paid,
+        }  # fmt: skip
     accuracy_report(args, results)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     if args.json:
@@ -284,7 +287,8 @@ def accuracy_report(args: argparse.Namespace, results: dict[str, object]) -> Non
                          for j in range(4)]  # fmt: skip
             out.append(accuracy(g, val))
     print(f"\naccuracy after {args.rounds} rounds (default mix, IID): clipped FedAvg "
-          f"{statistics.fmean(clipped):.3f}, sample-weighted FedAvg {statistics.fmean(plain):.3f}")  # fmt: skip
+          f"{statistics.fmean(clipped):.3f}, "
+          f"sample-weighted FedAvg {statistics.fmean(plain):.3f}")  # fmt: skip
     results["accuracy"] = {"clipped": clipped, "plain": plain}
 
 

@@ -56,8 +56,8 @@ def model_bundle(model: Any) -> tuple[bytes, ModelShape]:
     import numpy as np
 
     from fedcoin.consensus.evaluator import compile_architecture
-    from fedcoin.errors import EvaluatorError
     from fedcoin.data.tensors import encode_bundle
+    from fedcoin.errors import EvaluatorError
 
     if type(model).__name__ != "Sequential":
         raise BundleError(

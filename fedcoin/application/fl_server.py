@@ -162,6 +162,10 @@ class FLServerConfig:
     posap: PosapParams = DEFAULT_POSAP
     allowed_clients: tuple[bytes, ...] = ()
     """Public keys of a consortium task's clients (the only ones the chain pays); () = open."""
+    sample_claims: Sequence[int] | None = None
+    """Sample count each client reports; default its shard's size (``simulate
+    --inflate-samples`` makes one client over-report)."""
+    """Public keys of a consortium task's clients (the only ones the chain pays); () = open."""
     deadline_blocks: int | None = None
     """Blocks from publication to the deadline; default ``default_deadline_blocks(rounds)``."""
     task_id: bytes | None = None
@@ -330,7 +334,8 @@ class FLServer:
                 cfg.seed * 1000 + r * 100 + i,
             )
             ref = await self._store(node, encode_weights(weights))
-            updates.append(ClientUpdate.create(key, self.task_id, r, ref, len(shard.data)))
+            claim = cfg.sample_claims[i] if cfg.sample_claims else len(shard.data)
+            updates.append(ClientUpdate.create(key, self.task_id, r, ref, claim))
             client_weights.append(weights)
             self._advance(training, advance=1)
         new_global = fedavg(client_weights, [u.samples for u in updates])

@@ -33,6 +33,9 @@ from typing import Protocol
 import numpy as np
 
 from fedcoin.consensus.aggregate import aggregate_estimates
+from fedcoin.consensus.evaluator import compile_architecture
+from fedcoin.consensus.game import is_exact_fedavg
+from fedcoin.consensus.quantize import quantize_weights
 from fedcoin.consensus.shapley import (
     ESTIMATOR_EXACT,
     ESTIMATOR_STRATIFIED,
@@ -41,9 +44,6 @@ from fedcoin.consensus.shapley import (
     fixed_point_estimate,
     stratified_schedule,
 )
-from fedcoin.consensus.evaluator import compile_architecture
-from fedcoin.consensus.game import is_exact_fedavg
-from fedcoin.consensus.quantize import quantize_weights
 from fedcoin.consensus.utility import CoalitionGame
 from fedcoin.data.block import Share
 from fedcoin.data.content import ContentSource, resolve
@@ -54,8 +54,8 @@ from fedcoin.data.tx import ContentRef, PosapParams, SubmitRound
 from fedcoin.errors import (
     DecodeError,
     EstimateMismatch,
-    EvaluatorError,
     EstimatorMismatch,
+    EvaluatorError,
     NotFedAvg,
     RoundContentUnavailable,
     RuleViolation,
