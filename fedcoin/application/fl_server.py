@@ -139,6 +139,12 @@ class RoundReport:
     block_height: int
 
 
+Behaviour = Callable[[int, list[np.ndarray], list[np.ndarray] | None, list[list[np.ndarray]]],
+                     list[np.ndarray] | None]  # fmt: skip
+"""(client index, global g, previous global or None, this round's updates so far) → the
+weights that client sends, or None to train honestly."""
+
+
 @dataclass
 class FLServerConfig:
     key: PrivateKey
@@ -165,6 +171,8 @@ class FLServerConfig:
     sample_claims: Sequence[int] | None = None
     """Sample count each client reports; default its shard's size (``simulate
     --inflate-samples`` makes one client over-report)."""
+    behave: Behaviour | None = None
+    """What a client sends instead of training (the simulator's manipulating clients)."""
     """Public keys of a consortium task's clients (the only ones the chain pays); () = open."""
     deadline_blocks: int | None = None
     """Blocks from publication to the deadline; default ``default_deadline_blocks(rounds)``."""
@@ -195,6 +203,8 @@ class FLServer:
             raise ConfigError("one key per client")
         self.config = config
         self.reports: list[RoundReport] = []
+        self.previous_global: list[np.ndarray] | None = None
+        """The global model before the current one (what a delta free rider extrapolates)."""
         self.task_id: bytes | None = config.task_id or load_task_id(config.task_file)
         self.resumed = self.task_id is not None
         """The task was given or saved, not published by this run."""
@@ -323,15 +333,23 @@ class FLServer:
     ) -> RoundReport:
         cfg = self.config
         assert self.task_id is not None
-        updates, client_weights = [], []
+        updates: list[ClientUpdate] = []
+        client_weights: list[list[np.ndarray]] = []
         training = self._step(f"round {r}: training {len(cfg.shards)} clients", len(cfg.shards))
         for i, (shard, key) in enumerate(zip(cfg.shards, cfg.client_keys, strict=True)):
-            weights = await asyncio.to_thread(
-                trainer.client_update,
-                shard,
-                global_weights,
-                cfg.epochs,
-                cfg.seed * 1000 + r * 100 + i,
+            sent = None
+            if cfg.behave is not None:
+                sent = cfg.behave(i, global_weights, self.previous_global, client_weights)
+            weights: list[np.ndarray] = (
+                sent
+                if sent is not None
+                else await asyncio.to_thread(
+                    trainer.client_update,
+                    shard,
+                    global_weights,
+                    cfg.epochs,
+                    cfg.seed * 1000 + r * 100 + i,
+                )
             )
             ref = await self._store(node, encode_weights(weights))
             claim = cfg.sample_claims[i] if cfg.sample_claims else len(shard.data)
@@ -339,6 +357,7 @@ class FLServer:
             client_weights.append(weights)
             self._advance(training, advance=1)
         new_global = fedavg(client_weights, [u.samples for u in updates])
+        self.previous_global = global_weights
         global_ref = await self._store(node, encode_weights(new_global))
         await node.send(cfg.key, chain_id, SubmitRound(self.task_id, r, tuple(updates), global_ref))
         assert self.validation is not None
