@@ -50,7 +50,7 @@ from fedcoin.data.content import ContentSource, resolve
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.state import SvTask, TaskState
 from fedcoin.data.tensors import decode_bundle, decode_dataset, weights_of
-from fedcoin.data.tx import ContentRef, PosapParams, SubmitRound
+from fedcoin.data.tx import ContentRef, PosapParams, SubmitRound, TaskSpec
 from fedcoin.errors import (
     DecodeError,
     EstimateMismatch,
@@ -150,11 +150,9 @@ def aggregate_shares(shares: Sequence[Share]) -> tuple[int, ...]:
 
 
 # --- the node's verifier -------------------------------------------------------------------
-def game_key(sv_task: SvTask, task: TaskState) -> bytes:
+def game_key(sv_task: SvTask, spec: TaskSpec) -> bytes:
     """What a cached game is valid for: the whole SV task and the task's bundle and data."""
-    return hashlib.sha256(
-        sv_task.encode() + task.spec.model.sha256 + task.spec.validation.sha256
-    ).digest()
+    return hashlib.sha256(sv_task.encode() + spec.model.sha256 + spec.validation.sha256).digest()
 
 
 class PosapVerifier:
@@ -217,7 +215,7 @@ class PosapVerifier:
             return self._game(sv_task, task)
 
     def _game(self, sv_task: SvTask, task: TaskState) -> CoalitionGame:
-        key = game_key(sv_task, task)
+        key = game_key(sv_task, task.spec)
         cached = self.games.get(key)
         if cached is not None:
             self.games.move_to_end(key)

@@ -10,6 +10,7 @@ import pytest
 from fedcoin.consensus.posap import (
     aggregate_shares,
     checked_positions,
+    game_key,
     make_share,
     plan,
     verify_share,
@@ -29,7 +30,7 @@ from fedcoin.errors import (
     ScheduleMismatch,
     TableEntryMismatch,
 )
-from tests.helpers import CLIENTS, MINER, MINER2, key, make_updates, ref
+from tests.helpers import CLIENTS, MINER, MINER2, key, make_spec, make_updates, ref
 
 PARENT = b"\x11" * 32
 
@@ -262,3 +263,13 @@ def test_aggregate_is_coordinate_median() -> None:
     assert aggregate_shares(shares) == (2, 5, 9)
     assert aggregate_shares(shares[:2]) == (1, 4, 54)
     assert CLIENTS
+
+
+def test_games_are_cached_by_the_whole_sv_task_not_its_id() -> None:
+    # an FL server equivocating on two branches: same SV task id, another round's content
+    task, spec = sv_task(4), make_spec()
+    other_round = replace(task, global_model=ref("other global"))
+    assert other_round.sv_task_id == task.sv_task_id
+    assert game_key(task, spec) != game_key(other_round, spec)
+    assert game_key(task, spec) != game_key(task, replace(spec, validation=ref("other val")))
+    assert game_key(task, spec) == game_key(sv_task(4), make_spec())
