@@ -11,6 +11,7 @@ no engine is reachable and none can be started, every engine test skips with a l
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import socket
@@ -27,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.docker_support import Engine, NoEngine, base_image, engine
+from tests.docker_support import Engine, NoEngine, base_image, engine, ensure_packages
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -276,3 +277,90 @@ def test_two_full_nodes_and_an_fl_server_in_containers(
     assert get_json(f"{urls[1]}/blocks/{height}")["height"] == height
     eng.run("stop", "--time", "30", node1)
     assert exit_code(eng, node1) == 0
+
+
+# --- compose ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compose_ready() -> None:
+    try:
+        ensure_packages(("docker-compose", "docker-compose"))
+    except NoEngine as exc:
+        message = f"COMPOSE TESTS NOT RUN: {exc}"
+        warnings.warn(message, pytest.PytestWarning, stacklevel=1)
+        pytest.skip(message)
+
+
+def test_compose_file_validates_and_builds_one_image(compose_ready: None, tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["docker-compose", "--file", str(COMPOSE), "config"],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    services = yaml_services(done.stdout)
+    assert [name for name, text in services.items() if "build:" in text] == ["init"]
+    images = {name: re.search(r"image: (\S+)", text) for name, text in services.items()}
+    assert len({m.group(1) for m in images.values() if m}) == 1, images
+    published = {
+        name: re.findall(r"^ +- (\S*:\d+:\d+)(?:/tcp)?$", text, re.MULTILINE)
+        for name, text in services.items()
+    }
+    assert published["validator0"] and published["validator1"], published
+    for name, entries in published.items():
+        assert all(entry.startswith("127.0.0.1:") for entry in entries), (name, entries)
+
+
+def yaml_services(config: str) -> dict[str, str]:
+    """The text of each service in ``docker-compose config`` output (no YAML library here)."""
+    body = ("\n" + config).split("\nservices:\n", 1)[1].split("\nvolumes:\n", 1)[0]
+    services: dict[str, str] = {}
+    name = ""
+    for line in body.splitlines():
+        if line.startswith("  ") and not line.startswith("   "):
+            name = line.strip().rstrip(":")
+            services[name] = ""
+        elif name:
+            services[name] += line + "\n"
+    return services
+
+
+@pytest.mark.slow
+def test_compose_network_runs_and_the_fl_server_resumes(
+    eng: Engine, image: str, compose_ready: None
+) -> None:
+    project = f"fctest{uuid.uuid4().hex[:8]}"
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    env = {"FEDCOIN_IMAGE": image, "FEDCOIN_PORT0": str(ports[0]), "FEDCOIN_PORT1": str(ports[1])}
+    up = Engine(eng.docker, {**eng.env, **env}, eng.private)
+    try:
+        up.compose(REPO, project, "up", "-d", "--no-build", timeout=300)
+        # Validators find each other and agree; the FL server publishes one task.
+        wait_for("validator0 to peer", lambda: get_json(f"{urls[0]}/status")["peers"])
+        wait_for("validator1 to peer", lambda: get_json(f"{urls[1]}/status")["peers"])
+        first = wait_for(
+            "a settled round",
+            lambda: [t for t in get_json(f"{urls[0]}/tasks") if t["rounds_done"] >= 1],
+            timeout=240,
+        )
+        # A restarted FL server rejoins its task instead of publishing (and escrowing) again.
+        up.compose(REPO, project, "restart", "fl-server", timeout=120)
+        done = wait_for(
+            "the task's last round",
+            lambda: [t for t in get_json(f"{urls[1]}/tasks") if t["status"] == "done"],
+            timeout=300,
+        )
+        tasks = get_json(f"{urls[0]}/tasks")
+        assert [t["id"] for t in tasks] == [first[0]["id"]] == [done[0]["id"]]
+        logs = up.compose(REPO, project, "logs", "--no-color", "fl-server").stdout
+        assert "published task" in logs and logs.count("published task") == 1, logs[-3000:]
+        server = up.compose(REPO, project, "ps", "-q", "fl-server").stdout.split()
+        wait_for(
+            "the FL server to exit",
+            lambda: exit_code(up, server[0]) == 0 and not running(up, server[0]),
+        )
+    finally:
+        up.compose(REPO, project, "down", "--volumes", "--remove-orphans", check=False)
+
+
+def running(eng: Engine, container: str) -> bool:
+    return eng.run("inspect", "--format", "{{.State.Running}}", container).stdout.strip() == "true"
