@@ -9,6 +9,10 @@
     POST /tx                          body: the transaction's canonical bytes → {"tx_id"}
     GET  /content/{sha256}            a blob
     PUT  /content/{sha256}            store a blob (hash-checked, size-capped, rate-limited)
+    GET  /                            the web explorer (fedcoin/application/explorer)
+
+Every JSON body is a view from ``fedcoin.application.views`` (the typed schema); a task's
+rounds come from the store's task index, not from a walk of the chain.
 
 Errors are JSON ``{"error": "...", "rule": "..."}`` with 400 (malformed), 404 (unknown),
 413 (too large), 422 (breaks a rule), 429 (rate limited) or 503 (mempool full).
@@ -21,26 +25,28 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from fedcoin.application.explorer import add_explorer_routes
 from fedcoin.application.mempool import Mempool, MempoolFull
+from fedcoin.application.views import (
+    AccountView,
+    block_view,
+    ref_from_json,
+    ref_json,
+    task_view,
+)
 from fedcoin.consensus.chain import Chain
 from fedcoin.data.block import Block
 from fedcoin.data.content import ContentStore
-from fedcoin.data.keys import address_of, format_address, parse_address
-from fedcoin.data.state import TaskState, TaskStatus
-from fedcoin.data.tx import (
-    CloseTask,
-    ContentRef,
-    PublishTask,
-    SubmitRound,
-    TaskSpec,
-    Transaction,
-    Transfer,
-)
+from fedcoin.data.keys import parse_address
+from fedcoin.data.tensors import decode_dataset
+from fedcoin.data.tx import ContentRef, Transaction
 from fedcoin.errors import ContentError, DecodeError, FedCoinError, RuleViolation
-from fedcoin.incentive.payouts import RoundPayout
 from fedcoin.network.peers import TokenBucket
 
 MAX_LIST = 100
+MAX_REMEMBERED_SAMPLES = 1024
+
+__all__ = ["add_api_routes", "ref_from_json", "ref_json"]
 
 
 class NodeView(Protocol):
@@ -60,133 +66,27 @@ def error(status: int, message: str, rule: str | None = None) -> web.Response:
     return web.json_response(body, status=status)
 
 
-# --- JSON views -------------------------------------------------------------------------------
-def key_text(pubkey: bytes) -> str:
-    """The address a public key controls, as people write it."""
-    return format_address(address_of(pubkey))
-
-
-def ref_json(ref: ContentRef) -> dict[str, Any]:
-    return {"sha256": ref.sha256.hex(), "size": ref.size, "cid": ref.cid}
-
-
-def ref_from_json(data: dict[str, Any]) -> ContentRef:
-    """The inverse of ``ref_json``."""
-    return ContentRef(bytes.fromhex(data["sha256"]), int(data["size"]), str(data["cid"]))
-
-
-def spec_json(spec: TaskSpec) -> dict[str, Any]:
-    return {
-        "name": spec.name, "model": ref_json(spec.model), "validation": ref_json(spec.validation),
-        "server": format_address(spec.server), "rounds": spec.rounds,
-        "price_per_round": spec.price_per_round, "split_bps": list(spec.split_bps),
-        "min_clients": spec.min_clients, "max_clients": spec.max_clients,
-        "deadline_height": spec.deadline_height,
-        "posap": {
-            "n_exact_max": spec.posap.n_exact_max, "budget": spec.posap.budget,
-            "spot_checks": spec.posap.spot_checks, "tolerance": spec.posap.tolerance,
-            "posap_timeout_ms": spec.posap.posap_timeout_ms,
-            "share_window_ms": spec.posap.share_window_ms,
-        },
-    }  # fmt: skip
-
-
-def tx_json(tx: Transaction) -> dict[str, Any]:
-    body: dict[str, Any]
-    b = tx.body
-    if isinstance(b, Transfer):
-        body = {"to": format_address(b.to), "amount": b.amount}
-    elif isinstance(b, PublishTask):
-        body = {"spec": spec_json(b.spec)}
-    elif isinstance(b, SubmitRound):
-        body = {
-            "task_id": b.task_id.hex(), "round": b.round, "global_model": ref_json(b.global_model),
-            "updates": [{"client": format_address(u.address), "samples": u.samples,
-                         "weights": ref_json(u.weights)} for u in b.updates],
-        }  # fmt: skip
-    elif isinstance(b, CloseTask):
-        body = {"task_id": b.task_id.hex()}
-    return {
-        "id": tx.id.hex(), "kind": tx.kind_name, "sender": format_address(tx.sender),
-        "nonce": tx.nonce, "fee": tx.fee, "body": body,
-    }  # fmt: skip
-
-
-def payout_json(p: RoundPayout) -> dict[str, Any]:
-    return {
-        "task_id": p.task_id.hex(), "round": p.round, "voided": p.voided, "sv": list(p.sv),
-        "clients": [{"address": format_address(a), "paid": v} for a, v in p.clients],
-        "server": p.server,
-        "miners": [{"address": format_address(a), "paid": v} for a, v in p.miners],
-        "proposer_remainder": p.proposer, "refund": p.refund,
-    }  # fmt: skip
-
-
-def block_json(block: Block, chain: Chain) -> dict[str, Any]:
-    h = block.header
-    payout = chain.payout_of(block.hash)
-    return {
-        "hash": h.hash.hex(), "height": h.height, "parent": h.parent.hex(),
-        "timestamp_ms": h.timestamp_ms, "proposer": key_text(h.proposer_pubkey),
-        "weight": h.weight, "state_root": h.state_root.hex(),
-        "txs": [tx_json(t) for t in block.txs],
-        "posap": None if block.posap is None else {
-            "sv_task_id": block.posap.sv_task_id.hex(), "voided": block.posap.voids,
-            "shares": [{"miner": key_text(s.miner_pubkey), "estimate": list(s.estimate),
-                        "entries": len(s.table)} for s in block.posap.shares],
-        },
-        "payout": payout_json(payout) if payout else None,
-    }  # fmt: skip
-
-
-def task_json(task_id: bytes, task: TaskState, chain: Chain, with_rounds: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": task_id.hex(), "spec": spec_json(task.spec),
-        "publisher": format_address(task.publisher),
-        "escrow": task.escrow, "rounds_done": task.rounds_done,
-        "status": TaskStatus(task.status).name.lower(), "global_model": ref_json(task.global_model),
-        "created_height": task.created_height,
-    }  # fmt: skip
-    if with_rounds:
-        out["rounds"] = task_rounds(task_id, task, chain)
-    return out
-
-
-def task_rounds(task_id: bytes, task: TaskState, chain: Chain) -> list[dict[str, Any]]:
-    """Every round of a task, from the canonical chain: submission, shares, SVs, payouts."""
-    store = chain.store
-    rounds: dict[int, dict[str, Any]] = {}
-    by_sv: dict[bytes, int] = {}
-    for height in range(task.created_height, store.head().height + 1):
-        block = store.block_at(height)
-        if block is None:
-            break
-        for tx in block.txs:
-            if isinstance(tx.body, SubmitRound) and tx.body.task_id == task_id:
-                entry = tx_json(tx)["body"]
-                entry.update(
-                    {"sv_task_id": tx.id.hex(), "submitted_height": height, "settled": False}
-                )
-                rounds[tx.body.round] = entry
-                by_sv[tx.id] = tx.body.round
-        if block.posap is not None and block.posap.sv_task_id in by_sv:
-            entry = rounds[by_sv[block.posap.sv_task_id]]
-            payout = chain.payout_of(block.hash)
-            entry["settled"] = True
-            entry["settled_height"] = height
-            entry["shares"] = [
-                {"miner": key_text(s.miner_pubkey), "estimate": list(s.estimate)}
-                for s in block.posap.shares
-            ]
-            entry["payout"] = payout_json(payout) if payout else None
-    return [rounds[r] for r in sorted(rounds)]
-
-
 # --- routes -----------------------------------------------------------------------------------
 def add_api_routes(
     app: web.Application, node: NodeView, *, max_content: int, uploads_per_second: float = 50
 ) -> None:
     buckets: dict[str, TokenBucket] = {}
+    samples: dict[bytes, int | None] = {}
+
+    def validation_samples(ref: ContentRef) -> int | None:
+        """How many samples a task's validation set holds (for accuracies), once per set."""
+        if ref.sha256 not in samples:
+            data = node.content.get(ref.sha256)
+            try:
+                count = None if data is None else len(decode_dataset(data)[1])
+            except DecodeError:
+                count = None
+            if len(samples) >= MAX_REMEMBERED_SAMPLES:
+                samples.clear()
+            if count is None:
+                return None  # not fetched yet: ask again next time
+            samples[ref.sha256] = count
+        return samples[ref.sha256]
 
     async def status(request: web.Request) -> web.Response:
         return web.json_response(node.status())
@@ -209,7 +109,7 @@ def add_api_routes(
         found = find_block(ident)
         if found is None:
             return error(404, f"no block {ident}")
-        return web.json_response(block_json(found, node.chain))
+        return web.json_response(block_view(found, node.chain).to_json())
 
     async def blocks(request: web.Request) -> web.Response:
         try:
@@ -224,7 +124,7 @@ def add_api_routes(
             found = node.chain.store.block_at(height)
             if found is None:
                 break
-            out.append(block_json(found, node.chain))
+            out.append(block_view(found, node.chain).to_json())
         return web.json_response(out)
 
     async def account(request: web.Request) -> web.Response:
@@ -234,12 +134,15 @@ def add_api_routes(
         except ValueError as exc:
             return error(400, str(exc))
         acc = node.chain.head_state().account(address)
-        return web.json_response({"address": text, "balance": acc.balance, "nonce": acc.nonce})
+        return web.json_response(AccountView(text, acc.balance, acc.nonce).to_json())
 
     async def tasks(request: web.Request) -> web.Response:
         state = node.chain.head_state()
         return web.json_response(
-            [task_json(tid, t, node.chain, False) for tid, t in sorted(state.tasks.items())]
+            [
+                task_view(tid, t, node.chain, with_rounds=False).to_json()
+                for tid, t in sorted(state.tasks.items())
+            ]
         )
 
     async def task(request: web.Request) -> web.Response:
@@ -253,7 +156,14 @@ def add_api_routes(
         found = node.chain.head_state().tasks.get(task_id)
         if found is None:
             return error(404, f"no task {ident}")
-        return web.json_response(task_json(task_id, found, node.chain, True))
+        view = task_view(
+            task_id,
+            found,
+            node.chain,
+            with_rounds=True,
+            validation_samples=validation_samples(found.spec.validation),
+        )
+        return web.json_response(view.to_json())
 
     async def post_tx(request: web.Request) -> web.Response:
         data = await request.read()
@@ -319,3 +229,4 @@ def add_api_routes(
     app.router.add_post("/tx", post_tx)
     app.router.add_get("/content/{sha}", get_content)
     app.router.add_put("/content/{sha}", put_content)
+    add_explorer_routes(app)
