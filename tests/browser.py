@@ -15,7 +15,9 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -53,11 +55,14 @@ class Browser:
         self._ids = itertools.count(1)
 
     async def __aenter__(self) -> Browser:
-        self._profile = tempfile.TemporaryDirectory(prefix="fc-chromium-")
+        self._profile = tempfile.TemporaryDirectory(
+            prefix="fc-chromium-", ignore_cleanup_errors=True
+        )
         profile = Path(self._profile.name)
         self._proc = await asyncio.create_subprocess_exec(
             self.executable, *FLAGS, f"--user-data-dir={profile}", "about:blank",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )  # fmt: skip
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
@@ -84,14 +89,16 @@ class Browser:
             await self._ws.close()
         with contextlib.suppress(Exception):
             await self._http.close()
-        if self._proc.returncode is None:
-            self._proc.terminate()
-            try:
-                await asyncio.wait_for(self._proc.wait(), 20)
-            except TimeoutError:
-                self._proc.kill()
-                await self._proc.wait()
-        self._profile.cleanup()
+        # Chromium's helpers (zygote, renderers) share the process group it leads.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self._proc.wait(), 20)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            await self._proc.wait()
+        shutil.rmtree(self._profile.name, ignore_errors=True)
 
     async def send(self, method: str, **params: Any) -> dict[str, Any]:
         """One DevTools command and its result (events in between are skipped)."""
@@ -120,7 +127,7 @@ class Browser:
             raise RuntimeError(f"{expression}: {done['exceptionDetails']}")
         return done["result"].get("value")
 
-    async def wait_for(self, expression: str, timeout: float = 60) -> Any:
+    async def wait_for(self, expression: str, timeout: float = 60, every: float = 0.05) -> Any:
         """Evaluate ``expression`` until it is truthy; return its value."""
         deadline = time.monotonic() + timeout
         value: Any = None
@@ -129,7 +136,7 @@ class Browser:
                 value = await self.evaluate(expression)
                 if value:
                     return value
-            await asyncio.sleep(0.05)  # polling the page: it has no event to await from here
+            await asyncio.sleep(every)  # polling the page: it has no event to await from here
         raise AssertionError(f"timed out waiting for {expression!r} (last value {value!r})")
 
     async def screenshot(self, path: Path) -> None:

@@ -243,6 +243,8 @@ def test_two_full_nodes_and_an_fl_server_in_containers(
     for url in urls:
         wait_for(f"{url}/status", lambda url=url: get_json(f"{url}/status"))
     wait_for("the nodes to peer", lambda: get_json(f"{urls[1]}/status")["peers"])
+    with urllib.request.urlopen(f"{urls[0]}/", timeout=5) as page:  # the explorer ships too
+        assert "/explorer/explorer.js" in page.read().decode()
 
     # The FL server publishes a task and runs its rounds until they settle.
     run("-d", "--name", server, *vol, image, "light", "--node", urls[0],
