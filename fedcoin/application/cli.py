@@ -161,11 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", choices=["digits", "mnist"], default="digits", help="(default %(default)s)"
     )
     p.add_argument("--mnist-path", type=Path, help="local mnist.npz for --dataset mnist")
-    p.add_argument(
-        "--ipfs-api",
-        default=os.environ.get("FEDCOIN_IPFS_API") or None,
-        help="also add every blob to this IPFS daemon (env FEDCOIN_IPFS_API)",
-    )
+    p.add_argument("--ipfs-api", help="also add every blob to this IPFS daemon")
     p.add_argument("--seed", type=int, default=0, help="data split and training seed")
 
     p = sub.add_parser(
