@@ -4,7 +4,8 @@
 Otherwise, when it can — running as root on Debian with apt — it installs ``docker.io`` and
 ``debootstrap`` and starts a private ``dockerd`` in a temporary folder: its own socket, data
 root and exec root, ``--iptables=false --ip-forward=false --ip-masq=false`` so the host's
-firewall is left alone. It stops that daemon and removes its folder on exit. When neither
+firewall is left alone, and its own bridge and address pool so it collides with no other
+engine. On exit it stops that daemon and removes its containers, folder and bridge. When neither
 works it raises ``NoEngine`` with the reason, which the tests turn into a loud skip.
 
 ``base_image()`` gives the image the Dockerfile builds ``FROM``: ``python:3.11-slim`` when the
@@ -133,6 +134,19 @@ def engine() -> Iterator[Engine]:
         raise NoEngine("docker.io is installed but docker/dockerd are not on PATH")
     # Short paths: a unix socket path must fit in 108 bytes.
     folder = Path(tempfile.mkdtemp(prefix="fcd-"))
+    # Its own bridge and address pool, so two test runs (or a host dockerd) never collide.
+    octet = 100 + os.getpid() % 150
+    bridge = f"fcbr{os.getpid()}"[:15]
+    for step in (
+        ["ip", "link", "add", bridge, "type", "bridge"],
+        ["ip", "addr", "add", f"10.{octet}.0.1/24", "dev", bridge],
+        ["ip", "link", "set", bridge, "up"],
+    ):
+        made = subprocess.run(step, capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
+            shutil.rmtree(folder, ignore_errors=True)
+            raise NoEngine(f"cannot make a bridge for the private dockerd: {made.stderr}")
     sock = folder / "docker.sock"
     env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
     log = (folder / "dockerd.log").open("wb")
@@ -141,7 +155,8 @@ def engine() -> Iterator[Engine]:
             dockerd, "--host", f"unix://{sock}", "--data-root", str(folder / "root"),
             "--exec-root", str(folder / "exec"), "--pidfile", str(folder / "dockerd.pid"),
             "--storage-driver", "overlay2", "--iptables=false", "--ip-forward=false",
-            "--ip-masq=false",
+            "--ip-masq=false", "--bridge", bridge,
+            "--default-address-pool", f"base=10.{octet}.128.0/17,size=24",
         ],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
@@ -157,6 +172,7 @@ def engine() -> Iterator[Engine]:
         _stop_daemon(Engine(docker, env, private=True), daemon)
         log.close()
         _remove_tree(folder)
+        subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
 
 
 def _stop_daemon(eng: Engine, daemon: subprocess.Popen[bytes]) -> None:
