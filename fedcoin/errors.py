@@ -306,3 +306,14 @@ class HandshakeRefused(FedCoinError):
 
 class NeedsSync(Ignore):
     """The message refers to blocks this node lacks (unknown parent): fetch them from the peer."""
+
+
+# --- hardening (issue 9, data layer) ---------------------------------------------------------
+class SmallOrderKey(DecodeError):
+    """A public key at a point of small order (the identity or a torsion point): it would verify
+    forged signatures, so no account, validator, client or node may use it."""
+
+
+class TooManyObjects(DecodeError):
+    """An input whose decoded form would hold more objects, or nest deeper, than its type allows
+    (bounds memory before a rule runs)."""

@@ -1,8 +1,9 @@
 """Where a node gets off-chain content: its local store, then IPFS (by CID, when a daemon is
 configured), then its peers over HTTP (``GET /content/{sha256}``). Whatever arrives is checked
-against its sha256 and size before it is stored. IPFS goes through ``ipfshttpclient``,
-constructed directly (``connect()`` refuses the daemon versions that run here) with a timeout
-on every call.
+against its reference's sha256 AND size before it is stored; a peer's answer is streamed into
+the store chunk by chunk (never more than ``ref.size`` bytes are accepted, nothing is kept
+unless it matches). IPFS goes through ``ipfshttpclient``, constructed directly (``connect()``
+refuses the daemon versions that run here) with a timeout on every call.
 """
 
 from __future__ import annotations
@@ -17,9 +18,19 @@ import aiohttp
 
 from fedcoin.data.content import ContentStore
 from fedcoin.data.tx import ContentRef
-from fedcoin.errors import ContentMissing
+from fedcoin.errors import ContentError, ContentMissing
 
 log = logging.getLogger("fedcoin.content")
+
+#: Bytes read from a peer's answer at a time.
+CHUNK = 1 << 20
+#: Slowest transfer rate tolerated from a peer: a blob of n bytes gets timeout + n / MIN_RATE s.
+MIN_RATE = 1 << 20
+
+
+def content_url(address: str, sha256: bytes) -> str:
+    """The URL of a blob at a peer: the one place a peer's address becomes a URL."""
+    return f"http://{address}/content/{sha256.hex()}"
 
 
 class IpfsClient:
@@ -35,8 +46,9 @@ class IpfsClient:
     def add(self, data: bytes) -> str:
         return str(self.client.add_bytes(data, opts={"cid-version": 1}))
 
-    def cat(self, cid: str) -> bytes:
-        return bytes(self.client.cat(cid, timeout=self.timeout))
+    def cat(self, cid: str, length: int | None = None) -> bytes:
+        """The bytes under ``cid``; at most ``length`` of them when a length is given."""
+        return bytes(self.client.cat(cid, length=length, timeout=self.timeout))
 
     def close(self) -> None:
         self.client.close()
@@ -70,37 +82,66 @@ class ContentResolver:
     async def ensure(self, refs: Iterable[ContentRef]) -> None:
         """Make every blob local; ``ContentMissing`` names the first that no source has."""
         for ref in refs:
-            if self.store.has(ref.sha256):
+            if self.store.has_ref(ref):
                 continue
-            data = await self._fetch(ref)
-            if data is None:
+            if self.store.has(ref.sha256):
+                # The bytes with this hash are here, and their size is not ref.size: no source
+                # can ever satisfy this reference.
+                raise ContentMissing(f"content {ref.sha256.hex()} has no {ref.size}-byte form")
+            if ref.size > self.store.max_blob:
+                raise ContentMissing(
+                    f"content {ref.sha256.hex()} of {ref.size} bytes exceeds the "
+                    f"{self.store.max_blob}-byte cap"
+                )
+            if not await self._fetch(ref):
                 raise ContentMissing(
                     f"content {ref.sha256.hex()} not found locally, on IPFS or at peers"
                 )
-            self.store.put(data, ref.cid)
 
-    async def _fetch(self, ref: ContentRef) -> bytes | None:
-        if self.ipfs is not None and ref.cid:
-            try:
-                data = await asyncio.to_thread(self.ipfs.cat, ref.cid)
-                if self._ok(ref, data):
-                    return data
-                log.warning("IPFS returned wrong bytes for %s", ref.cid)
-            except Exception as exc:  # ipfshttpclient raises many types; any failure → next source
-                log.info("IPFS cat %s failed: %s", ref.cid, exc)
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+    async def _fetch(self, ref: ContentRef) -> bool:
+        if self.ipfs is not None and ref.cid and await self._from_ipfs(self.ipfs, ref):
+            return True
         for address in list(self.peers()):
-            url = f"http://{address}/content/{ref.sha256.hex()}"
-            try:
-                async with self._session.get(url) as resp:
-                    if resp.status != 200:
-                        continue
-                    data = await resp.content.read(ref.size + 1)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                log.info("fetching %s from %s failed: %s", ref.sha256.hex()[:12], address, exc)
-                continue
-            if self._ok(ref, data):
-                return data
-            log.warning("peer %s served wrong bytes for %s", address, ref.sha256.hex()[:12])
-        return None
+            if await self._from_peer(address, ref):
+                return True
+        return False
+
+    async def _from_ipfs(self, ipfs: IpfsClient, ref: ContentRef) -> bool:
+        try:
+            data = await asyncio.to_thread(ipfs.cat, ref.cid, ref.size + 1)
+        except Exception as exc:  # ipfshttpclient raises many types; any failure → next source
+            log.info("IPFS cat %s failed: %s", ref.cid, exc)
+            return False
+        if not self._ok(ref, data):
+            log.warning("IPFS returned wrong bytes for %s", ref.cid)
+            return False
+        await asyncio.to_thread(self.store.put, data, ref.cid)
+        return True
+
+    async def _from_peer(self, address: str, ref: ContentRef) -> bool:
+        """Stream the blob from one peer into the store; False (and no file) unless it fits."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        timeout = aiohttp.ClientTimeout(
+            total=self.timeout + ref.size / MIN_RATE, sock_connect=self.timeout,
+            sock_read=self.timeout,
+        )  # fmt: skip
+        name = ref.sha256.hex()[:12]
+        try:
+            async with self._session.get(content_url(address, ref.sha256), timeout=timeout) as resp:
+                if resp.status != 200:
+                    return False
+                if resp.content_length is not None and resp.content_length != ref.size:
+                    log.warning("peer %s offers %s with the wrong size", address, name)
+                    return False
+                with self.store.writer(ref.size) as blob:
+                    async for chunk in resp.content.iter_chunked(CHUNK):
+                        blob.write(chunk)
+                    await asyncio.to_thread(blob.commit, ref.sha256, ref.size, ref.cid)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            log.info("fetching %s from %s failed: %s", name, address, exc)
+            return False
+        except ContentError as exc:
+            log.warning("peer %s served wrong bytes for %s: %s", address, name, exc)
+            return False
+        return True

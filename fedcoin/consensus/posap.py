@@ -36,7 +36,7 @@ from fedcoin.consensus.shapley import (
 )
 from fedcoin.consensus.utility import CoalitionGame, is_fedavg
 from fedcoin.data.block import Share
-from fedcoin.data.content import ContentSource
+from fedcoin.data.content import ContentSource, resolve
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.state import SvTask, TaskState
 from fedcoin.data.tensors import decode_bundle, decode_dataset, weights_of
@@ -142,7 +142,7 @@ class PosapVerifier:
         self._lock = threading.Lock()  # games are built and looked up from worker threads
 
     def _blob(self, ref: ContentRef, missing: type[RuleViolation]) -> bytes:
-        data = self.content.get(ref.sha256)
+        data = resolve(self.content, ref)  # sha256 and size
         if data is None:
             raise missing(sha256=ref.sha256)
         return data

@@ -17,6 +17,7 @@ from fedcoin.data.encoding import (
     HASH,
     I64,
     PUBKEY,
+    PUBKEY_OR_ZERO,
     SIGNATURE,
     U8,
     U16,
@@ -99,7 +100,7 @@ class BlockHeader(Record):
     """Parent's hash; for genesis, the hash of the genesis configuration."""
     timestamp_ms: int = wire(U64)
     """Proposer's clock, milliseconds since the epoch; increases along the chain."""
-    proposer_pubkey: bytes = wire(PUBKEY)
+    proposer_pubkey: bytes = wire(PUBKEY_OR_ZERO)
     """Who made the block and collects fees and the remainder of the miners' pool."""
     tx_root: bytes = wire(HASH)
     """Merkle root of the transactions."""
@@ -164,8 +165,12 @@ class Block:
         return encode(self.to_wire())
 
     @classmethod
+    def max_objects(cls) -> int:
+        return 1 + BlockHeader.max_objects() + _TXS.objects + _POSAP.objects
+
+    @classmethod
     def decode(cls, data: bytes) -> Self:
-        return cls.from_wire(decode_raw(data))
+        return cls.from_wire(decode_raw(data, max_objects=cls.max_objects()))
 
 
 def merkle_root(leaves: list[bytes]) -> bytes:

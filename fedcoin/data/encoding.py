@@ -8,6 +8,12 @@ strings, no extension types. Text fields travel as UTF-8 bytes. Identity is
 Decoding first asks msgpack for bounded sizes (no maps, no str, no ext, no float survives the
 codec checks), then each codec checks type and range, so every decoded object is exactly the
 object whose encoding the bytes are: ``encode(decode(b)) == b`` for every accepted ``b``.
+
+Memory is bounded before any codec runs: every codec knows the most msgpack objects its wire
+form can hold (``objects``), a record's bound is the sum over its fields, and the decoder stops
+as soon as an input holds more objects than its type allows or nests deeper than ``MAX_DEPTH``.
+A 4 MB input of nested empty arrays is refused after a few hundred objects, not 4 million.
+Public keys at points of small order are refused wherever one is decoded (``SmallOrderKey``).
 """
 
 from __future__ import annotations
@@ -21,11 +27,16 @@ from typing import Any, Self
 
 import msgpack
 
-from fedcoin.errors import DecodeError
+from fedcoin.data.curve import is_small_order
+from fedcoin.errors import DecodeError, SmallOrderKey, TooManyObjects
 
 #: Upper bound of any single decoded byte string / array / whole message (DoS bounds).
 MAX_BYTES = 64 * 1024 * 1024
 MAX_ARRAY = 1_000_000
+#: Default bound on the objects of one decoded input (a type's own bound is usually far lower).
+MAX_OBJECTS = 1 << 24
+#: Deepest nesting of arrays any FedCoin object has, with room to spare (a block is 7 deep).
+MAX_DEPTH = 24
 U64_MAX = 2**64 - 1
 I64_MIN = -(2**63)
 I64_MAX = 2**63 - 1
@@ -33,6 +44,9 @@ I64_MAX = 2**63 - 1
 
 class Codec:
     """Converts one field between its Python value and its wire value."""
+
+    #: The most msgpack objects (this one included) the wire value can hold.
+    objects: int = 1
 
     def pack(self, value: Any) -> Any:
         raise NotImplementedError
@@ -97,9 +111,36 @@ class _Text(Codec):
             raise DecodeError("text field is not UTF-8") from exc
 
 
+class _PubKey(_Bytes):
+    """An Ed25519 public key: 32 bytes, never a point of small order.
+
+    ``allow_zero`` admits the 32 zero bytes as "nobody" (the genesis block's proposer); such
+    a key still verifies nothing (``keys.verify`` refuses every small-order key)."""
+
+    def __init__(self, *, allow_zero: bool = False) -> None:
+        super().__init__(exact=32)
+        self.allow_zero = allow_zero
+
+    def _small(self, value: bytes) -> bool:
+        return is_small_order(value) and not (self.allow_zero and value == bytes(32))
+
+    def pack(self, value: Any) -> Any:
+        packed = super().pack(value)
+        if self._small(packed):
+            raise ValueError("public key is a point of small order")
+        return packed
+
+    def unpack(self, raw: Any) -> Any:
+        key = super().unpack(raw)
+        if self._small(key):
+            raise SmallOrderKey(f"public key {key.hex()} is a point of small order")
+        return key
+
+
 class _List(Codec):
     def __init__(self, item: Codec, max_len: int) -> None:
         self.item, self.max_len = item, max_len
+        self.objects = 1 + max_len * item.objects
 
     def pack(self, value: Any) -> Any:
         if not isinstance(value, tuple | list) or len(value) > self.max_len:
@@ -117,6 +158,7 @@ class _List(Codec):
 class _Tuple(Codec):
     def __init__(self, items: Sequence[Codec]) -> None:
         self.items = tuple(items)
+        self.objects = 1 + sum(c.objects for c in self.items)
 
     def pack(self, value: Any) -> Any:
         if not isinstance(value, tuple | list) or len(value) != len(self.items):
@@ -134,6 +176,7 @@ class _Optional(Codec):
 
     def __init__(self, item: Codec) -> None:
         self.item = item
+        self.objects = 1 + item.objects
 
     def pack(self, value: Any) -> Any:
         return [] if value is None else [self.item.pack(value)]
@@ -147,6 +190,11 @@ class _Optional(Codec):
 class _Nested(Codec):
     def __init__(self, cls: type[Record]) -> None:
         self.cls = cls
+
+    @property
+    def objects(self) -> int:  # type: ignore[override]
+        bound = getattr(self.cls, "max_objects", None)  # any type with from_wire may nest
+        return MAX_OBJECTS if bound is None else int(bound())
 
     def pack(self, value: Any) -> Any:
         if not isinstance(value, self.cls):
@@ -170,7 +218,9 @@ U32 = _Int(0, 2**32 - 1)
 U64 = _Int(0, U64_MAX)
 I64 = _Int(I64_MIN, I64_MAX)
 HASH = _Bytes(exact=32)
-PUBKEY = _Bytes(exact=32)
+PUBKEY = _PubKey()
+#: A public key, or 32 zero bytes for "nobody" (only the genesis header's proposer).
+PUBKEY_OR_ZERO = _PubKey(allow_zero=True)
 SIGNATURE = _Bytes(exact=64)
 ADDRESS = _Bytes(exact=20)
 
@@ -234,14 +284,28 @@ class Record:
         try:
             return cls(*(c.unpack(v) for c, v in zip(codecs, raw, strict=True)))
         except DecodeError as exc:
-            raise DecodeError(f"{cls.__name__}: {exc}") from exc
+            raise type(exc)(f"{cls.__name__}: {exc}") from exc  # keeps SmallOrderKey etc.
 
     def encode(self) -> bytes:
         return encode(self.to_wire())
 
     @classmethod
+    def max_objects(cls) -> int:
+        """The most msgpack objects an encoding of this record can hold."""
+        return _record_objects(cls)
+
+    @classmethod
     def decode(cls, data: bytes) -> Self:
-        return cls.from_wire(decode_raw(data))
+        return cls.from_wire(decode_raw(data, max_objects=cls.max_objects()))
+
+
+@functools.cache
+def _objects_of(cls: Any) -> int:
+    return 1 + sum(c.objects for c in _codecs_of(cls))
+
+
+def _record_objects(cls: type) -> int:
+    return _objects_of(cls)
 
 
 def encode(raw: Any) -> bytes:
@@ -249,43 +313,86 @@ def encode(raw: Any) -> bytes:
     return msgpack.packb(raw, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def decode_raw(data: bytes, *, max_bytes: int = MAX_BYTES) -> Any:
-    """Unpack bytes into wire-shaped data, refusing maps, strings, floats and extensions."""
+def decode_raw(
+    data: bytes,
+    *,
+    max_bytes: int = MAX_BYTES,
+    max_objects: int = MAX_OBJECTS,
+    max_depth: int = MAX_DEPTH,
+) -> Any:
+    """Unpack bytes into wire-shaped data, refusing maps, strings, floats and extensions.
+
+    At most ``max_objects`` objects are ever built: no array may be longer, and msgpack hands
+    every finished array to a counter that stops the decoder once the total (each array plus
+    its items) passes the bound, so hostile input costs memory in proportion to the bound, not
+    to its own length. Nesting deeper than ``max_depth`` is refused too.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise DecodeError(f"message of {len(data)} bytes exceeds the {max_bytes}-byte bound")
+    counter = _ObjectCounter(max_objects)
     try:
         raw = msgpack.unpackb(
             data,
             raw=True,
             use_list=True,
             strict_map_key=True,
+            list_hook=counter,
             max_bin_len=min(max_bytes, MAX_BYTES),
             max_str_len=0,
-            max_array_len=MAX_ARRAY,
+            max_array_len=min(MAX_ARRAY, max_objects),
             max_map_len=0,
             max_ext_len=0,
         )
+    except TooManyObjects:
+        raise
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise DecodeError(f"malformed msgpack: {exc}") from exc
     except Exception as exc:  # msgpack raises assorted types on hostile input
         raise DecodeError(f"malformed msgpack: {type(exc).__name__}: {exc}") from exc
-    _reject_floats(raw)
+    _check_tree(raw, max_depth)
     # Canonical: the bytes must be exactly what we would produce (no alternative int widths).
     if encode(raw) != bytes(data):
         raise DecodeError("non-canonical encoding")
     return raw
 
 
-def _reject_floats(raw: Any) -> None:
-    stack = [raw]
-    while stack:
-        item = stack.pop()
-        if type(item) is list:
-            stack.extend(item)
-        elif type(item) not in (int, bytes):
-            raise DecodeError(f"unsupported wire type {type(item).__name__}")
+class _ObjectCounter:
+    """msgpack's ``list_hook``: counts each finished array and its items; stops past the bound."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, max_objects: int) -> None:
+        self.left = max_objects - 1  # the root is an object too
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        self.left -= len(items)
+        if self.left < 0:
+            raise TooManyObjects("input holds more objects than its type allows")
+        return items
+
+
+def _check_tree(raw: Any, max_depth: int) -> None:
+    """Only ints, bytes and arrays, at most ``max_depth`` arrays nested in one another."""
+    if type(raw) is not list:
+        if type(raw) not in (int, bytes):
+            raise DecodeError(f"unsupported wire type {type(raw).__name__}")
+        return
+    level, depth = [raw], 1
+    while level:
+        below: list[Any] = []
+        for array in level:
+            for item in array:
+                if type(item) is list:
+                    below.append(item)
+                elif type(item) not in (int, bytes):
+                    raise DecodeError(f"unsupported wire type {type(item).__name__}")
+        if below:
+            depth += 1
+            if depth > max_depth:
+                raise TooManyObjects(f"arrays nested deeper than {max_depth}")
+        level = below
 
 
 def sha256(data: bytes) -> bytes:

@@ -19,17 +19,28 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from fedcoin.data.curve import is_small_order
 from fedcoin.data.encoding import sha256
-from fedcoin.errors import KeyFileError
+from fedcoin.errors import DecodeError, KeyFileError, SmallOrderKey
 
 ADDRESS_PREFIX = "fc"
 ADDRESS_BYTES = 20
+PUBKEY_BYTES = 32
 
 TAG_TX = b"fedcoin/tx/v1"
 TAG_BLOCK = b"fedcoin/block/v1"
 TAG_SHARE = b"fedcoin/share/v1"
 TAG_UPDATE = b"fedcoin/update/v1"
 TAG_HELLO = b"fedcoin/hello/v1"
+
+
+def parse_pubkey(raw: bytes) -> bytes:
+    """A public key from untrusted bytes: 32 bytes, not a point of small order."""
+    if len(raw) != PUBKEY_BYTES:
+        raise DecodeError(f"a public key is {PUBKEY_BYTES} bytes, got {len(raw)}")
+    if is_small_order(raw):
+        raise SmallOrderKey(f"public key {raw.hex()} is a point of small order")
+    return bytes(raw)
 
 
 def address_of(pubkey: bytes) -> bytes:
@@ -48,14 +59,19 @@ def parse_address(text: str) -> bytes:
     body = text[len(ADDRESS_PREFIX) :]
     if len(body) != 2 * ADDRESS_BYTES:
         raise ValueError(f"a FedCoin address has {2 * ADDRESS_BYTES} hex digits: {text!r}")
-    try:
-        return bytes.fromhex(body)
-    except ValueError:
-        raise ValueError(f"address is not hexadecimal: {text!r}") from None
+    if not all(c in "0123456789abcdefABCDEF" for c in body):  # fromhex would skip spaces
+        raise ValueError(f"address is not hexadecimal: {text!r}")
+    return bytes.fromhex(body)
 
 
 def verify(pubkey: bytes, tag: bytes, digest: bytes, signature: bytes) -> bool:
-    """True when ``signature`` is ``pubkey``'s signature of ``tag || digest``."""
+    """True when ``signature`` is ``pubkey``'s signature of ``tag || digest``.
+
+    A key at a point of small order verifies nothing: the identity key would otherwise accept
+    the signature (R = identity, S = 0) on every message, so anyone could sign for it.
+    """
+    if is_small_order(pubkey):
+        return False
     try:
         Ed25519PublicKey.from_public_bytes(pubkey).verify(signature, tag + digest)
     except (InvalidSignature, ValueError):

@@ -251,8 +251,13 @@ class Transaction:
         return encode(self.to_wire())
 
     @classmethod
+    def max_objects(cls) -> int:
+        """The most msgpack objects an encoding can hold: 6 fields, the array, the body."""
+        return 7 + max(t.max_objects() for t in BODY_TYPES.values())
+
+    @classmethod
     def decode(cls, data: bytes) -> Self:
-        return cls.from_wire(decode_raw(data))
+        return cls.from_wire(decode_raw(data, max_objects=cls.max_objects()))
 
     @property
     def id(self) -> bytes:

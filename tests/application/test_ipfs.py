@@ -16,6 +16,7 @@ from fedcoin.data.tensors import weights_of
 from fedcoin.data.tx import ContentRef
 from fedcoin.errors import ContentMissing
 from tests.application.cluster import Cluster
+from tests.application.test_content_e2e import SIZES, blob_of
 from tests.application.test_nodes import fl_config
 from tests.ipfs_support import start_daemon
 
@@ -66,3 +67,24 @@ async def test_fl_round_with_ipfs(ipfs_api: str, tmp_path: Path) -> None:
             data = client.cat(ref.cid)
             assert hashlib.sha256(data).digest() == ref.sha256
         assert weights_of(client.cat(task.global_model.cid))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["1MiB", "8MiB", "60MB"])
+async def test_large_blobs_are_fetched_by_cid(ipfs_api: str, tmp_path: Path, size: int) -> None:
+    blob = blob_of(size)
+    client = IpfsClient(ipfs_api, timeout=300)
+    cid = client.add(blob)
+    store = ContentStore(tmp_path / "c")
+    resolver = ContentResolver(store, peers=list, ipfs=client, timeout=300)
+    ref = ContentRef(hashlib.sha256(blob).digest(), size, cid)
+    try:
+        await resolver.ensure([ref])
+        assert store.resolve(ref) == blob
+        # a ref that names the same CID with a smaller size is refused, and nothing is kept
+        short = ContentRef(hashlib.sha256(blob[:-1]).digest(), size - 1, cid)
+        with pytest.raises(ContentMissing):
+            await resolver.ensure([short])
+        assert not store.has(short.sha256)
+    finally:
+        await resolver.close()
+        client.close()

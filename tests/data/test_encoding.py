@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+import tracemalloc
+
 import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcoin.data.block import Block, BlockHeader, PosapSection, Share
+from fedcoin.data.curve import is_small_order
 from fedcoin.data.encoding import decode_raw, encode
 from fedcoin.data.genesis import ChainParams, Genesis
 from fedcoin.data.state import Account, State, SvTask, TaskState
@@ -22,7 +26,7 @@ from fedcoin.data.tx import (
     Transaction,
     Transfer,
 )
-from fedcoin.errors import DecodeError
+from fedcoin.errors import DecodeError, TooManyObjects
 from fedcoin.incentive.payouts import RoundPayout
 
 u8 = st.integers(0, 255)
@@ -51,25 +55,27 @@ specs = st.builds(
     u64,
     posap_params,
 )
-updates = st.builds(ClientUpdate, h32, content_refs, u64, sig)
+#: Public keys: any 32 bytes but the small-order points, which the codec refuses.
+pubkeys = h32.filter(lambda k: not is_small_order(k))
+updates = st.builds(ClientUpdate, pubkeys, content_refs, u64, sig)
 bodies = st.one_of(
     st.builds(Transfer, addr, u64),
     st.builds(PublishTask, specs),
     st.builds(SubmitRound, h32, u32, st.lists(updates, max_size=3).map(tuple), content_refs),
     st.builds(CloseTask, h32),
 )
-transactions = st.builds(Transaction, txt, h32, u64, u64, bodies, sig)
+transactions = st.builds(Transaction, txt, pubkeys, u64, u64, bodies, sig)
 shares = st.builds(
     Share,
     h32,
-    h32,
+    pubkeys,
     u8,
     st.lists(st.tuples(u64, u32), max_size=5).map(tuple),
     st.lists(i64, max_size=5).map(tuple),
     sig,
 )
 sections = st.builds(PosapSection, h32, st.lists(shares, max_size=3).map(tuple))
-headers = st.builds(BlockHeader, u16, u64, h32, u64, h32, h32, h32, h32, u64, sig)
+headers = st.builds(BlockHeader, u16, u64, h32, u64, pubkeys, h32, h32, h32, u64, sig)
 blocks = st.builds(
     Block, headers, st.lists(transactions, max_size=3).map(tuple), st.none() | sections
 )
@@ -128,6 +134,13 @@ def test_round_trip(name: str, data: st.DataObject) -> None:
     decoded = cls.decode(encoded)
     assert decoded == obj
     assert decoded.encode() == encoded
+    # the type's object bound is a true bound: no valid encoding exceeds it
+    if hasattr(cls, "max_objects"):
+        assert count_objects(msgpack.unpackb(encoded, raw=True)) <= cls.max_objects()
+
+
+def count_objects(raw: object) -> int:
+    return 1 + sum(count_objects(item) for item in raw) if isinstance(raw, list) else 1
 
 
 @given(transactions)
@@ -183,3 +196,67 @@ def test_encoding_refuses_out_of_range_values() -> None:
         ContentRef(bytes(32), -5, "").encode()
     with pytest.raises(ValueError):
         ContentRef(bytes(31), 5, "").encode()
+
+
+# --- decoding amplification (issue 9) -------------------------------------------------------
+def nested_empty_arrays(total: int, per_array: int) -> bytes:
+    """About ``total`` bytes of empty arrays (one byte each), in arrays of ``per_array``."""
+    items = [b"\x90"] * total
+    while len(items) > 1:
+        items = [
+            array_header(len(chunk)) + b"".join(chunk)
+            for chunk in (items[i : i + per_array] for i in range(0, len(items), per_array))
+        ]
+    return items[0]
+
+
+def array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    return (b"\xdc" + n.to_bytes(2, "big")) if n < 2**16 else (b"\xdd" + n.to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize("per_array", [1_000_000, 400])
+def test_nested_empty_arrays_are_refused_fast_with_small_memory(per_array: int) -> None:
+    bomb = nested_empty_arrays(4 * 1024 * 1024, per_array)
+    assert len(bomb) > 4 * 1024 * 1024
+    tracemalloc.start()
+    started = time.perf_counter()
+    with pytest.raises(DecodeError):
+        Transaction.decode(bomb)
+    elapsed = time.perf_counter() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # Today's decoder builds 4 million lists (~290 MB) first; the bound stops it at ~500.
+    assert peak < 5 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+    assert elapsed < 1.0, f"{elapsed:.2f} s"
+
+
+def test_bomb_of_short_arrays_is_stopped_by_the_object_count() -> None:
+    with pytest.raises(TooManyObjects):
+        Transaction.decode(nested_empty_arrays(100_000, 400))
+
+
+def test_object_bound_counts_arrays_and_their_items() -> None:
+    assert decode_raw(encode([[1, 2], [3]]), max_objects=6) == [[1, 2], [3]]
+    with pytest.raises(TooManyObjects):
+        decode_raw(encode([[1, 2], [3]]), max_objects=5)
+    with pytest.raises(DecodeError):  # one long array of scalars, refused before it is built
+        decode_raw(encode(list(range(100))), max_objects=50)
+
+
+def test_nesting_is_bounded() -> None:
+    deep = b"\x91" * 30 + b"\x90"  # 31 arrays, one in another
+    with pytest.raises(TooManyObjects, match="deeper"):
+        decode_raw(deep)
+    assert decode_raw(b"\x91" * 10 + b"\x90", max_depth=11) is not None
+    with pytest.raises(TooManyObjects, match="deeper"):
+        decode_raw(b"\x91" * 11 + b"\x90", max_depth=11)
+
+
+def test_every_type_bounds_its_objects_below_the_default() -> None:
+    from fedcoin.data.encoding import MAX_OBJECTS
+
+    assert Transaction.max_objects() < 1_000
+    for cls in (ContentRef, TaskSpec, ClientUpdate, Share, BlockHeader, Block, RoundPayout):
+        assert 1 < cls.max_objects() <= MAX_OBJECTS

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from fedcoin.data.block import Block, BlockHeader, Share
+from fedcoin.data.curve import is_small_order
 from fedcoin.data.keys import (
     TAG_BLOCK,
     TAG_TX,
     PrivateKey,
     format_address,
     parse_address,
+    parse_pubkey,
     verify,
 )
-from fedcoin.errors import KeyFileError
+from fedcoin.data.tx import ClientUpdate, ContentRef, Transaction, Transfer, make_tx
+from fedcoin.errors import KeyFileError, SmallOrderKey
+from fedcoin.network.messages import Hello
+from tests.helpers import make_genesis
 
 
 def test_signature_verifies_only_under_its_domain_tag() -> None:
@@ -88,3 +95,84 @@ def test_non_ed25519_key_file_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(KeyFileError, match="not an Ed25519 key"):
         PrivateKey.load(path)
+
+
+# --- small-order keys (issue 9) -------------------------------------------------------------
+IDENTITY_KEY = (1).to_bytes(32, "little")
+#: R = the identity point, S = 0: valid for the identity key on every message (cofactorless
+#: verification computes [S]B = R + [k]A, and both sides are the identity).
+FORGED = IDENTITY_KEY + bytes(32)
+
+
+def test_identity_key_verifies_no_signature() -> None:
+    for digest in (bytes(32), b"\x01" * 32, b"any message at all, 32 bytes!!!!"):
+        assert not verify(IDENTITY_KEY, TAG_TX, digest, FORGED)
+        assert not verify(IDENTITY_KEY, TAG_BLOCK, digest, FORGED)
+
+
+def test_no_small_order_encoding_verifies_a_forgery() -> None:
+    from tests.data.test_curve import encodings, torsion_points
+
+    keys = [enc for point in torsion_points() for enc in encodings(point)]
+    assert len(keys) > 8  # non-canonical encodings included
+    for pubkey in keys:
+        for digest in (bytes(32), b"\x07" * 32):
+            assert not verify(pubkey, TAG_TX, digest, FORGED)
+        with pytest.raises(SmallOrderKey):
+            parse_pubkey(pubkey)
+    real = PrivateKey.generate()
+    assert parse_pubkey(real.public) == real.public
+
+
+def test_small_order_keys_do_not_decode_in_any_signed_object() -> None:
+    key = PrivateKey.from_seed(b"k" * 32)
+    tx = make_tx(key, "chain", 0, Transfer(b"\x02" * 20, 5))
+    share = Share(b"\x03" * 32, key.public, 0, (), (), bytes(64))
+    header = replace(genesis_block().header, height=1)
+    update = ClientUpdate(key.public, ContentRef(b"\x04" * 32, 1, ""), 1, bytes(64))
+    hello = Hello(1, "chain", bytes(32), key.public, "", bytes(32), 0, 0, bytes(32))
+    cases = [
+        (tx.to_wire(), 2, Transaction.from_wire),
+        (share.to_wire(), 1, Share.from_wire),
+        (header.to_wire(), 4, BlockHeader.from_wire),
+        (update.to_wire(), 0, ClientUpdate.from_wire),
+        (hello.to_wire(), 3, Hello.from_wire),
+    ]
+    for wire_form, field, decode in cases:
+        decode(list(wire_form))  # the real key decodes
+        # the identity, its "negative zero" encoding, and y = p - 1 (the point of order 2)
+        smalls = (
+            IDENTITY_KEY,
+            (1 | 1 << 255).to_bytes(32, "little"),
+            b"\xec" + b"\xff" * 30 + b"\x7f",
+        )
+        for small in smalls:
+            assert is_small_order(small)
+            forged = list(wire_form)
+            forged[field] = small
+            with pytest.raises(SmallOrderKey):
+                decode(forged)
+    # A small-order key cannot be encoded into a transaction either.
+    with pytest.raises(ValueError, match="small order"):
+        Transaction("chain", IDENTITY_KEY, 0, 0, Transfer(b"\x02" * 20, 5))
+
+
+def test_genesis_keeps_its_all_zero_proposer_and_it_signs_nothing() -> None:
+    block = genesis_block()
+    assert block.header.proposer_pubkey == bytes(32)
+    assert type(block).decode(block.encode()) == block
+    assert not verify(bytes(32), TAG_BLOCK, block.hash, bytes(64))
+    # The zero key is "nobody" only in a header; as a sender it is refused.
+    with pytest.raises(SmallOrderKey):
+        Transaction.from_wire(
+            [1, b"chain", bytes(32), 0, 0, Transfer(b"\x02" * 20, 5).to_wire(), bytes(64)]
+        )
+
+
+def test_address_with_spaces_is_refused() -> None:
+    with pytest.raises(ValueError, match="hexadecimal"):
+        parse_address("fc" + "00 " * 13 + "0")
+
+
+def genesis_block() -> Block:
+    return make_genesis().block()
