@@ -24,8 +24,9 @@ from fedcoin.application.fl_server import FLServer, FLServerConfig, RoundReport
 from fedcoin.application.full_node import FullNode
 from fedcoin.application.training import build_mlp
 from fedcoin.application.views import BlockView, StatusView, TaskView
+from fedcoin.data.tx import Transfer, make_tx
 from fedcoin.errors import DecodeError
-from tests.application.cluster import CLIENT_KEYS, FAST_POSAP, SERVER_KEY, Cluster
+from tests.application.cluster import CLIENT_KEYS, FAST_POSAP, PUBLISHER_KEY, SERVER_KEY, Cluster
 from tests.browser import Browser
 from tests.docker_support import NoEngine
 from tests.helpers import FC
@@ -156,6 +157,14 @@ async def test_explorer_in_a_real_browser(settled: Settled, chromium: str) -> No
         assert await browser.evaluate("document.querySelector('#finality').textContent") == (
             "none yet"
         )
+        # It follows the chain by itself: a new block shows up without a reload.
+        before = node.chain.head.height
+        payment = make_tx(
+            PUBLISHER_KEY, cluster.genesis.chain_id, 0, Transfer(CLIENT_KEYS[0].address, FC)
+        )
+        await node.submit_tx(payment)
+        await cluster.wait_until(lambda: node.chain.head.height > before)
+        await browser.wait_for(f"Number(document.querySelector('#height')?.textContent) > {before}")
         # block → task: the block that settled round 1 links to its task.
         await browser.evaluate(f"location.hash = '#/block/{reports[0].block_height}'")
         await browser.wait_for("document.querySelector('#view').dataset.route === 'block'")
