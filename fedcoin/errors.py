@@ -308,6 +308,15 @@ class NeedsSync(Ignore):
     """The message refers to blocks this node lacks (unknown parent): fetch them from the peer."""
 
 
+# --- network addresses and frames (issue 9) --------------------------------------------------
+class BadAddress(FedCoinError):
+    """A peer address that is not a strict ``host:port`` (IP literal or hostname, port 1-65535)."""
+
+
+class FrameTooLarge(ProtocolViolation):
+    """A frame over the bound of its message type (or of the handshake)."""
+
+
 # --- hardening (issue 9, data layer) ---------------------------------------------------------
 class SmallOrderKey(DecodeError):
     """A public key at a point of small order (the identity or a torsion point): it would verify

@@ -19,6 +19,7 @@ import aiohttp
 from fedcoin.data.content import ContentStore
 from fedcoin.data.tx import ContentRef
 from fedcoin.errors import ContentError, ContentMissing
+from fedcoin.network.addresses import peer_http_url
 
 log = logging.getLogger("fedcoin.content")
 
@@ -28,9 +29,10 @@ CHUNK = 1 << 20
 MIN_RATE = 1 << 20
 
 
-def content_url(address: str, sha256: bytes) -> str:
-    """The URL of a blob at a peer: the one place a peer's address becomes a URL."""
-    return f"http://{address}/content/{sha256.hex()}"
+def content_url(address: str, sha256: bytes) -> str | None:
+    """The URL of a blob at a peer: the one place a peer's address becomes a URL. None unless
+    the address is a strict ``host:port`` (no path, query or userinfo can ride along)."""
+    return peer_http_url(address, f"/content/{sha256.hex()}")
 
 
 class IpfsClient:
@@ -120,6 +122,9 @@ class ContentResolver:
 
     async def _from_peer(self, address: str, ref: ContentRef) -> bool:
         """Stream the blob from one peer into the store; False (and no file) unless it fits."""
+        url = content_url(address, ref.sha256)
+        if url is None:
+            return False
         if self._session is None:
             self._session = aiohttp.ClientSession()
         timeout = aiohttp.ClientTimeout(
@@ -128,7 +133,7 @@ class ContentResolver:
         )  # fmt: skip
         name = ref.sha256.hex()[:12]
         try:
-            async with self._session.get(content_url(address, ref.sha256), timeout=timeout) as resp:
+            async with self._session.get(url, timeout=timeout) as resp:
                 if resp.status != 200:
                     return False
                 if resp.content_length is not None and resp.content_length != ref.size:

@@ -1,4 +1,4 @@
-"""Gossip: one pipeline per incoming message, handlers registered by the application.
+"""Gossip: the pipeline every incoming frame follows, and the handlers the application registers.
 
     seen? → decode → validate (handler) → mark seen → deliver → relay to every peer but the source
 
@@ -9,10 +9,44 @@ those into a silent drop or a score penalty, and never echoes a message back to 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
-from fedcoin.network.messages import Message
+from fedcoin.errors import FedCoinError, Ignore, NeedsSync, Reject
+from fedcoin.network.messages import (
+    MAX_PEERS_LISTED,
+    Auth,
+    Blocks,
+    GetBlocks,
+    GetPeers,
+    Hello,
+    Message,
+    Peers,
+    Ping,
+    Pong,
+    decode_message,
+    encode_message,
+    frame_type,
+    message_id,
+)
+from fedcoin.network.peers import (
+    PENALTY_FLOOD,
+    PENALTY_INVALID,
+    PENALTY_MALFORMED,
+    PENALTY_UNEXPECTED,
+    Peer,
+)
+
+if TYPE_CHECKING:
+    from fedcoin.network.dialer import AddressBook
+    from fedcoin.network.sync import Syncer
+
+log = logging.getLogger("fedcoin.p2p")
+#: Frames up to this size are decoded on the event loop; larger ones in a worker thread.
+DECODE_INLINE_BYTES = 64 * 1024
 
 Handler = Callable[[Message, object], Awaitable[None]]
 
@@ -47,3 +81,134 @@ class Handlers:
 
     def get(self, cls: type[Message]) -> Handler | None:
         return self._by_type.get(cls)
+
+
+class Pipeline:
+    """Every frame a connected peer sends goes through ``on_frame``, which never raises:
+
+    rate limit → type and per-type bound (from the frame's first bytes, before decoding) →
+    seen? → decode (off the event loop when large) → point-to-point answer or gossip
+    (validate → mark seen → deliver → relay). ``Ignore`` drops quietly, ``Reject`` scores the
+    peer, a ``FedCoinError`` of our own drops the message only, and any other exception — a bug
+    or an input no rule foresaw — is logged, dropped and scored, so no input ends a peer's task.
+    """
+
+    def __init__(
+        self,
+        *,
+        peers: dict[str, Peer],
+        handlers: Handlers,
+        seen: SeenCache,
+        syncer: Syncer,
+        book: AddressBook,
+        max_frame_bytes: int,
+        penalise: Callable[[Peer, int, str], None],
+        notify: Callable[[], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.peers = peers
+        self.handlers = handlers
+        self.seen = seen
+        self.syncer = syncer
+        self.book = book
+        self.max_frame_bytes = max_frame_bytes
+        self.penalise = penalise
+        self.notify = notify
+        self.spawn = spawn
+        self.clock = clock
+        self.validating: set[bytes] = set()
+
+    async def on_frame(self, peer: Peer, frame: bytes) -> None:
+        try:
+            await self._on_frame(peer, frame)
+        except Exception as exc:  # noqa: BLE001 - the one place any error becomes a drop
+            log.warning(
+                "unexpected %s handling a frame from %s: %s",
+                type(exc).__name__, peer.name, exc, exc_info=log.isEnabledFor(logging.DEBUG),
+            )  # fmt: skip
+            self.penalise(peer, PENALTY_UNEXPECTED, f"unexpected {type(exc).__name__}")
+
+    async def _on_frame(self, peer: Peer, frame: bytes) -> None:
+        # Per-peer rate limit: a flood costs score per message over the limit
+        if not peer.bucket.take():
+            self.penalise(peer, PENALTY_FLOOD, "flood")
+            return
+        try:
+            # The claimed type and its bound, read from the first bytes: nothing decoded yet
+            frame_type(frame, self.max_frame_bytes)
+            # Seen: a gossip frame we already have is dropped before it is decoded
+            mid = message_id(frame)
+            if mid in self.seen or mid in self.validating:
+                return
+            if len(frame) > DECODE_INLINE_BYTES:  # a big block: decode it off the event loop
+                message = await asyncio.to_thread(decode_message, frame, self.max_frame_bytes)
+            else:
+                message = decode_message(frame, self.max_frame_bytes)
+        except Reject as exc:
+            self.penalise(peer, PENALTY_MALFORMED, str(exc))
+            return
+        try:
+            if message.GOSSIP:
+                await self._gossip(peer, message, frame, mid)
+            else:
+                await self._direct(peer, message)
+        except NeedsSync:
+            self.syncer.maybe_sync(peer, force=True)
+        except Ignore:
+            pass
+        except Reject as exc:
+            self.penalise(peer, PENALTY_INVALID, str(exc))
+        except FedCoinError as exc:
+            # Our own trouble handling it (store, content, a full mempool), not the peer's
+            # fault: drop the message, keep the peer.
+            log.warning("could not handle %s from %s: %s", type(message).__name__, peer.name, exc)
+
+    async def _gossip(self, peer: Peer, message: Message, frame: bytes, mid: bytes) -> None:
+        handler = self.handlers.get(type(message))
+        if handler is None:
+            raise Ignore(f"no handler for {type(message).__name__}")
+        # Validate and deliver (the handler raises Ignore / Reject / NeedsSync)
+        self.validating.add(mid)
+        try:
+            await handler(message, peer)
+        finally:
+            self.validating.discard(mid)
+        # Mark seen only once valid, then relay to every peer but the source
+        peer.last_useful = self.clock()
+        self.seen.add(mid)
+        self.notify()
+        self.relay(frame, peer)
+
+    def relay(self, frame: bytes, exclude: Peer | None = None) -> None:
+        for other in list(self.peers.values()):
+            if other is not exclude and not other.enqueue(frame):
+                log.warning("peer %s is too slow; dropping it", other.name)
+                self.spawn(other.conn.close("send queue full"))
+
+    def broadcast(self, message: Message) -> None:
+        """Publish a message this node originated (marked seen so echoes are dropped)."""
+        frame = encode_message(message)
+        self.seen.add(message_id(frame))
+        self.relay(frame)
+
+    async def _direct(self, peer: Peer, message: Message) -> None:
+        if isinstance(message, Hello | Auth):
+            raise Reject(f"second {type(message).__name__}")
+        if isinstance(message, Ping):
+            peer.enqueue(Pong(message.nonce))
+        elif isinstance(message, Pong):
+            peer.pongs += 1
+            self.notify()
+        elif isinstance(message, GetPeers):
+            listed = [p.advertised for p in self.peers.values() if p.advertised]
+            listed = [a for a in listed if a != peer.advertised][:MAX_PEERS_LISTED]
+            peer.enqueue(Peers(tuple(listed)))
+        elif isinstance(message, Peers):
+            bad = self.book.learn(peer, message.addresses)
+            if bad:
+                raise Reject(f"{bad} malformed addresses in Peers")
+        elif isinstance(message, GetBlocks):
+            await self.syncer.answer(peer, message)
+        elif isinstance(message, Blocks):
+            await self.syncer.on_blocks(peer, message)

@@ -4,6 +4,11 @@ Every frame on the wire is the canonical msgpack of ``[PROTOCOL_VERSION, type, b
 registry ``MESSAGE_TYPES`` maps each type number to its class; a number that is not in it, a
 body that does not decode as its class, or a frame over ``max_bytes`` is a protocol violation.
 No class is ever built from a name that came off the wire.
+
+Frames are bounded **per message type** (``FRAME_BOUNDS``): the type is read from the frame's
+first three bytes (canonical msgpack puts it there) and the length checked before anything is
+decoded, so a 50 MiB "Ping" costs nothing but its bytes. Only blocks are large; no frame carries
+model content. Before the handshake completes only ``HANDSHAKE_FRAME_BYTES`` are accepted.
 """
 
 from __future__ import annotations
@@ -28,12 +33,23 @@ from fedcoin.data.encoding import (
     wire,
 )
 from fedcoin.data.tx import Transaction
-from fedcoin.errors import DecodeError, ProtocolViolation
+from fedcoin.errors import DecodeError, FrameTooLarge, ProtocolViolation
 
 PROTOCOL_VERSION = 1
 MAX_PEERS_LISTED = 64
 MAX_LOCATOR = 64
 MAX_BLOCKS_BATCH = 128
+
+#: Largest transaction frame: a SubmitRound with MAX_CLIENTS updates is under 20 KiB.
+MAX_TX_BYTES = 32 * 1024
+#: Largest share frame: a full table of MAX_TABLE (coalition, U) pairs is under 1 MiB.
+MAX_SHARE_BYTES = 1024 * 1024
+#: The network's block size limit: MAX_SHARES full shares plus a few thousand transfers.
+MAX_BLOCK_BYTES = 40 * 1024 * 1024
+#: Hello and Auth: a few hundred bytes.
+HANDSHAKE_FRAME_BYTES = 1024
+#: Ping, Pong, GetPeers, GetBlocks (64 hashes) and Peers (64 addresses): a few KiB.
+SMALL_FRAME_BYTES = 16 * 1024
 
 
 class Message(Record):
@@ -168,26 +184,61 @@ class Pong(Message):
 _ALL: tuple[type[Message], ...] = (Hello, GetPeers, Peers, TxMessage, ShareMessage)
 _ALL += (BlockMessage, GetBlocks, Blocks, Ping, Pong, Auth)
 MESSAGE_TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in _ALL}
+FRAME_BOUNDS: dict[type[Message], int] = {
+    Hello: HANDSHAKE_FRAME_BYTES,
+    Auth: HANDSHAKE_FRAME_BYTES,
+    GetPeers: SMALL_FRAME_BYTES,
+    Peers: SMALL_FRAME_BYTES,
+    Ping: SMALL_FRAME_BYTES,
+    Pong: SMALL_FRAME_BYTES,
+    GetBlocks: SMALL_FRAME_BYTES,
+    TxMessage: MAX_TX_BYTES,
+    ShareMessage: MAX_SHARE_BYTES,
+    BlockMessage: MAX_BLOCK_BYTES,
+    Blocks: MAX_BLOCK_BYTES + 64 * 1024,
+}
+#: The largest frame of any type: what the transport accepts at most.
+MAX_FRAME_BYTES = max(FRAME_BOUNDS.values())
 
 
 def encode_message(message: Message) -> bytes:
     return encode([PROTOCOL_VERSION, message.TYPE, message.to_wire()])
 
 
-def decode_message(frame: bytes, max_bytes: int) -> Message:
+def frame_type(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> type[Message]:
+    """The message class a frame claims to be, checked against its bound, without decoding.
+
+    ``FrameTooLarge`` over the type's bound (or ``max_bytes``); ``ProtocolViolation`` when the
+    first bytes are not the canonical ``[PROTOCOL_VERSION, type, …`` of a known type.
+    """
+    if len(frame) < 3:
+        raise ProtocolViolation(f"malformed frame of {len(frame)} bytes")
+    if frame[0] != 0x93:  # a canonical three-element array
+        raise ProtocolViolation("envelope must be [version, type, body]")
+    if frame[1] != PROTOCOL_VERSION:
+        raise ProtocolViolation(f"protocol version {frame[1]}")
+    cls = MESSAGE_TYPES.get(frame[2])
+    if cls is None:
+        raise ProtocolViolation(f"unknown message type {frame[2]}")
+    bound = min(FRAME_BOUNDS[cls], max_bytes)
+    if len(frame) > bound:
+        raise FrameTooLarge(f"{cls.__name__} of {len(frame)} bytes exceeds its {bound}-byte bound")
+    return cls
+
+
+def decode_message(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Message:
     """Decode one frame; raise ``ProtocolViolation`` for anything malformed or unknown."""
+    cls = frame_type(frame, max_bytes)
     try:
-        raw: Any = decode_raw(frame, max_bytes=max_bytes)
+        # The envelope (array, version, type) plus the most objects the claimed type can hold
+        raw: Any = decode_raw(frame, max_bytes=max_bytes, max_objects=3 + cls.max_objects())
     except DecodeError as exc:
         raise ProtocolViolation(str(exc)) from None
     if type(raw) is not list or len(raw) != 3:
         raise ProtocolViolation("envelope must be [version, type, body]")
     version, kind, body = raw
-    if version != PROTOCOL_VERSION:
-        raise ProtocolViolation(f"protocol version {version!r}")
-    cls = MESSAGE_TYPES.get(kind) if type(kind) is int else None
-    if cls is None:
-        raise ProtocolViolation(f"unknown message type {kind!r}")
+    if version != PROTOCOL_VERSION or kind != cls.TYPE:  # canonical: the header bytes say it
+        raise ProtocolViolation(f"envelope [{version!r}, {kind!r}, …] is not canonical")
     try:
         return cls.from_wire(body)
     except DecodeError as exc:

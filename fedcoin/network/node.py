@@ -1,11 +1,17 @@
-"""The P2P service of a node: handshake, peers, gossip, sync, over any ``Connection``.
+"""The P2P service of a node: its configuration, its lifetime, and the life of each peer.
 
 ``async with P2PNode(...) as p2p`` owns every task it starts (a ``TaskGroup``): the listener,
-one reader and one writer per peer, and the loop that keeps bootstrap peers connected with
-backoff. Incoming frames follow one pipeline (``_on_frame``): rate limit → decode → Hello
-first → point-to-point answers (Ping, GetPeers, GetBlocks, Blocks) or the gossip pipeline
-(seen → validate → mark seen → deliver → relay). Errors become silent drops (``Ignore``) or
-penalties (``Reject``); a peer that reaches the ban threshold is disconnected and banned.
+one reader and one writer per peer, and the dialler. The concerns live in their own modules
+and are wired here through constructors:
+
+- ``slots.PeerTable``: who holds a connection (handshakes count; per-IP caps; eviction),
+- ``handshake``: Hello/Auth within one deadline, advertised addresses checked strictly,
+- ``gossip.Pipeline``: every frame after the handshake (bounded per type, never raises),
+- ``sync.Syncer``: GetBlocks/Blocks, answers within a per-peer cost budget,
+- ``dialer``: the address book and concurrent dialling with backoff.
+
+A peer that reaches the ban threshold is disconnected and banned. No exception ends the
+service: a peer's task turns anything unexpected into a dropped peer.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -21,35 +26,16 @@ from typing import Any
 
 from aiohttp import web
 
-from fedcoin.data.keys import TAG_HELLO, PrivateKey, verify
-from fedcoin.errors import FedCoinError, HandshakeRefused, Ignore, NeedsSync, Reject
-from fedcoin.network.gossip import Handler, Handlers, SeenCache
-from fedcoin.network.messages import (
-    PROTOCOL_VERSION,
-    Auth,
-    BlockMessage,
-    Blocks,
-    GetBlocks,
-    GetPeers,
-    Hello,
-    Message,
-    Peers,
-    Ping,
-    Pong,
-    auth_digest,
-    decode_message,
-    encode_message,
-    message_id,
-)
-from fedcoin.network.peers import (
-    PENALTY_FLOOD,
-    PENALTY_INVALID,
-    PENALTY_MALFORMED,
-    BanList,
-    Peer,
-    PeerLimits,
-)
-from fedcoin.network.sync import SYNC_BATCH, ChainView
+from fedcoin.data.keys import PrivateKey
+from fedcoin.errors import BadAddress, ConfigError, HandshakeRefused
+from fedcoin.network.addresses import advertised_address, format_host_port, parse_host_port
+from fedcoin.network.dialer import AddressBook, Dialer
+from fedcoin.network.gossip import Handler, Handlers, Pipeline, SeenCache
+from fedcoin.network.handshake import Identity, handshake
+from fedcoin.network.messages import MAX_FRAME_BYTES, GetPeers, Hello, Message
+from fedcoin.network.peers import BanList, Peer, PeerLimits
+from fedcoin.network.slots import PeerTable
+from fedcoin.network.sync import ChainView, Syncer
 from fedcoin.network.transport import (
     Connection,
     TransportError,
@@ -69,20 +55,23 @@ class NetConfig:
     """Genesis hash; peers with another are refused."""
     host: str = "127.0.0.1"
     """Interface to listen on."""
+    advertise: str = ""
+    """``host:port`` gossiped as ours (Hello, Peers); "" = the bound address, unless that is
+    unspecified (0.0.0.0 / ::), in which case nothing is advertised."""
     port: int = 0
     """Port to listen on; 0 asks the OS."""
     bootstrap: tuple[str, ...] = ()
     """``host:port`` of peers to keep connected."""
     discover: bool = True
     """Dial peers learnt from ``Peers`` messages, up to ``max_outbound``."""
-    max_message_bytes: int = 16 * 1024 * 1024
-    """Largest frame accepted."""
+    max_message_bytes: int = MAX_FRAME_BYTES
+    """Largest frame accepted (each message type has its own, smaller bound too)."""
     connect_timeout: float = 5.0
     """Seconds to open a connection."""
     send_timeout: float = 10.0
     """Seconds to send one frame."""
     handshake_timeout: float = 5.0
-    """Seconds to wait for the peer's Hello."""
+    """Seconds the whole handshake (Hello and Auth both ways) may take."""
     reconnect_min: float = 0.5
     """First reconnect delay; doubles on each failure."""
     reconnect_max: float = 30.0
@@ -140,26 +129,44 @@ class P2PNode:
         self.node_key = node_key
         self.node_pubkey = node_key.public
         self.clock = clock
+        limits = config.limits
         self.handlers = Handlers()
         self.seen = SeenCache()
-        self.validating: set[bytes] = set()
         self.bans = BanList(clock)
-        self.peers: dict[str, Peer] = {}
-        self.known: dict[str, None] = {}
+        self.table = PeerTable(limits, clock)
+        self.peers: dict[str, Peer] = self.table.peers
         self.app = app if app is not None else web.Application()
         self.port = config.port
         self.listen = ""
+        """Where this node accepts peers (the bound ``host:port``)."""
+        self.advertised = _checked_advertise(config.advertise, config.host, config.port)
+        """What this node tells peers it listens on; "" for nothing."""
         self.notifier = notifier if notifier is not None else Notifier()
+        self.max_frame_bytes = min(config.max_message_bytes, MAX_FRAME_BYTES)
+        self.book = AddressBook(config.bootstrap, limits, self._own_addresses)
+        self.syncer = Syncer(
+            chain, limits, self.handlers, self.seen,
+            self.relay, self.penalise, self._notify,
+        )  # fmt: skip
+        self.pipeline = Pipeline(
+            peers=self.peers, handlers=self.handlers, seen=self.seen, syncer=self.syncer,
+            book=self.book, max_frame_bytes=self.max_frame_bytes, penalise=self.penalise,
+            notify=self._notify, spawn=self._spawn, clock=clock,
+        )  # fmt: skip
+        self.dialer = Dialer(
+            self.book, peers=self.peers, limits=limits, discover=config.discover,
+            backoff=(config.reconnect_min, config.reconnect_max), connect_to=self.connect_to,
+            spawn=self._spawn, clock=clock,
+        )  # fmt: skip
         self._group: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._dialing: set[str] = set()
         self._stopping = False
-        self._wake = asyncio.Event()
         add_p2p_route(
             self.app,
             self._accept,
-            max_bytes=config.max_message_bytes,
+            max_bytes=self.max_frame_bytes,
             send_timeout=config.send_timeout,
         )
 
@@ -168,16 +175,16 @@ class P2PNode:
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
         self._runner, self.port = await serve(self.app, self.config.host, self.config.port)
-        self.listen = f"{self.config.host}:{self.port}"
-        for address in self.config.bootstrap:
-            self.known[address] = None
-        self._spawn(self._maintain())
-        log.info("p2p listening on %s", self.listen)
+        self.listen = format_host_port(self.config.host, self.port)
+        self.advertised = _checked_advertise(self.config.advertise, self.config.host, self.port)
+        self._spawn(self.dialer.run())
+        log.info("p2p listening on %s, advertising %s", self.listen, self.advertised or "nothing")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._stopping = True
-        self._wake.set()
+        self.dialer.stopping = True
+        self.dialer.wake.set()
         for peer in list(self.peers.values()):
             await peer.conn.close("shutting down")
         if self._runner is not None:
@@ -192,30 +199,55 @@ class P2PNode:
         """Register the application's validator/deliverer for a gossiped message type."""
         self.handlers.register(cls, handler)
 
+    def relay(self, frame: bytes, exclude: Peer | None = None) -> None:
+        self.pipeline.relay(frame, exclude)
+
+    def broadcast(self, message: Message) -> None:
+        """Publish a message this node originated (marked seen so echoes are dropped)."""
+        self.pipeline.broadcast(message)
+
     def _notify(self) -> None:
         self.notifier.notify()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Start a task owned by this service's TaskGroup, cancelled when it stops."""
+        if self._group is None:
+            coro.close()
+            raise RuntimeError("P2PNode used outside 'async with'")
+        task = self._group.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _own_addresses(self) -> tuple[str, ...]:
+        return tuple(a for a in (self.listen, self.advertised) if a)
 
     # --- connections -----------------------------------------------------------------------
     async def connect_to(self, address: str) -> bool:
         """Dial ``address`` and run the peer; False if it cannot be reached or refused us."""
-        if address == self.listen or address in self._dialing or self.bans.banned(address):
+        if address in self._own_addresses() or address in self._dialing:
             return False
-        if any(p.hello and p.hello.listen == address for p in self.peers.values()):
+        if self.bans.banned(address):
+            return False
+        if address in self.dialer.connected()[0]:
             return True
+        try:
+            parse_host_port(address)
+        except BadAddress as exc:
+            log.warning("not dialling %s", exc)
+            return False
         self._dialing.add(address)
         try:
-            conn = await connect(
-                address,
-                max_bytes=self.config.max_message_bytes,
-                timeout=self.config.connect_timeout,
-                send_timeout=self.config.send_timeout,
-            )
-        except TransportError as exc:
-            log.info("%s", exc)
-            self._dialing.discard(address)
-            return False
-        self.known[address] = None
-        try:
+            try:
+                conn = await connect(
+                    address,
+                    max_bytes=self.max_frame_bytes,
+                    timeout=self.config.connect_timeout,
+                    send_timeout=self.config.send_timeout,
+                )
+            except TransportError as exc:
+                log.info("%s", exc)
+                return False
+            self.book.add(address)
             return await self.attach(conn)
         finally:
             self._dialing.discard(address)
@@ -227,117 +259,93 @@ class P2PNode:
         return bool(await ready)
 
     async def _accept(self, conn: Connection) -> None:
-        inbound = sum(1 for p in self.peers.values() if p.conn.inbound)
-        if inbound >= self.config.limits.max_inbound:
-            await conn.close("too many peers")
-            return
         await self._run_peer(conn, None)
+
+    def _refusal(self, peer: Peer, hello: Hello, proven: bool) -> str | None:
+        """A local reason to refuse this peer, checked before we prove our key and after."""
+        if self.bans.banned(hello.node_pubkey.hex()) or (
+            hello.listen and self.bans.banned(hello.listen)
+        ):
+            return "banned"
+        if proven and hello.node_pubkey.hex() in self.peers:
+            return "already connected"
+        if not self.table.room_for(peer)[0]:
+            return "too many peers, none idle"
+        return None
 
     async def _run_peer(self, conn: Connection, ready: asyncio.Future[bool] | None) -> None:
         peer = Peer(conn, self.config.limits, self.clock)
         writer: asyncio.Task[None] | None = None
         try:
-            await self._handshake(peer)
-            self.peers[peer.key] = peer
+            if conn.inbound:
+                self.table.admit(peer)
+            else:
+                self.table.start_outbound(peer)
+            me = Identity(self.config.chain_id, self.config.genesis, self.node_key, self.advertised)
+            await handshake(
+                peer, me, self.chain, deadline=self.config.handshake_timeout,
+                refused=lambda hello, proven: self._refusal(peer, hello, proven),
+            )  # fmt: skip
+            victim = self.table.join(peer)
+            if victim is not None:
+                log.info("evicting idle peer %s for %s", victim.name, peer.name)
+                self._spawn(victim.conn.close("evicted for a new peer"))
             if ready is not None:
                 ready.set_result(True)
             writer = asyncio.create_task(peer.writer())
             log.info("connected to %s (%s)", peer.name, "in" if conn.inbound else "out")
             self._notify()
             peer.enqueue(GetPeers())
-            self._maybe_sync(peer)
-            while not self._stopping:
-                frame = await conn.recv()
-                if frame is None:
-                    if getattr(conn, "violation", ""):
-                        # An oversized or non-binary frame: the transport dropped the link
-                        self.penalise(peer, self.config.limits.ban_threshold, conn.violation)  # type: ignore[attr-defined]
-                        self._ban(peer)
-                    break
-                await self._on_frame(peer, frame)
-                if peer.score >= self.config.limits.ban_threshold:
-                    self._ban(peer)
-                    break
+            self.syncer.maybe_sync(peer)
+            await self._read(peer)
         except HandshakeRefused as exc:
             log.warning("refused peer %s: %s", conn.remote, exc)
+            if not conn.inbound and peer.proven_key:
+                self.book.note_key(conn.remote, peer.proven_key)  # do not dial it again
             await conn.close(str(exc))
         except TransportError as exc:
             log.info("peer %s: %s", peer.name, exc)
+        except Exception:  # noqa: BLE001 - a bug must drop this peer, never the service
+            log.exception("peer %s dropped on an unexpected error", peer.name)
         finally:
             if ready is not None and not ready.done():
                 ready.set_result(False)
             if writer is not None:
                 writer.cancel()
             if self.peers.get(peer.key) is peer:
-                del self.peers[peer.key]
                 log.info("disconnected from %s", peer.name)
+                if (
+                    not conn.inbound
+                    and self.clock() - peer.connected_at > self.config.reconnect_max
+                ):
+                    self.book.reset(conn.remote)  # a long good link: redial it at once
+            self.table.release(peer)
             await conn.close("bye")
             self._notify()
-            self._wake.set()
+            self.dialer.wake.set()
 
-    async def _expect(self, peer: Peer, cls: type[Message]) -> Message:
-        try:
-            async with asyncio.timeout(self.config.handshake_timeout):
-                frame = await peer.conn.recv()
-        except TimeoutError:
-            raise HandshakeRefused(f"no {cls.__name__} in time") from None
-        if frame is None:
-            raise HandshakeRefused(f"closed before {cls.__name__}")
-        try:
-            message = decode_message(frame, self.config.max_message_bytes)
-        except Reject as exc:
-            raise HandshakeRefused(f"malformed {cls.__name__}: {exc}") from None
-        if not isinstance(message, cls):
-            raise HandshakeRefused(f"got {type(message).__name__}, expected {cls.__name__}")
-        return message
-
-    async def _handshake(self, peer: Peer) -> None:
-        """Hello both ways, then Auth both ways: each side signs the other's fresh nonce."""
-        head, height, weight = self.chain.status()
-        nonce = os.urandom(32)
-        mine = Hello(
-            PROTOCOL_VERSION, self.config.chain_id, self.config.genesis, self.node_pubkey,
-            self.listen, head, height, weight, nonce,
-        )  # fmt: skip
-        await peer.conn.send(encode_message(mine))
-        hello = await self._expect(peer, Hello)
-        assert isinstance(hello, Hello)
-        if hello.protocol != PROTOCOL_VERSION:
-            raise HandshakeRefused(f"protocol {hello.protocol}, we speak {PROTOCOL_VERSION}")
-        if hello.chain_id != self.config.chain_id or hello.genesis != self.config.genesis:
-            raise HandshakeRefused(
-                f"other network: chain {hello.chain_id!r} genesis {hello.genesis.hex()[:16]}, "
-                f"ours {self.config.chain_id!r} {self.config.genesis.hex()[:16]}"
-            )
-        if hello.node_pubkey == self.node_pubkey:
-            raise HandshakeRefused("connected to ourselves")
-        if self.bans.banned(hello.node_pubkey.hex()) or (
-            hello.listen and self.bans.banned(hello.listen)
-        ):
-            raise HandshakeRefused("banned")
-        proof = self.node_key.sign(TAG_HELLO, auth_digest(hello.nonce, self.node_pubkey))
-        await peer.conn.send(encode_message(Auth(proof)))
-        auth = await self._expect(peer, Auth)
-        assert isinstance(auth, Auth)
-        # The peer holds the key it named (otherwise bans by key could be pinned on others)
-        if not verify(
-            hello.node_pubkey, TAG_HELLO, auth_digest(nonce, hello.node_pubkey), auth.signature
-        ):
-            raise HandshakeRefused("the peer could not prove its node key")
-        if hello.node_pubkey.hex() in self.peers:
-            raise HandshakeRefused("already connected")
-        peer.hello = hello
+    async def _read(self, peer: Peer) -> None:
+        conn = peer.conn
+        while not self._stopping and self.peers.get(peer.key) is peer:
+            frame = await conn.recv()
+            if frame is None:
+                violation = getattr(conn, "violation", "")
+                if violation:
+                    # An oversized or non-binary frame: the transport dropped the link
+                    self.penalise(peer, self.config.limits.ban_threshold, violation)
+                    self._ban(peer)
+                return
+            await self.pipeline.on_frame(peer, frame)
+            if peer.score >= self.config.limits.ban_threshold:
+                self._ban(peer)
+                return
 
     def _ban(self, peer: Peer) -> None:
         seconds = self.config.limits.ban_seconds
         self.bans.ban(peer.key, seconds)
         # A listen address is only the peer's own claim, unless we dialled it ourselves.
-        if (
-            peer.hello is not None
-            and not peer.conn.inbound
-            and peer.hello.listen == peer.conn.remote
-        ):
-            self.bans.ban(peer.hello.listen, seconds)
+        if peer.advertised and not peer.conn.inbound and peer.advertised == peer.conn.remote:
+            self.bans.ban(peer.advertised, seconds)
         log.warning("banned %s for %.0f s (score %d)", peer.name, seconds, peer.score)
 
     def penalise(self, peer: Peer, points: int, why: str) -> None:
@@ -345,169 +353,15 @@ class P2PNode:
         log.info("peer %s +%d (%s), score %d", peer.name, points, why, peer.score)
         self._notify()
 
-    async def _maintain(self) -> None:
-        """Keep bootstrap (and, with discovery, learnt) peers connected, with backoff."""
-        delay: dict[str, float] = {}
-        next_try: dict[str, float] = {}
-        while not self._stopping:
-            now = self.clock()
-            connected = {p.hello.listen for p in self.peers.values() if p.hello}
-            outbound = sum(1 for p in self.peers.values() if not p.conn.inbound)
-            wanted = list(self.config.bootstrap)
-            if self.config.discover:
-                wanted += [a for a in self.known if a not in wanted]
-            for address in wanted:
-                if address in connected or address == self.listen or self.bans.banned(address):
-                    continue
-                if (
-                    address not in self.config.bootstrap
-                    and outbound >= self.config.limits.max_outbound
-                ):
-                    continue
-                if next_try.get(address, 0.0) > now:
-                    continue
-                if await self.connect_to(address):
-                    delay.pop(address, None)
-                    outbound += 1
-                else:
-                    d = min(
-                        delay.get(address, self.config.reconnect_min / 2) * 2,
-                        self.config.reconnect_max,
-                    )
-                    delay[address] = d
-                    next_try[address] = now + d
-            pending = [t - now for t in next_try.values() if t > now]
-            timeout = min(pending) if pending else self.config.reconnect_max
-            self._wake.clear()
-            await wait_event(self._wake, timeout)
-
-    # --- the pipeline ----------------------------------------------------------------------
-    async def _on_frame(self, peer: Peer, frame: bytes) -> None:
-        # Per-peer rate limit: a flood costs score per message over the limit
-        if not peer.bucket.take():
-            self.penalise(peer, PENALTY_FLOOD, "flood")
-            return
-        # Seen: a gossip frame we already have is dropped before it is even decoded
-        mid = message_id(frame)
-        if mid in self.seen or mid in self.validating:
-            return
-        # Decode: malformed or unknown messages are protocol violations
-        try:
-            message = decode_message(frame, self.config.max_message_bytes)
-        except Reject as exc:
-            self.penalise(peer, PENALTY_MALFORMED, str(exc))
-            return
-        try:
-            if message.GOSSIP:
-                await self._gossip(peer, message, frame, mid)
-            else:
-                await self._direct(peer, message)
-        except NeedsSync:
-            self._maybe_sync(peer, force=True)
-        except Ignore:
-            pass
-        except Reject as exc:
-            self.penalise(peer, PENALTY_INVALID, str(exc))
-        except FedCoinError as exc:
-            # Our own trouble handling it (store, content, a full mempool), not the peer's
-            # fault: drop the message, keep the peer. Escaping here would end the peer's task
-            # and, through the TaskGroup, every other task of this service.
-            log.warning("could not handle %s from %s: %s", type(message).__name__, peer.name, exc)
-
-    async def _gossip(self, peer: Peer, message: Message, frame: bytes, mid: bytes) -> None:
-        handler = self.handlers.get(type(message))
-        if handler is None:
-            raise Ignore(f"no handler for {type(message).__name__}")
-        # Validate and deliver (the handler raises Ignore / Reject / NeedsSync)
-        self.validating.add(mid)
-        try:
-            await handler(message, peer)
-        finally:
-            self.validating.discard(mid)
-        # Mark seen only once valid, then relay to every peer but the source
-        self.seen.add(mid)
-        self._notify()
-        self.relay(frame, exclude=peer)
-
-    def relay(self, frame: bytes, exclude: Peer | None = None) -> None:
-        for other in list(self.peers.values()):
-            if other is not exclude and not other.enqueue(frame):
-                log.warning("peer %s is too slow; dropping it", other.name)
-                self._spawn(other.conn.close("send queue full"))
-
-    def broadcast(self, message: Message) -> None:
-        """Publish a message this node originated (marked seen so echoes are dropped)."""
-        frame = encode_message(message)
-        self.seen.add(message_id(frame))
-        self.relay(frame)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Start a task owned by this service's TaskGroup, cancelled when it stops."""
-        if self._group is None:
-            raise RuntimeError("P2PNode used outside 'async with'")
-        task = self._group.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _direct(self, peer: Peer, message: Message) -> None:
-        if isinstance(message, Hello | Auth):
-            raise Reject(f"second {type(message).__name__}")
-        if isinstance(message, Ping):
-            peer.enqueue(Pong(message.nonce))
-        elif isinstance(message, Pong):
-            peer.pongs += 1
-            self._notify()
-        elif isinstance(message, GetPeers):
-            addresses = [p.hello.listen for p in self.peers.values() if p.hello and p.hello.listen]
-            peer.enqueue(
-                Peers(tuple(a for a in addresses if a != (peer.hello and peer.hello.listen))[:64])
-            )
-        elif isinstance(message, Peers):
-            for address in message.addresses:
-                if len(self.known) < 1024 and address != self.listen:
-                    self.known.setdefault(address, None)
-            if self.config.discover:
-                self._wake.set()
-        elif isinstance(message, GetBlocks):
-            limit = max(1, min(message.limit, SYNC_BATCH))
-            peer.enqueue(Blocks(tuple(self.chain.blocks_after(message.locator, limit))))
-        elif isinstance(message, Blocks):
-            await self._on_blocks(peer, message)
-
-    # --- sync ------------------------------------------------------------------------------
-    def _maybe_sync(self, peer: Peer, force: bool = False) -> None:
-        """Ask ``peer`` for blocks when it is heavier (or a block of it had no parent here)."""
-        if peer.syncing or peer.hello is None:
-            return
-        _, _, weight = self.chain.status()
-        if force or peer.hello.weight > weight:
-            peer.syncing = True
-            peer.enqueue(GetBlocks(tuple(self.chain.locator()[:64]), SYNC_BATCH))
-
-    async def _on_blocks(self, peer: Peer, message: Blocks) -> None:
-        peer.syncing = False
-        handler = self.handlers.get(BlockMessage)
-        if handler is None or not message.blocks:
-            return
-        head_before = self.chain.status()[0]
-        for block in message.blocks:
-            try:
-                await handler(BlockMessage(block), peer)
-            except NeedsSync:
-                raise Reject("sync batch does not connect to our chain") from None
-            except Ignore:
-                continue
-            self.seen.add(message_id(encode_message(BlockMessage(block))))
-        self._notify()
-        if len(message.blocks) >= SYNC_BATCH:
-            self._maybe_sync(peer, force=True)
-        elif self.chain.status()[0] != head_before:
-            # Announce the new tip to everyone else; a peer that lacks its ancestors syncs.
-            tip = message.blocks[-1]
-            if self.chain.status()[0] == tip.hash:
-                self.relay(encode_message(BlockMessage(tip)), exclude=peer)
-
     # --- for tests and the application -----------------------------------------------------
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Wait until ``predicate()`` holds, re-checking whenever this node's state changes."""
         await self.notifier.wait_for(predicate, timeout)
+
+
+def _checked_advertise(configured: str, host: str, port: int) -> str:
+    """``advertised_address``, with a bad configured address as a ``ConfigError``."""
+    try:
+        return advertised_address(configured, host, port)
+    except BadAddress as exc:
+        raise ConfigError(f"advertise address: {exc}") from None

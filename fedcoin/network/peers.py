@@ -14,13 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedcoin.network.messages import Hello, Message, encode_message
-from fedcoin.network.transport import Connection
+from fedcoin.network.transport import Connection, TransportError
 
 Clock = Callable[[], float]
 
 PENALTY_MALFORMED = 25
 PENALTY_INVALID = 20
 PENALTY_FLOOD = 5
+#: An unexpected error (a bug, or input no rule foresaw) while handling the peer's message.
+PENALTY_UNEXPECTED = 10
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,28 @@ class PeerLimits:
     """Messages a peer may send at once."""
     send_queue: int = 1024
     """Frames queued for a peer before it counts as too slow and is dropped."""
+    handshake_slots: int = 8
+    """Inbound connections that may be in the handshake at once (beyond ``max_inbound``)."""
+    max_per_ip: int = 4
+    """Most inbound connections (in the handshake or not) from one remote IP."""
+    per_ip_exempt_loopback: bool = True
+    """Loopback is one IP for every local node (tests, one-process simulations): no per-IP cap."""
+    evict_idle_seconds: float = 5.0
+    """When full, an inbound peer that sent nothing useful for this long may give way."""
+    sync_bytes_per_second: float = 4 * 1024 * 1024
+    """Sustained GetBlocks answer bytes a peer may cost us."""
+    sync_burst_bytes: float = 32 * 1024 * 1024
+    """GetBlocks answer bytes a peer may cost us at once."""
+    getblocks_base_cost: int = 64 * 1024
+    """What one GetBlocks costs before its answer (the locator lookup), in answer bytes."""
+    max_answer_bytes: int = 4 * 1024 * 1024
+    """Bytes of blocks in one ``Blocks`` answer (at least one block is always sent)."""
+    max_addresses_per_peer: int = 32
+    """Addresses one connection may add to the address book."""
+    max_known: int = 1024
+    """Addresses the address book keeps."""
+    dial_parallel: int = 8
+    """Learnt addresses dialled at once (bootstrap peers are always dialled)."""
 
 
 class TokenBucket:
@@ -47,14 +71,23 @@ class TokenBucket:
         self.tokens = burst
         self.stamp = clock()
 
-    def take(self) -> bool:
+    def take(self, cost: float = 1.0) -> bool:
+        """Spend ``cost`` tokens if there are that many; False (nothing spent) otherwise."""
+        self._refill()
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return True
+        return False
+
+    def charge(self, cost: float) -> None:
+        """Spend ``cost`` tokens after the fact (work already done); the bucket may go negative."""
+        self._refill()
+        self.tokens -= cost
+
+    def _refill(self) -> None:
         now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 class BanList:
@@ -87,11 +120,23 @@ class Peer:
     def __init__(self, conn: Connection, limits: PeerLimits, clock: Clock) -> None:
         self.conn = conn
         self.hello: Hello | None = None
+        #: The node key the peer proved in the handshake (hex), even if it was then refused.
+        self.proven_key = ""
+        #: The peer's listen address as checked at the handshake (canonical), or "".
+        self.advertised = ""
         self.score = 0
         self.bucket = TokenBucket(limits.rate_per_second, limits.burst, clock)
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(limits.send_queue)
+        self.sync_bucket = TokenBucket(limits.sync_bytes_per_second, limits.sync_burst_bytes, clock)
         self.syncing = False
         self.pongs = 0
+        self.connected_at = clock()
+        #: When the peer last gave us something new and valid (gossip, sync blocks).
+        self.last_useful = self.connected_at
+        #: Our ``Blocks`` answer to this peer while it waits in the send queue.
+        self.answering: bytes | None = None
+        #: Addresses this connection has added to our address book.
+        self.addresses_added = 0
 
     @property
     def key(self) -> str:
@@ -114,7 +159,12 @@ class Peer:
         return True
 
     async def writer(self) -> None:
-        """Send queued frames until the connection closes."""
-        while not self.conn.closed:
-            frame = await self.queue.get()
-            await self.conn.send(frame)
+        """Send queued frames until the connection closes; a failed send closes it."""
+        try:
+            while not self.conn.closed:
+                frame = await self.queue.get()
+                await self.conn.send(frame)
+                if frame is self.answering:
+                    self.answering = None
+        except TransportError as exc:
+            await self.conn.close(str(exc))

@@ -12,18 +12,31 @@ import contextlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 from fedcoin.application.chain_link import ChainLink
 from fedcoin.consensus.chain import Chain
 from fedcoin.consensus.rules import build_block
 from fedcoin.data.block import Block
 from fedcoin.data.genesis import Genesis
+from fedcoin.data.keys import TAG_HELLO
 from fedcoin.data.store import MemoryChainStore
 from fedcoin.data.tx import Transaction, Transfer, make_tx
 from fedcoin.errors import Ignore, Reject
-from fedcoin.network.messages import BlockMessage, Message, TxMessage
+from fedcoin.network.messages import (
+    PROTOCOL_VERSION,
+    Auth,
+    BlockMessage,
+    Hello,
+    Message,
+    TxMessage,
+    auth_digest,
+    decode_message,
+    encode_message,
+)
 from fedcoin.network.node import NetConfig, Notifier, P2PNode
 from fedcoin.network.peers import PeerLimits
+from fedcoin.network.transport import TransportError, WebSocketConnection, connect
 from tests.helpers import CHAIN_ID, TableVerifier, key, make_genesis
 
 TIMEOUT = 20.0
@@ -40,6 +53,7 @@ class NetNode:
         max_message_bytes: int = 4 * 1024 * 1024,
         bootstrap: Sequence[str] = (),
         discover: bool = False,
+        **config: Any,
     ) -> None:
         self.name = name
         self.key = key(f"node-{name}")
@@ -54,6 +68,7 @@ class NetNode:
             discover=discover,
             max_message_bytes=max_message_bytes,
             limits=limits or PeerLimits(),
+            **config,
         )
         self.p2p = P2PNode(config, self.link, self.key, notifier=notifier)
         self.txs: Counter[bytes] = Counter()
@@ -147,3 +162,35 @@ class Network:
 
 def other_genesis(genesis: Genesis) -> Genesis:
     return replace(genesis, chain_id=genesis.chain_id + "-other")
+
+
+async def handshake_as(
+    address: str, name: str, genesis: Genesis, *, listen: str = "", max_bytes: int = 1 << 22
+) -> WebSocketConnection:
+    """A hand-driven peer: dial ``address``, Hello (advertising ``listen``) and Auth as
+    ``name``. The node may refuse us: then reading the connection soon returns None."""
+    conn = await connect(address, max_bytes=max_bytes, timeout=5, send_timeout=5)
+    me = key(name)
+    head = genesis.block().hash
+    hello = Hello(
+        PROTOCOL_VERSION, genesis.chain_id, head, me.public, listen, head, 0, 0, b"\5" * 32
+    )
+    await conn.send(encode_message(hello))
+    first = await conn.recv()
+    assert first is not None  # the node's own Hello
+    theirs = decode_message(first, 1 << 26)
+    assert isinstance(theirs, Hello)
+    with contextlib.suppress(TransportError):  # a node that refused us may be gone already
+        await conn.send(
+            encode_message(Auth(me.sign(TAG_HELLO, auth_digest(theirs.nonce, me.public))))
+        )
+    return conn
+
+
+async def read_until_closed(conn: WebSocketConnection) -> list[Message]:
+    """Every message the node sends until it hangs up on us; then release our side."""
+    got = []
+    while (frame := await conn.recv()) is not None:
+        got.append(decode_message(frame, 1 << 26))
+    await conn.close()
+    return got
