@@ -4,6 +4,7 @@
     genesis  write a genesis file from allocations and parameters
     full     run a full node (miner): chain, P2P, HTTP API, PoSap mining
     light    run a lightweight FL server: train clients, submit rounds, report SVs and payouts
+    bundle   make a task's model bundle (.keras) and dataset blob (.npz) for publish-task
     simulate N miners, one FL server and K clients in one process, with a report and plots
     balance, transfer, publish-task, close-task, task   wallet commands against a node's API
     demo     a small ledger demo on a SQLite file
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import signal
@@ -27,6 +27,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from fedcoin.application.bundle import add_bundle_parser, cmd_bundle
+from fedcoin.application.light import add_light_arguments
 from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT, ChainParams, Genesis
 from fedcoin.data.keys import PrivateKey, format_address, parse_address
 from fedcoin.errors import FedCoinError
@@ -136,33 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("light", help="run a lightweight FL server against a full node")
-    p.add_argument("--node", default=DEFAULT_NODE, help="full node API URL (default %(default)s)")
-    p.add_argument(
-        "--key",
-        type=Path,
-        default=default_home() / "server.pem",
-        help="FL server key (default %(default)s)",
-    )
-    p.add_argument("--task-id", help="join this task (hex) instead of publishing one")
-    p.add_argument("--rounds", type=int, default=3, help="rounds to publish (default %(default)s)")
-    p.add_argument(
-        "--price", type=fc_amount, default=fc_amount("10"), help="FC per round (default 10)"
-    )
-    p.add_argument(
-        "--clients", type=int, default=4, help="in-process clients (default %(default)s)"
-    )
-    p.add_argument("--noisy", type=int, default=0, help="clients with noisy labels")
-    p.add_argument("--free-riders", type=int, default=0, help="clients that train nothing")
-    p.add_argument("--non-iid", type=float, metavar="ALPHA", help="Dirichlet non-IID shards")
-    p.add_argument(
-        "--epochs", type=int, default=2, help="local epochs per round (default %(default)s)"
-    )
-    p.add_argument(
-        "--dataset", choices=["digits", "mnist"], default="digits", help="(default %(default)s)"
-    )
-    p.add_argument("--mnist-path", type=Path, help="local mnist.npz for --dataset mnist")
-    p.add_argument("--ipfs-api", help="also add every blob to this IPFS daemon")
-    p.add_argument("--seed", type=int, default=0, help="data split and training seed")
+    add_light_arguments(p, default_home(), DEFAULT_NODE, fc_amount)
+    add_bundle_parser(sub)
 
     p = sub.add_parser(
         "simulate",
@@ -230,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--amount", type=fc_amount, required=True, help="FC to send, up to 6 decimals")
     w.add_argument("--fee", type=fc_amount, help="fee in FC (default: none)")
     w.add_argument("--wait", action="store_true", help="wait until a block includes it")
+    w.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits (120)")
     w = wallet(
         "publish-task", "escrow a budget for an FL task (digits MLP and validation set by default)"
     )
@@ -337,31 +315,9 @@ def cmd_full(args: argparse.Namespace) -> int:
 
 
 def cmd_light(args: argparse.Namespace) -> int:
-    from fedcoin.application.datasets import load_task_data, make_clients
-    from fedcoin.application.fl_server import FLServer, FLServerConfig
-    from fedcoin.application.training import build_mlp
+    from fedcoin.application.light import run_light
 
-    train, val = load_task_data(args.dataset, args.mnist_path, args.seed)
-    shards = make_clients(
-        train, clients=args.clients, noisy=args.noisy, free_riders=args.free_riders,
-        non_iid_alpha=args.non_iid, seed=args.seed,
-    )  # fmt: skip
-    key = load_or_create_key(args.key)
-    client_keys = [
-        PrivateKey.from_seed(hashlib.sha256(b"fedcoin/client" + key.public + bytes([i])).digest())
-        for i in range(args.clients)
-    ]
-    arch, initial = build_mlp(train.x.shape[1], train.classes, seed=args.seed)
-    config = FLServerConfig(
-        key=key, node_url=args.node, architecture=arch, initial_weights=initial, validation=val,
-        shards=shards, client_keys=client_keys, rounds=args.rounds, price_per_round=args.price,
-        epochs=args.epochs, task_id=bytes.fromhex(args.task_id) if args.task_id else None,
-        ipfs_api=args.ipfs_api, seed=args.seed, progress=sys.stderr.isatty(),
-    )  # fmt: skip
-    reports = asyncio.run(FLServer(config).run())
-    for r in reports:
-        print(f"round {r.round}: accuracy {r.accuracy:.3f}, SV {r.sv}, paid {r.paid}")
-    return 0
+    return run_light(args)
 
 
 def task_id_arg(text: str) -> bytes:
@@ -422,7 +378,10 @@ async def _wallet(args: argparse.Namespace) -> int:
             raise FedCoinError(str(exc)) from None
         print(f"submitted {tx.kind_name} {tx.id.hex()}")
         if getattr(args, "wait", False):
+            deadline = asyncio.get_running_loop().time() + args.timeout
             while (await node.account(key.address))["nonce"] <= tx.nonce:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise FedCoinError(f"not included in a block after {args.timeout:g} s")
                 await asyncio.sleep(0.2)  # polling the node's HTTP API
             print("included in a block")
         return 0
@@ -498,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "keygen": cmd_keygen, "genesis": cmd_genesis, "full": cmd_full, "light": cmd_light,
-        "simulate": cmd_simulate,
+        "simulate": cmd_simulate, "bundle": cmd_bundle,
     }  # fmt: skip
     for name in ("balance", "transfer", "publish-task", "close-task", "task"):
         commands[name] = lambda a: asyncio.run(_wallet(a))

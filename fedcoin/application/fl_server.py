@@ -15,6 +15,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,10 +23,19 @@ import numpy as np
 
 from fedcoin.application.api import ref_from_json
 from fedcoin.application.content import IpfsClient
-from fedcoin.application.datasets import ClientShard, Dataset
+from fedcoin.application.datasets import ClientShard, Dataset, from_arrays
+from fedcoin.application.task_file import load_task_id, save_task_id
 from fedcoin.consensus.utility import fedavg
+from fedcoin.data.genesis import UNIT
 from fedcoin.data.keys import PrivateKey, format_address
-from fedcoin.data.tensors import encode_bundle, encode_dataset, encode_weights, weights_of
+from fedcoin.data.tensors import (
+    decode_bundle,
+    decode_dataset,
+    encode_bundle,
+    encode_dataset,
+    encode_weights,
+    weights_of,
+)
 from fedcoin.data.tx import (
     DEFAULT_POSAP,
     ClientUpdate,
@@ -41,6 +51,8 @@ from fedcoin.data.tx import (
 from fedcoin.errors import ConfigError, ContentMismatch, FedCoinError
 
 log = logging.getLogger("fedcoin.fl")
+RESUME_TIMEOUT = 30.0
+"""Seconds to wait for a joined or saved task to show up on the node's chain."""
 
 
 class NodeError(FedCoinError):
@@ -133,12 +145,12 @@ class FLServerConfig:
     """The FL server's key (it also publishes the task when no task id is given)."""
     node_url: str
     """The full node's HTTP API."""
-    architecture: str
-    """Keras architecture JSON of the task's model."""
-    initial_weights: list[np.ndarray]
-    """Round 1's starting point."""
-    validation: Dataset
-    """Published with the task; defines U(S)."""
+    architecture: str | None
+    """Keras architecture JSON of the model to publish (a joined task brings its own)."""
+    initial_weights: list[np.ndarray] | None
+    """Round 1's starting point of a task to publish."""
+    validation: Dataset | None
+    """Published with the task; defines U(S) (a joined task brings its own)."""
     shards: Sequence[ClientShard]
     """The in-process clients' data and kinds."""
     client_keys: Sequence[PrivateKey]
@@ -148,16 +160,27 @@ class FLServerConfig:
     epochs: int = 2
     split_bps: tuple[int, int, int] = (7000, 1000, 2000)
     posap: PosapParams = DEFAULT_POSAP
-    deadline_blocks: int = 10_000
+    deadline_blocks: int | None = None
+    """Blocks from publication to the deadline; default ``default_deadline_blocks(rounds)``."""
     task_id: bytes | None = None
     """Join this task instead of publishing one."""
+    task_file: Path | None = None
+    """Where the task id is kept: a restarted server resumes that task instead of publishing."""
     ipfs_api: str | None = None
     settle_timeout: float = 300.0
+    """Seconds any one wait (inclusion, settlement) may take before it fails."""
     seed: int = 0
     on_round: Callable[[RoundReport], None] | None = None
     chain_id: str = field(default="")
     progress: bool = False
     """Show progress bars for training and for waiting on settlement (the CLI turns it on)."""
+
+
+def default_deadline_blocks(rounds: int) -> int:
+    """100 blocks per round and 100 spare: a round takes a few blocks (its submission, the
+    shares, the settling block), so this leaves room for a busy chain without locking the
+    escrow for long when the FL server goes away (``close-task`` refunds after the deadline)."""
+    return 100 * rounds + 100
 
 
 class FLServer:
@@ -166,7 +189,11 @@ class FLServer:
             raise ConfigError("one key per client")
         self.config = config
         self.reports: list[RoundReport] = []
-        self.task_id: bytes | None = config.task_id
+        self.task_id: bytes | None = config.task_id or load_task_id(config.task_file)
+        self.resumed = self.task_id is not None
+        """The task was given or saved, not published by this run."""
+        self.architecture = config.architecture
+        self.validation = config.validation
         self.ipfs = IpfsClient(config.ipfs_api) if config.ipfs_api else None
         self.bar: Any = None
 
@@ -202,10 +229,20 @@ class FLServer:
         async with NodeClient(cfg.node_url) as node:
             status = await node.status()
             chain_id = cfg.chain_id or status["chain_id"]
-            trainer = await asyncio.to_thread(Trainer, cfg.architecture)
             if self.task_id is None:
+                if self.architecture is None or cfg.initial_weights is None:
+                    raise ConfigError("no task to join and no model to publish")
                 self.task_id = await self._publish(node, chain_id, status["height"])
-            task = await self._wait(node, lambda t: True, "the task to appear")
+                save_task_id(cfg.task_file, self.task_id)
+            task = await self._wait(
+                node, lambda t: True, f"task {self.task_id.hex()} to be on the chain", resumed=True
+            )
+            await self._adopt(node, task)
+            save_task_id(cfg.task_file, self.task_id)
+            assert self.architecture is not None
+            trainer = await asyncio.to_thread(Trainer, self.architecture)
+            trainer.check_inputs([shard.data for shard in cfg.shards])
+            await self._finish_pending(node, trainer, task)
             for r in range(task["rounds_done"] + 1, task["spec"]["rounds"] + 1):
                 current = await node.get_content(ref_from_json(task["global_model"]))
                 global_weights = weights_of(current)
@@ -216,23 +253,57 @@ class FLServer:
                 task = await node.task(self.task_id)
         return self.reports
 
+    async def _finish_pending(self, node: NodeClient, trainer: Any, task: dict[str, Any]) -> None:
+        """A resumed task's last round may be submitted but not settled: report it first."""
+        rounds = task.get("rounds") or []
+        if not rounds or rounds[-1]["settled"]:
+            return
+        entry = rounds[-1]
+        weights = weights_of(await node.get_content(ref_from_json(entry["global_model"])))
+        accuracy = await asyncio.to_thread(trainer.accuracy, weights, self.validation)
+        report = await self._settled(node, int(entry["round"]), accuracy)
+        self.reports.append(report)
+        if self.config.on_round is not None:
+            self.config.on_round(report)
+
+    async def _adopt(self, node: NodeClient, task: dict[str, Any]) -> None:
+        """Train the task's own model on its own validation set (a joined task brings both)."""
+        assert self.task_id is not None
+        server = format_address(self.config.key.address)
+        if task["spec"]["server"] != server:
+            raise ConfigError(
+                f"task {self.task_id.hex()} names FL server {task['spec']['server']}, "
+                f"but this key is {server}"
+            )
+        if task["status"] != "open":
+            log.info("task %s is %s: no round left to train", self.task_id.hex(), task["status"])
+        bundle = await node.get_content(ref_from_json(task["spec"]["model"]))
+        self.architecture = decode_bundle(bundle)[0]
+        x, y = decode_dataset(await node.get_content(ref_from_json(task["spec"]["validation"])))
+        self.validation = from_arrays(x, y)
+
     async def _publish(self, node: NodeClient, chain_id: str, height: int) -> bytes:
         cfg = self.config
-        model = await self._store(node, encode_bundle(cfg.architecture, cfg.initial_weights))
-        validation = await self._store(node, encode_dataset(cfg.validation.x, cfg.validation.y))
+        assert self.architecture is not None and cfg.initial_weights is not None
+        if self.validation is None:
+            raise ConfigError("a task to publish needs a validation set")
+        model = await self._store(node, encode_bundle(self.architecture, cfg.initial_weights))
+        validation = await self._store(node, encode_dataset(self.validation.x, self.validation.y))
+        deadline = cfg.deadline_blocks or default_deadline_blocks(cfg.rounds)
         n = len(cfg.shards)
         spec = TaskSpec(
             name="fedcoin-task", model=model, validation=validation, server=cfg.key.address,
             rounds=cfg.rounds, price_per_round=cfg.price_per_round, split_bps=cfg.split_bps,
-            min_clients=1, max_clients=max(n, 1), deadline_height=height + cfg.deadline_blocks,
+            min_clients=1, max_clients=max(n, 1), deadline_height=height + deadline,
             posap=cfg.posap,
         )  # fmt: skip
         tx = await node.send(cfg.key, chain_id, PublishTask(spec))
         log.info(
-            "published task %s: %d rounds at %d units",
-            tx.id.hex()[:12],
+            "published task %s: %d rounds at %s FC, deadline at height %d",
+            tx.id.hex(),
             cfg.rounds,
-            cfg.price_per_round,
+            fc_text(cfg.price_per_round),
+            height + deadline,
         )
         return tx.id
 
@@ -263,8 +334,13 @@ class FLServer:
         new_global = fedavg(client_weights, [u.samples for u in updates])
         global_ref = await self._store(node, encode_weights(new_global))
         await node.send(cfg.key, chain_id, SubmitRound(self.task_id, r, tuple(updates), global_ref))
-        accuracy = await asyncio.to_thread(trainer.accuracy, new_global, cfg.validation)
+        assert self.validation is not None
+        accuracy = await asyncio.to_thread(trainer.accuracy, new_global, self.validation)
         log.info("round %d submitted: %d clients, global accuracy %.3f", r, len(updates), accuracy)
+        return await self._settled(node, r, accuracy)
+
+    async def _settled(self, node: NodeClient, r: int, accuracy: float) -> RoundReport:
+        """Wait for round ``r`` to settle and report its Shapley values and payouts."""
         waiting = self._step(f"round {r}: waiting for miners to value and settle it", None)
         task = await self._wait(
             node,
@@ -281,19 +357,26 @@ class FLServer:
             refund=payout["refund"], voided=payout["voided"], block_height=entry["settled_height"],
         )  # fmt: skip
         log.info(
-            "round %d settled at height %d: SV %s, paid %s",
+            "round %d settled at height %d: SV %s, paid %s FC",
             r,
             report.block_height,
             report.sv,
-            report.paid,
+            ", ".join(fc_text(p) for p in report.paid),
         )
         return report
 
     async def _wait(
-        self, node: NodeClient, done: Callable[[dict[str, Any]], bool], what: str
+        self,
+        node: NodeClient,
+        done: Callable[[dict[str, Any]], bool],
+        what: str,
+        resumed: bool = False,
     ) -> dict[str, Any]:
         assert self.task_id is not None
-        deadline = asyncio.get_running_loop().time() + self.config.settle_timeout
+        timeout = self.config.settle_timeout
+        if resumed and self.resumed:  # a saved task the node does not know: say so quickly
+            timeout = min(timeout, RESUME_TIMEOUT)
+        deadline = asyncio.get_running_loop().time() + timeout
         delay = 0.05
         while True:
             try:
@@ -304,6 +387,12 @@ class FLServer:
                 if "no task" not in str(exc):
                     raise
             if asyncio.get_running_loop().time() > deadline:
-                raise NodeError(f"timed out waiting for {what}")
+                hint = " (another network? --new-task publishes anew)" if resumed else ""
+                raise NodeError(f"timed out after {timeout:.0f} s waiting for {what}{hint}")
             await asyncio.sleep(delay)  # polling a remote HTTP API: there is no event to wait on
             delay = min(delay * 1.5, 1.0)
+
+
+def fc_text(units: int) -> str:
+    """Base units as FC with all six decimals, exactly."""
+    return f"{units // UNIT}.{units % UNIT:06d}"

@@ -15,9 +15,11 @@ import numpy as np
 
 from fedcoin.application.datasets import ClientKind, ClientShard, Dataset
 from fedcoin.consensus.utility import Weights
+from fedcoin.errors import ConfigError
 
 
-def _keras() -> Any:
+def keras_module() -> Any:
+    """Keras, imported on first use (TensorFlow costs seconds and ~0.5 GB per process)."""
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -28,7 +30,7 @@ def _keras() -> Any:
 
 def build_mlp(input_dim: int, classes: int, hidden: int = 32, seed: int = 0) -> tuple[str, Weights]:
     """A tiny MLP bundle: (architecture JSON, initial weights)."""
-    keras = _keras()
+    keras = keras_module()
     init = keras.initializers.GlorotUniform(seed=seed)
     model = keras.Sequential(
         [
@@ -44,7 +46,7 @@ def build_mlp(input_dim: int, classes: int, hidden: int = 32, seed: int = 0) -> 
 
 def build_cnn(side: int, classes: int, filters: int = 8, seed: int = 0) -> tuple[str, Weights]:
     """A tiny CNN bundle for ``side × side`` grey images given as flat vectors."""
-    keras = _keras()
+    keras = keras_module()
     first = keras.initializers.GlorotUniform(seed=seed)
     second = keras.initializers.GlorotUniform(seed=seed + 1)
     model = keras.Sequential(
@@ -65,7 +67,7 @@ class Trainer:
     """Trains one architecture for many clients; one Keras model per process, reused."""
 
     def __init__(self, architecture_json: str, learning_rate: float = 0.2, batch_size: int = 32):
-        keras = _keras()
+        keras = keras_module()
         self.model = keras.models.model_from_json(architecture_json)
         self.model.compile(
             optimizer=keras.optimizers.SGD(learning_rate=learning_rate),
@@ -91,6 +93,17 @@ class Trainer:
         if shard.kind == ClientKind.FREE_RIDER:
             return [w.copy() for w in global_weights]
         return self.train(global_weights, shard.data, epochs, seed)
+
+    def check_inputs(self, datasets: list[Dataset]) -> None:
+        """Every data set fits the model's input, or a clear error before any training."""
+        expected = tuple(int(d) for d in self.model.input_shape[1:])
+        for data in datasets:
+            got = tuple(data.x.shape[1:])
+            if got != expected:
+                raise ConfigError(
+                    f"the task's model takes inputs of shape {expected}, the clients' data has "
+                    f"{got} (give --data an .npz that matches the task's model)"
+                )
 
     def accuracy(self, weights: Weights, data: Dataset) -> float:
         self.model.set_weights(weights)

@@ -110,7 +110,8 @@ def test_full_and_light_nodes_end_to_end(tmp_path: Path) -> None:
     with running_node(tmp_path) as address:
         light = fedcoin(
             "light", "--node", f"http://{address}", "--key", "server.pem",
-            "--rounds", "1", "--clients", "3", "--epochs", "1", cwd=tmp_path, timeout=300,
+            "--rounds", "1", "--clients", "3", "--epochs", "1", "--data-dir", "light",
+            cwd=tmp_path, timeout=300,
         )  # fmt: skip
         assert light.returncode == 0, light.stderr[-2000:]
         assert re.search(r"round 1: accuracy [0-9.]+, SV \[", light.stdout)
