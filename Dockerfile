@@ -22,8 +22,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # The data folders are writable by any user (sticky, like /tmp), so a named volume works
 # both for the image's own user and for `--user "$(id -u):$(id -g)"`.
 RUN useradd --create-home --uid 10001 fedcoin \
-    && mkdir -p /data/node /data/shared \
-    && chmod 1777 /data /data/node /data/shared
+    && mkdir -p /data/node /data/light /data/shared \
+    && chmod 1777 /data /data/node /data/light /data/shared
 WORKDIR /opt/fedcoin
 COPY pyproject.toml README.md ./
 

@@ -354,7 +354,8 @@ def test_compose_network_runs_and_the_fl_server_resumes(
         tasks = get_json(f"{urls[0]}/tasks")
         assert [t["id"] for t in tasks] == [first[0]["id"]] == [done[0]["id"]]
         logs = up.compose(REPO, project, "logs", "--no-color", "fl-server").stdout
-        assert "published task" in logs and logs.count("published task") == 1, logs[-3000:]
+        assert logs.count("published task") == 1, logs[-3000:]
+        assert f"resuming task {first[0]['id']}" in logs, logs[-3000:]
         server = up.compose(REPO, project, "ps", "-q", "fl-server").stdout.split()
         wait_for(
             "the FL server to exit",
