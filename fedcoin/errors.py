@@ -326,3 +326,52 @@ class SmallOrderKey(DecodeError):
 class TooManyObjects(DecodeError):
     """An input whose decoded form would hold more objects, or nest deeper, than its type allows
     (bounds memory before a rule runs)."""
+
+
+# --- BFT consensus: votes, certificates, evidence, the private validator --------------------
+class VoteError(RuleViolation):
+    """A vote, a proposal, a commit certificate or a piece of evidence breaks a rule."""
+
+
+class BadVoteSignature(VoteError):
+    """a vote or proposal must be signed by its validator for this chain"""
+
+
+class UnknownValidator(VoteError):
+    """the signer must be a member of the height's validator set"""
+
+
+class InvalidVote(VoteError):
+    """a vote or proposal must be well formed (known type, pol_round in [-1, round))"""
+
+
+class CertificateMismatch(VoteError):
+    """a commit certificate must be for the expected height and block"""
+
+
+class CertificateNotCanonical(VoteError):
+    """a certificate's signatures are sorted by validator key, one per validator"""
+
+
+class InsufficientPower(VoteError):
+    """a certificate needs precommits from more than 2/3 of the set's power"""
+
+
+class NotEquivocation(VoteError):
+    """evidence is two votes of one validator, same height, round and type, different blocks"""
+
+
+class EvidenceTooOld(VoteError):
+    """evidence must be at most evidence_max_age blocks old"""
+
+
+class InvalidValidatorSet(VoteError):
+    """a validator set has distinct members, positive powers and a bounded total power"""
+
+
+class DoubleSignRefused(FedCoinError):
+    """The private validator refuses to sign: it already signed something conflicting."""
+
+
+class PrivValStateError(FedCoinError):
+    """The private validator's state file is unreadable or corrupt: a person must look."""
