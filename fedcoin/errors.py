@@ -375,3 +375,76 @@ class DoubleSignRefused(FedCoinError):
 
 class PrivValStateError(FedCoinError):
     """The private validator's state file is unreadable or corrupt: a person must look."""
+
+
+# --- node hardening: mempool bounds, round content shapes -----------------------------------
+class MempoolFull(FedCoinError):
+    """The mempool holds as many transactions as it may and the new one does not pay more."""
+
+    def __init__(self, **details: Any) -> None:
+        self.details = details
+        extra = ", ".join(f"{k}={_short(v)}" for k, v in details.items())
+        super().__init__(
+            f"{type(self).__name__}: {type(self).__doc__}" + f" ({extra})" * bool(extra)
+        )
+
+
+class StartupError(FedCoinError):
+    """A node or network could not start: a port in use, a daemon down, peers unreachable."""
+
+
+class SenderQueueFull(MempoolFull):
+    """The sender has as many pending transactions as one sender may."""
+
+
+class WrongTensorShapes(ContractError):
+    """client updates and the global model must have the task model's tensor shapes and dtypes"""
+
+
+class TooManyShares(ShareError):
+    """a PoSap section may carry at most MAX_SHARES shares"""
+
+
+# --- the exact evaluator (evaluator v1, DESIGN §5) -------------------------------------------
+class EvaluatorError(ContractError):
+    """A model bundle, update or validation set the exact evaluator cannot take."""
+
+
+class UnsupportedArchitecture(EvaluatorError):
+    """the architecture must be a Keras Sequential JSON with a known input shape"""
+
+
+class UnsupportedLayer(EvaluatorError):
+    """every layer must be one the exact evaluator supports"""
+
+
+class UnsupportedActivation(EvaluatorError):
+    """hidden layers use relu or linear; softmax or a single sigmoid output only on the last"""
+
+
+class BadLayerConfig(EvaluatorError):
+    """every layer's configuration must be well formed and fit its input shape"""
+
+
+class ModelTooLarge(EvaluatorError):
+    """the model must stay within the evaluator's layer, width and parameter limits"""
+
+
+class WeightShapeMismatch(EvaluatorError):
+    """the weights must be float32 tensors with the architecture's shapes, in layer order"""
+
+
+class WeightOutOfRange(EvaluatorError):
+    """every weight must be finite with |rint(w·2^F_w)| <= W_MAX"""
+
+
+class BadValidationSet(EvaluatorError):
+    """the validation set must be float32 inputs of the model's shape and labels it can score"""
+
+
+class InputOutOfRange(EvaluatorError):
+    """every validation input must be finite with |rint(x·2^F_x)| <= X_MAX"""
+
+
+class AccumulatorBoundExceeded(EvaluatorError):
+    """every weight layer's accumulator bound B must stay below 2^62"""

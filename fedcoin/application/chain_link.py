@@ -2,11 +2,9 @@
 
 It shows the chain to the network (``ChainView``: head, locator, blocks after a locator) and
 is the handler for gossiped and synced blocks: every block, from gossip or from sync, is
-imported through ``Chain.import_block``, one at a time: off the event loop when it
-carries PoSap shares to verify (coalition evaluations), inline otherwise (a transaction
-block validates in well under a millisecond; a thread hand-off costs more than it saves).
-Rule violations become ``Reject`` (the peer is penalised), an unknown parent becomes
-``NeedsSync``, a known block ``Ignore``.
+imported through ``Chain.import_block``, one at a time, off the event loop. Rule violations
+become ``Reject`` (the peer is penalised), as does any unexpected error checking the block
+(logged with its traceback); an unknown parent becomes ``NeedsSync``, a known block ``Ignore``.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from fedcoin.consensus.rules import Applied
 from fedcoin.data.block import Block
 from fedcoin.errors import (
     ContentMissing,
+    FedCoinError,
     Ignore,
     NeedsSync,
     Reject,
@@ -37,13 +36,21 @@ def wall_clock_ms() -> int:
 
 
 class ChainLink:
-    def __init__(self, chain: Chain, clock_ms: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(
+        self,
+        chain: Chain,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        *,
+        prepare: Callable[[Block], Awaitable[None]] | None = None,
+        on_imported: Sequence[Callable[[Block, ImportResult], None]] = (),
+    ) -> None:
+        """``prepare`` fetches what a block's validation will read (weights, datasets) before
+        importing it; ``on_imported`` callbacks hear of every block stored."""
         self.chain = chain
         self.clock_ms = clock_ms
         self.lock = asyncio.Lock()
-        self.on_imported: list[Callable[[Block, ImportResult], None]] = []
-        #: Fetches what a block's validation will read (weights, datasets) before importing.
-        self.prepare: Callable[[Block], Awaitable[None]] | None = None
+        self.prepare = prepare
+        self.on_imported = tuple(on_imported)
 
     # ChainView ----------------------------------------------------------------------------
     def status(self) -> tuple[bytes, int, int]:
@@ -108,5 +115,12 @@ class ChainLink:
             raise NeedsSync(f"parent of {message.block.hash.hex()[:12]} unknown") from None
         except RuleViolation as exc:
             raise Reject(str(exc)) from None
+        except FedCoinError:
+            raise
+        except Exception as exc:
+            # Consensus code ran numpy and codecs on the peer's content and failed in a way no
+            # rule names: the block is not one we can accept, and the peer sent it.
+            log.exception("block %s could not be checked", message.block.hash.hex()[:12])
+            raise Reject(f"block could not be checked: {type(exc).__name__}: {exc}") from None
         if result.outcome is Imported.KNOWN:
             raise Ignore("known block")

@@ -29,7 +29,7 @@ from fedcoin.consensus.shapley import SV_SCALE
 from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT, Genesis
 from fedcoin.data.keys import PrivateKey, format_address
 from fedcoin.data.tx import DEFAULT_POSAP
-from fedcoin.errors import ConfigError
+from fedcoin.errors import ConfigError, StartupError
 from fedcoin.network.node import Notifier
 
 
@@ -48,6 +48,8 @@ class SimConfig:
     mnist_path: Path | None = None
     out: Path = Path("out")
     data_dir: Path | None = None
+    connect_seconds: float = 30.0
+    """How long the miners may take to find a peer each before the simulation gives up."""
     share_window_ms: int = 500
     min_block_interval_ms: int = 300
 
@@ -100,11 +102,19 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
             for i, key in enumerate(miner_keys):
                 config = FullNodeConfig(
                     data_dir=root / f"miner{i}", genesis=genesis, key=key, notifier=notifier,
-                    bootstrap=(nodes[0].address,) if nodes else (),
+                    bootstrap=(nodes[(i - 1) // 2].address,) if nodes else (),
                 )  # fmt: skip
                 nodes.append(await stack.enter_async_context(FullNode(config)))
             want = min(cfg.miners - 1, 1)
-            await notifier.wait_for(lambda: all(len(n.p2p.peers) >= want for n in nodes), 30)
+            try:
+                await notifier.wait_for(
+                    lambda: all(len(n.p2p.peers) >= want for n in nodes), cfg.connect_seconds
+                )
+            except TimeoutError:
+                alone = sum(len(n.p2p.peers) < want for n in nodes)
+                raise StartupError(
+                    f"{alone} of {cfg.miners} miners had no peer after {cfg.connect_seconds:g} s"
+                ) from None
             console.print(f"miners up on {', '.join(n.address for n in nodes)}")
 
             def on_round(r: RoundReport) -> None:

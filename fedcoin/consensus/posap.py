@@ -25,6 +25,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
+
 from fedcoin.consensus.aggregate import aggregate_estimates
 from fedcoin.consensus.shapley import (
     ESTIMATOR_EXACT,
@@ -51,10 +53,12 @@ from fedcoin.errors import (
     ScheduleMismatch,
     ShareContentUnavailable,
     TableEntryMismatch,
+    WrongTensorShapes,
 )
 
 SEED_TAG = b"fedcoin/posap/seed"
 SPOT_TAG = b"fedcoin/posap/spot"
+ROUNDS_REMEMBERED = 64
 
 
 class Game(Protocol):
@@ -126,6 +130,11 @@ def verify_share(
             raise TableEntryMismatch(mask=mask, claimed=value, evaluated=real)
 
 
+def layout(weights: Sequence[np.ndarray]) -> list[tuple[tuple[int, ...], str]]:
+    """Each tensor's shape and dtype, in order: what two models must share to be averaged."""
+    return [(tuple(a.shape), a.dtype.str) for a in weights]
+
+
 def aggregate_shares(shares: Sequence[Share]) -> tuple[int, ...]:
     """The round's consensus SV: coordinate-wise median of the shares' estimates."""
     return aggregate_estimates([s.estimate for s in shares])
@@ -139,6 +148,7 @@ class PosapVerifier:
         self.content = content
         self.games: OrderedDict[bytes, CoalitionGame] = OrderedDict()
         self.cache_games = cache_games
+        self.rounds_ok: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()  # games are built and looked up from worker threads
 
     def _blob(self, ref: ContentRef, missing: type[RuleViolation]) -> bytes:
@@ -148,15 +158,34 @@ class PosapVerifier:
         return data
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
+        """Shapes, dtypes and FedAvg of a round; a round that passed is remembered, so the
+        node can check it off the event loop first and the mempool's re-checks cost nothing."""
+        key = hashlib.sha256(task.spec.model.sha256 + round_.encode()).digest()
+        with self._lock:
+            if key in self.rounds_ok:
+                self.rounds_ok.move_to_end(key)
+                return
+        self._check_round(task, round_)
+        with self._lock:
+            self.rounds_ok[key] = None
+            while len(self.rounds_ok) > ROUNDS_REMEMBERED:
+                self.rounds_ok.popitem(last=False)
+
+    def _check_round(self, task: TaskState, round_: SubmitRound) -> None:
         miss = RoundContentUnavailable
         try:
             clients = [weights_of(self._blob(u.weights, miss)) for u in round_.updates]
             global_model = weights_of(self._blob(round_.global_model, miss))
+            reference = weights_of(self._blob(task.spec.model, miss))
         except DecodeError as exc:
             raise NotFedAvg(reason=f"undecodable weights: {exc}") from None
-        reference = weights_of(self._blob(task.spec.model, miss))
-        if not all(len(c) == len(reference) for c in clients):
-            raise NotFedAvg(reason="a client's weights do not fit the task's model")
+        # Every client update and the global model fit the task's model: same tensors, same
+        # shapes, same dtypes (else no coalition of them can be evaluated)
+        expected = layout(reference)
+        for index, weights in enumerate([*clients, global_model]):
+            if layout(weights) != expected:
+                which = f"client {index}" if index < len(clients) else "global model"
+                raise WrongTensorShapes(which=which, expected=expected, got=layout(weights))
         # The global model is the FedAvg of the updates
         if not is_fedavg(global_model, clients, [u.samples for u in round_.updates]):
             raise NotFedAvg(round=round_.round)
@@ -179,9 +208,15 @@ class PosapVerifier:
             clients = [weights_of(self._blob(u.weights, miss)) for u in sv_task.updates]
         except DecodeError as exc:
             raise ShareContentUnavailable(reason=f"undecodable content: {exc}") from None
-        game = CoalitionGame(
-            architecture, previous, clients, [u.samples for u in sv_task.updates], x, y
-        )
+        try:
+            game = CoalitionGame(
+                architecture, previous, clients, [u.samples for u in sv_task.updates], x, y
+            )
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            # content that passed the round's checks but still cannot form a game (e.g. a
+            # validation set that does not fit the model): no share can be made, so the
+            # round is voided after the PoSap timeout instead of stopping the miners
+            raise ShareContentUnavailable(reason=f"cannot build the game: {exc}") from None
         self.games[sv_task.sv_task_id] = game
         while len(self.games) > self.cache_games:
             self.games.popitem(last=False)

@@ -19,6 +19,7 @@ from fedcoin.consensus.transactions import TxContext, apply_transaction
 from fedcoin.contract.task import RoundChecker
 from fedcoin.data.block import (
     BLOCK_VERSION,
+    MAX_SHARES,
     Block,
     BlockHeader,
     PosapSection,
@@ -47,6 +48,7 @@ from fedcoin.errors import (
     StoreError,
     TimestampInFuture,
     TimestampNotIncreasing,
+    TooManyShares,
     TooManyTxs,
     TxError,
     TxRootMismatch,
@@ -92,6 +94,9 @@ def check_shares(
     verifier: ShareVerifier,
 ) -> None:
     """The checks every share of a settling block passes."""
+    # At most MAX_SHARES shares (the wire limit of a PoSap section)
+    if len(shares) > MAX_SHARES:
+        raise TooManyShares(count=len(shares), max=MAX_SHARES)
     miners: set[bytes] = set()
     for share in shares:
         # The share is for this SV task
@@ -109,6 +114,11 @@ def check_shares(
             raise BadShareSignature(miner=share.miner_pubkey)
         # The work itself: schedule, estimate, re-evaluated entries
         verifier.verify_share(sv_task, task, share, parent_hash)
+
+
+def select_shares(shares: Sequence[Share]) -> tuple[Share, ...]:
+    """The shares a block carries out of a pool: first ``MAX_SHARES`` by miner public key."""
+    return tuple(sorted(shares, key=lambda s: s.miner_pubkey)[:MAX_SHARES])
 
 
 def execute_block(
@@ -267,7 +277,13 @@ def build_block(
     txs: Sequence[Transaction] = (),
     posap: PosapSection | None = None,
 ) -> tuple[Block, Applied]:
-    """Make and sign the block ``key`` proposes on ``parent``; raise if it would be invalid."""
+    """Make and sign the block ``key`` proposes on ``parent``; raise if it would be invalid.
+
+    A PoSap section with more shares than a block may carry keeps the first ``MAX_SHARES`` by
+    miner public key: the same choice on every node, whatever order the shares arrived in.
+    """
+    if posap is not None and len(posap.shares) > MAX_SHARES:
+        posap = PosapSection(posap.sv_task_id, select_shares(posap.shares))
     applied = execute_block(
         state,
         parent,

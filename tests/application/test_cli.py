@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -115,3 +116,99 @@ def test_full_and_light_nodes_end_to_end(tmp_path: Path) -> None:
         )  # fmt: skip
         assert light.returncode == 0, light.stderr[-2000:]
         assert re.search(r"round 1: accuracy [0-9.]+, SV \[", light.stdout)
+
+
+def one_clear_line(result: subprocess.CompletedProcess[str], command: str, *words: str) -> None:
+    """rc != 0, and stderr is exactly one line naming the command and the problem."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"fedcoin {command}: "), lines[0]
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture
+def chain_files(tmp_path: Path) -> Path:
+    assert fedcoin("keygen", "--out", "k.pem", cwd=tmp_path).returncode == 0
+    assert fedcoin("genesis", "--out", "g.json", cwd=tmp_path).returncode == 0
+    return tmp_path
+
+
+def full(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return fedcoin("full", "--data-dir", "d", "--listen", "127.0.0.1:0", *args, cwd=tmp_path,
+                   timeout=60)  # fmt: skip
+
+
+def test_port_in_use_is_one_clear_line(chain_files: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = fedcoin("full", "--data-dir", "d", "--genesis", "g.json", "--key", "k.pem",
+                         "--listen", f"127.0.0.1:{port}", cwd=chain_files, timeout=60)  # fmt: skip
+    one_clear_line(result, "full", "cannot listen", str(port))
+
+
+def test_ipfs_daemon_down_is_one_clear_line(chain_files: Path) -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    api = f"/ip4/127.0.0.1/tcp/{port}"
+    result = full(chain_files, "--genesis", "g.json", "--key", "k.pem", "--ipfs-api", api)
+    one_clear_line(result, "full", "IPFS", api)
+
+
+@pytest.mark.parametrize(
+    ("flag", "content", "words"),
+    [
+        ("--key", "not a key\n", ("k-bad",)),
+        ("--key", None, ("k-bad",)),  # a folder: unreadable as a file
+        ("--genesis", "{corrupt", ("k-bad", "genesis")),
+        ("--genesis", None, ("k-bad", "genesis")),
+    ],
+    ids=["corrupt-key", "unreadable-key", "corrupt-genesis", "unreadable-genesis"],
+)
+def test_bad_key_or_genesis_file_is_one_clear_line(chain_files: Path, flag, content, words) -> None:
+    bad = chain_files / "k-bad"
+    if content is None:
+        bad.mkdir()
+    else:
+        bad.write_text(content)
+    others = ["--genesis", "g.json"] if flag == "--key" else ["--key", "k.pem"]
+    one_clear_line(full(chain_files, flag, "k-bad", *others), "full", *words)
+
+
+@pytest.mark.parametrize("command", ["keygen", "genesis"])
+def test_output_that_cannot_be_written_is_one_clear_line(tmp_path: Path, command: str) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    (tmp_path / "a-file").write_text("")
+    # a folder the user cannot write (root can, so also a path under a regular file)
+    targets = [locked / "out", tmp_path / "a-file" / "out"] if os.getuid() else []
+    targets.append(tmp_path / "a-file" / "out")
+    for target in targets:
+        one_clear_line(
+            fedcoin(command, "--out", str(target), cwd=tmp_path), command, "cannot write"
+        )
+
+
+def test_simulation_that_cannot_connect_is_one_clear_line(tmp_path: Path) -> None:
+    result = fedcoin("simulate", "--miners", "32", "--rounds", "1", "--connect-timeout", "0.001",
+                     "--out", "out", cwd=tmp_path, timeout=300)  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if line.startswith("fedcoin simulate:")]
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(lines) == 1 and "had no peer" in lines[0], result.stderr
+
+
+def test_advertise_flag_and_env_are_validated_and_the_flag_wins(chain_files: Path) -> None:
+    bad = full(chain_files, "--genesis", "g.json", "--key", "k.pem", "--advertise", "0.0.0.0:1")
+    assert bad.returncode == 2 and "dialable HOST:PORT" in bad.stderr
+    env_bad = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), "full", "--data-dir", "d", "--genesis", "g.json",
+         "--key", "k.pem", "--listen", "127.0.0.1:0"],
+        cwd=chain_files, env={**ENV, "FEDCOIN_ADVERTISE": "nohost"}, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+    one_clear_line(env_bad, "full", "FEDCOIN_ADVERTISE")

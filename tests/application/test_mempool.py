@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedcoin.application.mempool import Mempool, MempoolFull
+import fedcoin.application.mempool as mempool_module
+from fedcoin.application.mempool import Mempool, MempoolFull, SenderQueueFull
 from fedcoin.errors import InsufficientBalance, NonceMismatch
 from tests.helpers import (
     ALICE,
@@ -82,3 +83,73 @@ def test_drop_removes_a_transaction_and_its_successors() -> None:
         mp.add(tx, chain.state, 0, 0)
     mp.drop(txs[1].id)
     assert mp.select(10) == [txs[0]] and len(mp) == 1
+
+
+def test_a_full_pool_takes_a_richer_fee_by_evicting_the_cheapest() -> None:
+    mp, chain = pool(capacity=3)
+    cheap = [make_transfer(ALICE, BOB, 1, n) for n in range(3)]
+    for tx in cheap:
+        mp.add(tx, chain.state, 0, 0)
+    rich = make_transfer(BOB, CAROL, 1, 0, fee=10 * FC)
+    mp.add(rich, chain.state, 0, 0)
+    # Alice's last transaction made room; her run stays contiguous
+    assert rich.id in mp and cheap[2].id not in mp and len(mp) == 3
+    assert mp.select(10) == [rich, cheap[0], cheap[1]]
+    with pytest.raises(MempoolFull):  # paying no more than the cheapest does not evict
+        mp.add(make_transfer(BOB, ALICE, 1, 1), chain.state, 0, 0)
+
+
+def test_caps_pending_transactions_per_sender() -> None:
+    genesis = make_genesis()
+    mp, chain = Mempool(genesis, TableVerifier(), 100, per_sender=2), ChainBuilder(genesis)
+    mp.add(make_transfer(ALICE, BOB, 1, 0), chain.state, 0, 0)
+    mp.add(make_transfer(ALICE, BOB, 1, 1), chain.state, 0, 0)
+    with pytest.raises(SenderQueueFull):
+        mp.add(make_transfer(ALICE, BOB, 1, 2), chain.state, 0, 0)
+    mp.add(make_transfer(BOB, ALICE, 1, 0), chain.state, 0, 0)
+    assert len(mp) == 3
+
+
+def test_admission_is_linear_in_the_senders_run() -> None:
+    """Admitting the k-th transaction of one sender applies one transaction, not the k-1
+    pending before it again (today's admission replays the run: quadratic)."""
+    genesis = make_genesis()
+    mp, chain = Mempool(genesis, TableVerifier(), 10_000), ChainBuilder(genesis)
+    txs = [make_transfer(ALICE, BOB, 1, n) for n in range(2_000)]
+    for tx in txs:
+        _ = tx.id  # hash outside the timing
+    applied = 0
+    calls: list[int] = []
+    real = mempool_module.apply_transaction
+
+    def counting(*args: object, **kwargs: object) -> None:
+        nonlocal applied
+        applied += 1
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    mempool_module.apply_transaction = counting  # type: ignore[assignment]
+    try:
+        for tx in txs:
+            before = applied
+            mp.add(tx, chain.state, 0, 0, signature_checked=True)
+            calls.append(applied - before)
+    finally:
+        mempool_module.apply_transaction = real
+    assert len(mp) == 2_000 and set(calls) == {1}
+
+
+def test_a_reorg_returns_the_dropped_blocks_transactions_to_the_pool() -> None:
+    genesis = make_genesis()
+    mp, chain = Mempool(genesis, TableVerifier()), ChainBuilder(genesis)
+    fork = ChainBuilder(genesis)
+    txs = [make_transfer(ALICE, BOB, 1, n) for n in range(3)]
+    for tx in txs:
+        mp.add(tx, chain.state, 0, 0)
+    chain.add(txs[:2])
+    mp.refresh(chain.state, 1, 0, txs[:2])
+    assert mp.select(10) == [txs[2]]
+    # another branch wins without Alice's transfers: none of the three may be lost
+    other = make_transfer(BOB, CAROL, 1, 0)
+    fork.add([other])
+    mp.refresh(fork.state, 1, 0, [other])
+    assert mp.select(10) == txs

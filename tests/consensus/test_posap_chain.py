@@ -10,8 +10,9 @@ import pytest
 from fedcoin.consensus.posap import PosapVerifier, make_share
 from fedcoin.consensus.shapley import fixed_point_estimate
 from fedcoin.consensus.utility import fedavg
-from fedcoin.data.block import PosapSection
+from fedcoin.data.block import MAX_SHARES, PosapSection
 from fedcoin.data.content import MemoryContent
+from fedcoin.data.keys import PrivateKey
 from fedcoin.data.tensors import encode_bundle, encode_dataset, encode_weights
 from fedcoin.data.tx import ClientUpdate, PublishTask, SubmitRound
 from fedcoin.errors import (
@@ -20,6 +21,7 @@ from fedcoin.errors import (
     RoundContentUnavailable,
     ShareContentUnavailable,
     TableEntryMismatch,
+    WrongTensorShapes,
 )
 from tests.helpers import (
     ALICE,
@@ -56,8 +58,10 @@ def fl_round():
     return arch, initial, clients, val
 
 
-def setup_chain(fl_round, *, drop: int | None = None, bad_global: bool = False):
+def setup_chain(fl_round, *, drop: int | None = None, bad_global: bool = False, reshape=None):
     arch, initial, clients, val = fl_round
+    if reshape is not None:  # every client (hence the FedAvg) changed the same way
+        clients = [[reshape(w) for w in c] for c in clients]
     content = MemoryContent()
     model = content.put(encode_bundle(arch, initial))
     validation = content.put(encode_dataset(val.x, val.y))
@@ -140,3 +144,32 @@ def test_share_cannot_be_checked_without_content(fl_round) -> None:
     with pytest.raises(ShareContentUnavailable):
         chain.make(posap=PosapSection(sv_task.sv_task_id, (share,)))
     assert content.blobs
+
+
+@pytest.mark.parametrize(
+    "reshape",
+    [lambda w: w.reshape(-1), lambda w: w.astype(np.float64), lambda w: w[..., :1]],
+    ids=["flattened", "float64", "truncated"],
+)
+def test_round_whose_tensors_do_not_fit_the_model_is_refused(fl_round, reshape) -> None:
+    """Consistent but wrong shapes or dtypes pass FedAvg; they must not reach the SV queue,
+    where building the game would fail on every miner."""
+    chain, _, submit, _ = setup_chain(fl_round, reshape=reshape)
+    with pytest.raises(BadTxInBlock) as err:
+        chain.make([submit])
+    assert isinstance(err.value.__cause__, WrongTensorShapes)
+    assert not chain.state.queue
+
+
+def test_a_block_carries_at_most_max_shares_the_same_on_every_node(fl_round) -> None:
+    chain, verifier, submit, _ = setup_chain(fl_round)
+    miners = [PrivateKey.from_seed(bytes([i]) * 32) for i in range(MAX_SHARES + 1)]
+    sv_task, shares = queue_round(chain, verifier, submit, *miners)
+    block, _ = chain.make(posap=PosapSection(sv_task.sv_task_id, shares))
+    assert block.posap is not None
+    keep = sorted(s.miner_pubkey for s in shares)[:MAX_SHARES]
+    assert [s.miner_pubkey for s in block.posap.shares] == keep
+    reversed_block, _ = chain.make(posap=PosapSection(sv_task.sv_task_id, shares[::-1]))
+    assert reversed_block.posap == block.posap
+    applied = chain.add(posap=PosapSection(sv_task.sv_task_id, shares))
+    assert applied.payout is not None and len(applied.payout.miners) == MAX_SHARES

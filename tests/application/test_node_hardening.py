@@ -1,0 +1,172 @@
+"""A full node on real sockets under hostile or heavy input: no loop dies, no work before
+authentication, a 10 000-transaction mempool stays responsive and blocks still get made."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+
+import aiohttp
+import pytest
+
+import fedcoin.application.miner as miner_module
+from fedcoin.application.miner import SharePools
+from fedcoin.application.supervise import supervised
+from fedcoin.data.block import MAX_SHARES, Share
+from fedcoin.data.keys import PrivateKey
+from fedcoin.data.tx import ClientUpdate, ContentRef, SubmitRound, Transfer, make_tx
+from fedcoin.errors import Reject
+from fedcoin.network.messages import BlockMessage, TxMessage
+from tests.application.cluster import PUBLISHER_KEY, SERVER_KEY, Cluster
+from tests.helpers import CHAIN_ID, CLIENTS, ChainBuilder
+
+
+async def test_supervised_loop_survives_any_error_and_logs_a_repeat_once(caplog) -> None:
+    steps: list[int] = []
+    wake = asyncio.Event()
+
+    async def step() -> None:
+        steps.append(len(steps))
+        if len(steps) <= 3:
+            raise ValueError("broken input")
+        if len(steps) == 4:
+            raise KeyError("another")
+
+    log = logging.getLogger("test.supervised")
+    with caplog.at_level(logging.INFO, logger="test.supervised"):
+        task = asyncio.create_task(supervised("step", step, wake, 0.001, log))
+        while len(steps) < 6:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # one traceback for the repeated ValueError, one for the KeyError: not one per step
+    assert [r.exc_info[0] for r in errors if r.exc_info] == [ValueError, KeyError]
+
+
+def fake_share(sv_task_id: bytes, miner: bytes) -> Share:
+    return Share(sv_task_id, miner, 0, (), (), bytes(64))
+
+
+def test_share_pools_keep_the_lowest_max_shares_keys() -> None:
+    pools, sv = SharePools(), b"\x01" * 32
+    keys = [bytes([i]) * 32 for i in range(MAX_SHARES + 8, 0, -1)]  # highest first
+    for k in keys:
+        pools.add(fake_share(sv, k), 0)
+    kept = sorted(pools.pool(sv))
+    assert kept == sorted(keys)[:MAX_SHARES]
+    assert not pools.wants(sv, bytes([MAX_SHARES + 9]) * 32)
+    assert not pools.wants(sv, kept[0])  # a miner's second share
+    for i in range(100):  # pending SV tasks are bounded too
+        pools.add(fake_share(i.to_bytes(32, "big"), keys[0]), 0)
+    assert len(pools.pools) <= miner_module.MAX_POOLS
+
+
+async def test_mining_loop_survives_an_unexpected_error_and_blocks_still_get_made(
+    tmp_path, monkeypatch
+) -> None:
+    real, failures = miner_module.build_block, []
+
+    def flaky(*args, **kwargs):
+        if len(failures) < 3:
+            failures.append(1)
+            raise ValueError("numpy did not like that")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(miner_module, "build_block", flaky)
+    async with Cluster(tmp_path) as cluster:
+        node = await cluster.start(0)
+        tx = make_tx(SERVER_KEY, CHAIN_ID, 0, Transfer(PUBLISHER_KEY.address, 1), 0)
+        await node.submit_tx(tx)
+        await cluster.wait_until(lambda: node.chain.head.height >= 1, timeout=60)
+        assert len(failures) == 3 and len(node.mempool) == 0
+
+
+def unsigned_round(bad: str) -> SubmitRound:
+    ref = ContentRef(b"\x07" * 32, 10, "")
+    task_id = b"\x05" * 32
+    updates = tuple(ClientUpdate.create(c, task_id, 1, ref, 10) for c in CLIENTS[:2])
+    if bad == "update":
+        updates = (replace(updates[0], samples=11), updates[1])
+    return SubmitRound(task_id, 1, updates, ref)
+
+
+@pytest.mark.parametrize("bad", ["tx", "update"])
+async def test_badly_signed_round_is_rejected_before_any_fetch(tmp_path, bad) -> None:
+    async with Cluster(tmp_path) as cluster:
+        node = await cluster.start(0)
+        fetched: list[object] = []
+
+        async def ensure(refs) -> None:
+            fetched.append(list(refs))
+
+        node.resolver.ensure = ensure  # type: ignore[method-assign]
+        tx = make_tx(SERVER_KEY, CHAIN_ID, 0, unsigned_round(bad), 0)
+        if bad == "tx":
+            tx = replace(tx, signature=bytes(64))
+        with pytest.raises(Reject):
+            await node._on_tx(TxMessage(tx), None)
+        assert fetched == [] and len(node.mempool) == 0
+
+
+async def test_mempool_of_10_000_transactions_stays_responsive_and_drains(tmp_path) -> None:
+    async with Cluster(tmp_path) as cluster:
+        first = await cluster.start(0)
+        second = await cluster.start(1)
+        await cluster.wait_until(lambda: len(first.p2p.peers) >= 1 and len(second.p2p.peers) >= 1)
+        senders = [SERVER_KEY, PUBLISHER_KEY]
+        txs = [
+            make_tx(s, CHAIN_ID, n, Transfer(PrivateKey.from_seed(bytes(32)).address, 1), 0)
+            for n in range(5_000)
+            for s in senders
+        ]
+        latencies: list[float] = []
+        done = asyncio.Event()
+
+        async def poll_status() -> None:
+            async with aiohttp.ClientSession() as http:
+                while not done.is_set():
+                    start = time.perf_counter()
+                    async with http.get(f"{second.url}/status") as resp:
+                        assert resp.status == 200
+                        await resp.json()
+                    latencies.append(time.perf_counter() - start)
+                    await asyncio.sleep(0.05)
+
+        poller = asyncio.create_task(poll_status())
+        for tx in txs:
+            await first.submit_tx(tx)
+        await cluster.wait_until(
+            lambda: all(n.chain.head_state().account(SERVER_KEY.address).nonce == 5_000
+                        and n.chain.head_state().account(PUBLISHER_KEY.address).nonce == 5_000
+                        for n in cluster.nodes),
+            timeout=240,
+        )  # fmt: skip
+        done.set()
+        await poller
+        assert latencies and max(latencies) < 5.0, f"/status stalled {max(latencies):.1f} s"
+        assert first.chain.head.height >= 2
+
+
+async def test_a_block_that_breaks_the_checker_is_a_rejected_message_not_a_dead_node(
+    tmp_path, monkeypatch
+) -> None:
+    async with Cluster(tmp_path) as cluster:
+        node = await cluster.start(0)
+        donor = ChainBuilder(cluster.genesis)
+        block, _ = donor.make(
+            [make_tx(SERVER_KEY, CHAIN_ID, 0, Transfer(PUBLISHER_KEY.address, 1), 0)]
+        )
+
+        def broken(*args, **kwargs):
+            raise ValueError("operands could not be broadcast together")
+
+        monkeypatch.setattr(node.chain, "import_block", broken)
+        with pytest.raises(Reject, match="could not be checked"):
+            await node.link.on_block(BlockMessage(block), None)
+        monkeypatch.undo()
+        await node.link.on_block(BlockMessage(block), None)  # the node still imports blocks
+        assert node.chain.head.hash == block.hash
