@@ -231,7 +231,7 @@ def test_two_full_nodes_and_an_fl_server_in_containers(
         "--chain-id", "docker-test", "--alloc", f"{funded}=1000")  # fmt: skip
 
     def start_node(i: int, container: str, data: str) -> None:
-        args = ["--listen", f"127.0.0.1:{ports[i]}"]
+        args = ["--listen", f"127.0.0.1:{ports[i]}", "--advertise", f"127.0.0.1:{ports[i]}"]
         if i == 1:
             args += ["--bootstrap", f"127.0.0.1:{ports[0]}"]
         run("-d", "--name", container, *vol, "-v", f"{data}:/data/node", image, "full",
