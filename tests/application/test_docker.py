@@ -344,23 +344,22 @@ def test_compose_network_runs_and_the_fl_server_resumes(
             lambda: [t for t in get_json(f"{urls[0]}/tasks") if t["rounds_done"] >= 1],
             timeout=240,
         )
-        # A restarted FL server rejoins its task instead of publishing (and escrowing) again.
-        up.compose(REPO, project, "restart", "fl-server", timeout=120)
-        done = wait_for(
-            "the task's last round",
-            lambda: [t for t in get_json(f"{urls[1]}/tasks") if t["status"] == "done"],
-            timeout=300,
-        )
-        tasks = get_json(f"{urls[0]}/tasks")
-        assert [t["id"] for t in tasks] == [first[0]["id"]] == [done[0]["id"]]
+        # A stopped and restarted FL server resumes its saved task: no second task, no second
+        # escrow (whether the stop came mid-task or after its last round, it prints "resuming").
+        up.compose(REPO, project, "stop", "fl-server", timeout=120)
+        up.compose(REPO, project, "start", "fl-server", timeout=120)
+        server = up.compose(REPO, project, "ps", "-q", "fl-server").stdout.split()[0]
+        wait_for("the FL server to finish", lambda: not running(up, server), timeout=300)
+        assert exit_code(up, server) == 0
         logs = up.compose(REPO, project, "logs", "--no-color", "fl-server").stdout
         assert logs.count("published task") == 1, logs[-3000:]
         assert f"resuming task {first[0]['id']}" in logs, logs[-3000:]
-        server = up.compose(REPO, project, "ps", "-q", "fl-server").stdout.split()
-        wait_for(
-            "the FL server to exit",
-            lambda: exit_code(up, server[0]) == 0 and not running(up, server[0]),
+        done = wait_for(
+            "the task's last round on validator1",
+            lambda: [t for t in get_json(f"{urls[1]}/tasks") if t["status"] == "done"],
         )
+        tasks = get_json(f"{urls[0]}/tasks")
+        assert [t["id"] for t in tasks] == [first[0]["id"]] == [done[0]["id"]]
     finally:
         up.compose(REPO, project, "down", "--volumes", "--remove-orphans", check=False)
 
