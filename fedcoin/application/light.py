@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -70,7 +71,11 @@ def add_light_arguments(
     p.add_argument(
         "--data", type=Path, help="the clients' training data: an .npz with x and y (any model)"
     )
-    p.add_argument("--ipfs-api", help="also add every blob to this IPFS daemon")
+    p.add_argument(
+        "--ipfs-api",
+        default=os.environ.get("FEDCOIN_IPFS_API") or None,
+        help="also add every blob to this IPFS daemon (env FEDCOIN_IPFS_API)",
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per wait (default 300)")
     p.add_argument("--out", type=Path, help="report.json and plots (default DATA_DIR/report)")
     p.add_argument("--seed", type=int, default=0, help="data split and training seed")
