@@ -84,6 +84,8 @@ def test_reorg_to_heavier_branch_restores_its_state(chain: Chain) -> None:
     results = [chain.import_block(block) for block in branch_b]
     assert [r.outcome for r in results] == [Imported.SIDE, Imported.SIDE, Imported.HEAD]
     assert results[-1].reorg_depth == 2
+    # the blocks that left the canonical chain are named, tip first (their txs go back)
+    assert [b.hash for b in results[-1].left] == [branch_a[1].hash, branch_a[0].hash]
     assert chain.head.hash == b.block.hash
     state = chain.head_state()
     assert state == b.state
