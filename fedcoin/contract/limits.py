@@ -37,8 +37,8 @@ MAX_VALIDATION_BYTES = 16 * 1024 * 1024
 """Largest validation set blob a spec may name."""
 MAX_VALIDATION_SAMPLES = 10_000
 """Most samples in a validation set."""
-MAX_PARAMETERS = 2**22
-"""Most weights (scalars) in a task's model."""
+MAX_PARAMETERS = 2**24
+"""Most weights (scalars) in a task's model (the evaluator's own limit; 64 MiB of float32)."""
 MAX_EVALUATION_MACS = 2**32
 """Most multiply-accumulates of one coalition's evaluation: MACs per sample × samples."""
 WORK_UNIT_MACS = 2**20
