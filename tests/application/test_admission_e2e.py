@@ -51,6 +51,9 @@ async def test_hostile_tasks_are_refused_on_real_nodes_and_a_sound_one_is_kept(t
             model = await put(http, first.url, encode_bundle(MLP, WEIGHTS))
             validation = await put(http, first.url, encode_dataset(X, Y))
             batchnorm = sequential([8], layer("BatchNormalization"), dense(3))
+            unsupported = await put(http, first.url, encode_bundle(batchnorm, WEIGHTS))
+            too_big = await put(http, first.url, encode_bundle(MLP, [w * 0 + 8 for w in WEIGHTS]))
+            with_nan = await put(http, first.url, encode_dataset(X_NAN, Y))
             hostile = {
                 "InvalidTaskSpec": [
                     spec_of(model, validation, posap=replace(FAST_POSAP, budget=2**32 - 1)),
@@ -61,18 +64,9 @@ async def test_hostile_tasks_are_refused_on_real_nodes_and_a_sound_one_is_kept(t
                         model, validation, posap=replace(FAST_POSAP, posap_timeout_ms=2**64 - 1)
                     ),
                 ],
-                "UnsupportedLayer": [
-                    spec_of(await put(http, first.url, encode_bundle(batchnorm, WEIGHTS)), validation)
-                ],
-                "WeightOutOfRange": [
-                    spec_of(
-                        await put(http, first.url, encode_bundle(MLP, [w * 0 + 8 for w in WEIGHTS])),
-                        validation,
-                    )
-                ],
-                "InputOutOfRange": [
-                    spec_of(model, await put(http, first.url, encode_dataset(X_NAN, Y)))
-                ],
+                "UnsupportedLayer": [spec_of(unsupported, validation)],
+                "WeightOutOfRange": [spec_of(too_big, validation)],
+                "InputOutOfRange": [spec_of(model, with_nan)],
                 "MinersUnderpaid": [spec_of(model, validation, split_bps=(9000, 1000, 0))],
                 # a validation set that was never uploaded anywhere
                 "ContentMissing": [spec_of(model, ContentRef(bytes(32), 1234, ""))],
