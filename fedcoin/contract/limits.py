@@ -33,8 +33,8 @@ MAX_SHARE_WINDOW_MS = 60_000
 """Longest ``share_window_ms``; it must also be shorter than the task's ``posap_timeout_ms``."""
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 """Largest model bundle a spec may name (the content store's and decoder's cap on one blob)."""
-MAX_VALIDATION_BYTES = 16 * 1024 * 1024
-"""Largest validation set blob a spec may name."""
+MAX_VALIDATION_BYTES = 32 * 1024 * 1024
+"""Largest validation set blob a spec may name (fits MNIST's 10 000-image test set, 31.4 MB)."""
 MAX_VALIDATION_SAMPLES = 10_000
 """Most samples in a validation set."""
 MAX_PARAMETERS = 2**24
