@@ -456,3 +456,24 @@ class InputOutOfRange(EvaluatorError):
 
 class AccumulatorBoundExceeded(EvaluatorError):
     """every weight layer's accumulator bound B must stay below 2^62"""
+
+
+# --- admission of a task (PublishTask content checks, DESIGN §4) -----------------------------
+class TaskContentUnavailable(ContractError):
+    """the task's model bundle and validation set must be available to the node checking it"""
+
+
+class UndecodableTaskContent(ContractError):
+    """the task's model bundle and validation set must decode"""
+
+
+class ValidationSetTooLarge(ContractError):
+    """the validation set must hold at most MAX_VALIDATION_SAMPLES samples"""
+
+
+class TaskWorkTooLarge(ContractError):
+    """one coalition's evaluation must cost at most MAX_EVALUATION_MACS multiply-accumulates"""
+
+
+class MinersUnderpaid(ContractError):
+    """the miners' share of a round's price must pay MIN_PAY_PER_WORK for the round's work"""

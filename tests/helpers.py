@@ -31,6 +31,7 @@ from fedcoin.errors import (
     NotFedAvg,
     RoundContentUnavailable,
     ShareContentUnavailable,
+    TaskContentUnavailable,
 )
 
 CHAIN_ID = "fedcoin-test"
@@ -130,6 +131,11 @@ class TableVerifier:
 
     true_sv: dict[bytes, tuple[int, ...]] = field(default_factory=dict)
     missing: set[bytes] = field(default_factory=set)
+
+    def check_task(self, spec: TaskSpec) -> None:
+        for blob in (spec.model, spec.validation):
+            if blob.sha256 in self.missing:
+                raise TaskContentUnavailable(sha256=blob.sha256)
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
         for u in round_.updates:

@@ -37,6 +37,9 @@ from fedcoin.errors import RoundContentUnavailable, ShareContentUnavailable
 class NoContent(RoundChecker):
     """The demo has no FL content: any round or share is refused as unavailable."""
 
+    def check_task(self, spec: TaskSpec) -> None:
+        """The demo's task names no real content and never runs a round: taken as it is."""
+
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
         raise RoundContentUnavailable(task=round_.task_id)
 

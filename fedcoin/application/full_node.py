@@ -29,6 +29,7 @@ from fedcoin.application.mempool import Mempool, check_signatures
 from fedcoin.application.miner import Miner, SharePools, sv_refs
 from fedcoin.consensus.chain import Chain, Imported, ImportResult
 from fedcoin.consensus.posap import PosapVerifier
+from fedcoin.contract.task import validate_spec
 from fedcoin.data.block import Block
 from fedcoin.data.content import DEFAULT_MAX_BLOB, ContentStore
 from fedcoin.data.genesis import Genesis
@@ -232,6 +233,8 @@ class FullNode:
         for tx in block.txs:
             if isinstance(tx.body, SubmitRound):
                 refs += self._round_refs(tx.body, state, block)
+            elif isinstance(tx.body, PublishTask):
+                refs += [tx.body.spec.model, tx.body.spec.validation]
         if block.posap is not None and block.posap.shares and state.queue:
             sv = state.queue[0]
             refs += sv_refs(sv, state.tasks[sv.task_id])
@@ -258,6 +261,10 @@ class FullNode:
             task = self.chain.head_state().tasks.get(tx.body.task_id)
             if task is not None:  # the FedAvg check is numpy work: do it off the event loop
                 await asyncio.to_thread(self.verifier.check_round, task, tx.body)
+        elif isinstance(tx.body, PublishTask):  # fetch and keep the task's content, then check it
+            validate_spec(tx.body.spec, self.chain.head.height + 1)  # no fetch for a bad spec
+            await self.resolver.ensure([tx.body.spec.model, tx.body.spec.validation])
+            await asyncio.to_thread(self.verifier.check_task, tx.body.spec)
         head, state = self.chain.head, self.chain.head_state()
         self.mempool.add(tx, state, head.height, self.config.clock_ms(), signature_checked=True)
 

@@ -32,6 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fedcoin.consensus.admission import TaskAdmission
 from fedcoin.consensus.aggregate import aggregate_estimates
 from fedcoin.consensus.evaluator import compile_architecture
 from fedcoin.consensus.game import is_exact_fedavg
@@ -164,6 +165,7 @@ class PosapVerifier:
         self.cache_games = cache_games
         self.rounds_ok: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()  # games are built and looked up from worker threads
+        self.check_task = TaskAdmission(content).check_task  # PublishTask's content checks
 
     def _blob(self, ref: ContentRef, missing: type[RuleViolation]) -> bytes:
         data = resolve(self.content, ref)  # sha256 and size

@@ -73,7 +73,7 @@ def apply_transaction(
     if isinstance(body, Transfer):
         _transfer(draft, sender, body)
     elif isinstance(body, PublishTask):
-        publish_task(draft, tx_id, sender, body.spec, ctx.height)
+        publish_task(draft, tx_id, sender, body.spec, ctx.height, checker)
     elif isinstance(body, SubmitRound):
         submit_round(draft, tx_id, sender, body, ctx.height, ctx.timestamp_ms, checker)
     elif isinstance(body, CloseTask):

@@ -12,6 +12,19 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Protocol
 
+from fedcoin.contract import limits
+from fedcoin.contract.limits import (
+    MAX_BUDGET,
+    MAX_EXACT_CLIENTS,
+    MAX_MODEL_BYTES,
+    MAX_POSAP_TIMEOUT_MS,
+    MAX_ROUNDS,
+    MAX_SHARE_WINDOW_MS,
+    MAX_SPOT_CHECKS,
+    MAX_TOLERANCE,
+    MAX_VALIDATION_BYTES,
+    MIN_POSAP_TIMEOUT_MS,
+)
 from fedcoin.data.state import Account, Draft, SvTask, TaskState, TaskStatus
 from fedcoin.data.tx import MAX_CLIENTS, CloseTask, SubmitRound, TaskSpec
 from fedcoin.errors import (
@@ -33,11 +46,15 @@ from fedcoin.errors import (
     WrongRound,
 )
 
-BPS_TOTAL = 10_000
+BPS_TOTAL = limits.BPS_TOTAL
 
 
 class RoundChecker(Protocol):
-    """Checks that need a round's content: supplied by the node, stubbed in unit tests."""
+    """Checks that need a task's or a round's content: supplied by the node, stubbed in tests."""
+
+    def check_task(self, spec: TaskSpec) -> None:
+        """Raise the ``ContractError`` a task's model, validation set or pay for the work
+        breaks (``consensus.admission``); return when the task may open."""
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
         """Raise ``RoundContentUnavailable``, ``WrongTensorShapes`` or ``NotFedAvg`` (the global
@@ -67,21 +84,51 @@ def validate_spec(spec: TaskSpec, height: int) -> None:
     # The model and validation data are named by content
     if spec.model.size == 0 or spec.validation.size == 0:
         raise bad("model and validation must reference non-empty content")
+    # The model and validation blobs are within their size limits
+    if spec.model.size > MAX_MODEL_BYTES:
+        raise bad(f"model must be at most {MAX_MODEL_BYTES} bytes")
+    if spec.validation.size > MAX_VALIDATION_BYTES:
+        raise bad(f"validation must be at most {MAX_VALIDATION_BYTES} bytes")
+    # A task pays for a bounded number of rounds
+    if spec.rounds > MAX_ROUNDS:
+        raise bad(f"rounds must be at most {MAX_ROUNDS}")
     p = spec.posap
     # Exact tables stay small enough to compute and ship
-    if not 1 <= p.n_exact_max <= 16:
-        raise bad("posap.n_exact_max must be between 1 and 16")
+    if not 1 <= p.n_exact_max <= MAX_EXACT_CLIENTS:
+        raise bad(f"posap.n_exact_max must be between 1 and {MAX_EXACT_CLIENTS}")
+    # The sampling budget is bounded
+    if p.budget > MAX_BUDGET:
+        raise bad(f"posap.budget must be at most {MAX_BUDGET}")
     # A sampled share evaluates at least its border: ∅, N, every singleton and (n−1)-coalition
     if spec.max_clients > p.n_exact_max and p.budget < 2 * spec.max_clients + 2:
         raise bad("posap.budget must be at least 2 * max_clients + 2")
-    # A round can be voided only after a positive timeout
-    if p.posap_timeout_ms < 1:
-        raise bad("posap.posap_timeout_ms must be positive")
+    # Verifying a share re-evaluates a bounded number of entries
+    if p.spot_checks > MAX_SPOT_CHECKS:
+        raise bad(f"posap.spot_checks must be at most {MAX_SPOT_CHECKS}")
+    # A re-evaluated entry may differ by a bounded number of samples
+    if p.tolerance > MAX_TOLERANCE:
+        raise bad(f"posap.tolerance must be at most {MAX_TOLERANCE}")
+    # A round is valued or voided in bounded time
+    if not MIN_POSAP_TIMEOUT_MS <= p.posap_timeout_ms <= MAX_POSAP_TIMEOUT_MS:
+        raise bad(
+            f"posap.posap_timeout_ms must be between {MIN_POSAP_TIMEOUT_MS}"
+            f" and {MAX_POSAP_TIMEOUT_MS}"
+        )
+    # Miners stop collecting shares well before a round can be voided
+    if p.share_window_ms > min(MAX_SHARE_WINDOW_MS, p.posap_timeout_ms - 1):
+        raise bad(
+            f"posap.share_window_ms must be at most {MAX_SHARE_WINDOW_MS}"
+            " and below posap_timeout_ms"
+        )
 
 
-def publish_task(draft: Draft, task_id: bytes, sender: bytes, spec: TaskSpec, height: int) -> None:
+def publish_task(
+    draft: Draft, task_id: bytes, sender: bytes, spec: TaskSpec, height: int, checker: RoundChecker
+) -> None:
     """Open the task and move ``rounds * price_per_round`` from the sender into escrow."""
     validate_spec(spec, height)
+    # The model compiles, the validation set fits it, and the miners are paid for the work
+    checker.check_task(spec)
     escrow = spec.escrow
     account = draft.account(sender)
     # The publisher's balance covers the escrow
