@@ -174,6 +174,8 @@ class Miner:
     async def propose(
         self, state: State, head: BlockHeader, now: int, posap: PosapSection | None
     ) -> None:
+        if self.chain.head.hash != head.hash:
+            return  # the pool already follows a newer head: its txs do not apply to ``state``
         txs = self.mempool.select(self.genesis.params.max_block_txs)
         timestamp = max(now, head.timestamp_ms + 1)
         for _ in range(len(txs) + len(posap.shares if posap else ()) + 1):
@@ -183,6 +185,11 @@ class Miner:
                     timestamp_ms=timestamp, txs=txs, posap=posap,
                 )  # fmt: skip
             except BadTxInBlock as exc:
+                if self.chain.head.hash != head.hash:
+                    # A new head arrived while we built: the pool moved on to it, so a tx that
+                    # fails on the old ``state`` is not bad. Dropping it would lose it and
+                    # every later transaction of its sender.
+                    return
                 bad = txs[exc.details["index"]]
                 log.info("dropping %s from the mempool: %s", bad.id.hex()[:12], exc)
                 self.mempool.drop(bad.id)

@@ -12,15 +12,29 @@ import aiohttp
 import pytest
 
 import fedcoin.application.miner as miner_module
-from fedcoin.application.miner import SharePools
+from fedcoin.application.mempool import Mempool
+from fedcoin.application.miner import Miner, SharePools
 from fedcoin.application.supervise import supervised
+from fedcoin.consensus.chain import Chain
 from fedcoin.data.block import MAX_SHARES, Share
 from fedcoin.data.keys import PrivateKey
+from fedcoin.data.store import MemoryChainStore
 from fedcoin.data.tx import ClientUpdate, ContentRef, SubmitRound, Transfer, make_tx
 from fedcoin.errors import Reject
 from fedcoin.network.messages import BlockMessage, TxMessage
 from tests.application.cluster import PUBLISHER_KEY, SERVER_KEY, Cluster
-from tests.helpers import CHAIN_ID, CLIENTS, ChainBuilder
+from tests.helpers import (
+    ALICE,
+    BOB,
+    CHAIN_ID,
+    CLIENTS,
+    MINER,
+    T0,
+    ChainBuilder,
+    TableVerifier,
+    make_genesis,
+    make_transfer,
+)  # fmt: skip
 
 
 async def test_supervised_loop_survives_any_error_and_logs_a_repeat_once(caplog) -> None:
@@ -170,3 +184,28 @@ async def test_a_block_that_breaks_the_checker_is_a_rejected_message_not_a_dead_
         monkeypatch.undo()
         await node.link.on_block(BlockMessage(block), None)  # the node still imports blocks
         assert node.chain.head.hash == block.hash
+
+
+async def test_a_proposal_on_a_stale_head_drops_nothing_from_the_pool() -> None:
+    """The pool follows the newest head; a proposal prepared on the previous one must not call
+    the pool's transactions bad (dropping one lost every later nonce of its sender)."""
+    genesis = make_genesis()
+    chain = Chain(MemoryChainStore(genesis), genesis, TableVerifier())
+    mempool = Mempool(genesis, TableVerifier())
+    old_head, old_state = chain.head, chain.head_state()
+    txs = [make_transfer(ALICE, BOB, 1, n) for n in range(3)]
+    for tx in txs:
+        mempool.add(tx, old_state, 0, T0)
+    # A block carrying the first transfer arrives; the pool moves on to it
+    builder = ChainBuilder(genesis)
+    builder.add([txs[0]])
+    block = builder.block
+    chain.import_block(block)
+    mempool.refresh(chain.head_state(), block.height, T0)
+    # Only the parts a transaction-only proposal touches are real
+    miner = Miner(
+        MINER, genesis, chain, None, mempool, TableVerifier(), None, SharePools(),  # type: ignore[arg-type]
+        lambda m: None, lambda: T0, asyncio.Event(),
+    )  # fmt: skip
+    await miner.propose(old_state, old_head, T0 + 10_000, None)
+    assert mempool.select(10) == txs[1:]
