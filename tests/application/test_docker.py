@@ -86,8 +86,14 @@ def eng() -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="module")
-def image(eng: Engine, request: pytest.FixtureRequest) -> Iterator[str]:
-    base = base_image(eng, Path(request.config.cache.mkdir("fedcoin-docker")))
+def image(
+    eng: Engine, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    # The base image is cached across runs in pytest's cache; without the cache plugin
+    # (-p no:cacheprovider) it is built in a temporary folder instead.
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("fedcoin-docker") if cache else tmp_path_factory.mktemp("docker")
+    base = base_image(eng, Path(folder))
     tag = f"fedcoin-test-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     build = ("build", "--network", "host", "--build-arg", f"BASE={base}")
