@@ -448,3 +448,28 @@ class InputOutOfRange(EvaluatorError):
 
 class AccumulatorBoundExceeded(EvaluatorError):
     """every weight layer's accumulator bound B must stay below 2^62"""
+
+
+# --- stake (issue 10 step 1: bonded validators) ---------------------------------------------
+class StakeError(TxError):
+    """A Bond or Unbond transaction breaks a stake rule."""
+
+
+class InsufficientBond(StakeError):
+    """an Unbond may release at most the sender's current bond"""
+
+
+class ValidatorJailed(StakeError):
+    """a jailed validator may bond again only after jail_blocks"""
+
+
+class MissingRandaoTip(StakeError):
+    """a key's first Bond must register a non-zero randao_tip"""
+
+
+class NotAValidator(BlockError):
+    """only a member of the height's validator set may propose a block"""
+
+
+class ShareFromNonValidator(ShareError):
+    """only a member of the height's validator set may write a share"""

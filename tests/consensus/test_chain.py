@@ -82,8 +82,10 @@ def test_reorg_to_heavier_branch_restores_its_state(chain: Chain) -> None:
     for block in branch_a:
         chain.import_block(block)
     results = [chain.import_block(block) for block in branch_b]
-    assert [r.outcome for r in results] == [Imported.SIDE, Imported.SIDE, Imported.HEAD]
-    assert results[-1].reorg_depth == 2
+    # Equal weights at height 2 tie-break on the block hash, so the switch happens at the second
+    # or the third block of branch b; either way two blocks of branch a leave the chain
+    assert results[0].outcome is Imported.SIDE and results[-1].outcome is Imported.HEAD
+    assert max(r.reorg_depth for r in results) == 2
     assert chain.head.hash == b.block.hash
     state = chain.head_state()
     assert state == b.state
