@@ -32,7 +32,13 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from fedcoin.application.mempool import Mempool, MempoolFull
-from fedcoin.application.views import block_json, ref_from_json, ref_json, task_json
+from fedcoin.application.views import (
+    block_json,
+    ref_from_json,
+    ref_json,
+    task_json,
+    validators_json,
+)
 from fedcoin.consensus.chain import Chain
 from fedcoin.data.block import Block
 from fedcoin.data.content import ContentStore
@@ -189,6 +195,11 @@ def add_api_routes(
             [task_json(tid, t, node.chain, False) for tid, t in sorted(state.tasks.items())]
         )
 
+    async def validators(request: web.Request) -> web.Response:
+        head = node.chain.head
+        state = node.chain.store.get_state(head.hash)  # the head's own state, not a newer one
+        return web.json_response(validators_json(state, node.chain.genesis.params, head.height))
+
     async def task(request: web.Request) -> web.Response:
         ident = request.match_info["id"]
         task_id = parse_hash(ident)
@@ -278,6 +289,7 @@ def add_api_routes(
     app.router.add_get("/accounts/{address}", account)
     app.router.add_get("/tasks", tasks)
     app.router.add_get("/tasks/{id}", task)
+    app.router.add_get("/validators", validators)
     app.router.add_post("/tx", post_tx)
     app.router.add_get("/content/{sha}", get_content)
     app.router.add_put("/content/{sha}", put_content)

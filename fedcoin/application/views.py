@@ -10,9 +10,11 @@ from typing import Any
 
 from fedcoin.consensus.chain import Chain
 from fedcoin.data.block import Block
+from fedcoin.data.genesis import ChainParams
 from fedcoin.data.keys import address_of, format_address
-from fedcoin.data.state import TaskState, TaskStatus
+from fedcoin.data.state import State, TaskState, TaskStatus
 from fedcoin.data.tx import (
+    Bond,
     CloseTask,
     ContentRef,
     PublishTask,
@@ -20,6 +22,7 @@ from fedcoin.data.tx import (
     TaskSpec,
     Transaction,
     Transfer,
+    Unbond,
 )
 from fedcoin.incentive.payouts import RoundPayout
 
@@ -69,6 +72,10 @@ def tx_json(tx: Transaction) -> dict[str, Any]:
         }  # fmt: skip
     elif isinstance(b, CloseTask):
         body = {"task_id": b.task_id.hex()}
+    elif isinstance(b, Bond):
+        body = {"amount": b.amount, "randao_tip": b.randao_tip.hex()}
+    elif isinstance(b, Unbond):
+        body = {"amount": b.amount}
     return {
         "id": tx.id.hex(), "kind": tx.kind_name, "sender": format_address(tx.sender),
         "nonce": tx.nonce, "fee": tx.fee, "body": body,
@@ -143,3 +150,30 @@ def task_rounds(task_id: bytes, task: TaskState, chain: Chain) -> list[dict[str,
             ]
             entry["payout"] = payout_json(payout) if payout else None
     return [rounds[r] for r in sorted(rounds)]
+
+
+def validators_json(state: State, params: ChainParams, height: int) -> dict[str, Any]:
+    """GET /validators: this epoch's set (power snapshotted at the boundary), every bond, and
+    the unbonding entries not yet released."""
+    epoch = params.epoch_blocks
+    return {
+        "height": height,
+        "epoch_blocks": epoch,
+        "next_epoch_at": (height // epoch + 1) * epoch,
+        "total_power": sum(power for _, power in state.validators),
+        "validators": [
+            {"pubkey": pk.hex(), "address": key_text(pk), "power": power,
+             "bond": state.bond_of(pk)}
+            for pk, power in state.validators
+        ],
+        "bonds": [
+            {"pubkey": pk.hex(), "address": key_text(pk), "bond": st.bond,
+             "jailed_until": st.jailed_until, "randao_tip": st.randao_tip.hex()}
+            for pk, st in sorted(state.stakes.items())
+        ],
+        "unbonding": [
+            {"pubkey": u.pubkey.hex(), "address": key_text(u.pubkey), "amount": u.amount,
+             "created": u.created, "release": u.release}
+            for u in state.unbonding
+        ],
+    }  # fmt: skip

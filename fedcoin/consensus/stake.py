@@ -10,8 +10,9 @@ changes do not change power before the next boundary. No coin is created or dest
 from __future__ import annotations
 
 from fedcoin.consensus.validators import select_validators
+from fedcoin.data.encoding import sha256
 from fedcoin.data.genesis import ChainParams
-from fedcoin.data.keys import address_of
+from fedcoin.data.keys import PrivateKey, address_of
 from fedcoin.data.state import Account, Draft, Stake, Unbonding
 from fedcoin.data.tx import Bond, Unbond
 from fedcoin.errors import (
@@ -23,6 +24,30 @@ from fedcoin.errors import (
 )
 
 NO_TIP = bytes(32)
+"""A Bond's randao_tip when it keeps the key's registered tip."""
+
+RANDAO_LENGTH = 10_000
+"""K: how many reveals one registered hash chain allows."""
+
+TAG_RANDAO = b"fedcoin/randao-secret/v1"
+
+
+def randao_secret(key: PrivateKey) -> bytes:
+    """The key's randao secret: only the key can make it (Ed25519 signatures are deterministic),
+    so a validator re-derives it after a restart and nothing else has to be kept secret."""
+    return sha256(key.sign(TAG_RANDAO, bytes(32)))
+
+
+def randao_tip(secret: bytes, length: int = RANDAO_LENGTH) -> bytes:
+    """H^length(secret): the tip registered with a bond (DESIGN §5 randomness beacon)."""
+    value = secret
+    for _ in range(length):
+        value = sha256(value)
+    return value
+
+
+def randao_tip_of(key: PrivateKey) -> bytes:
+    return randao_tip(randao_secret(key))
 
 
 def apply_bond(draft: Draft, pubkey: bytes, body: Bond, height: int) -> None:
