@@ -169,6 +169,14 @@ class NotFedAvg(ContractError):
     """the global model must be the FedAvg of the updates"""
 
 
+class DuplicateWeights(ContractError):
+    """no two updates of a round may have the same weights.sha256"""
+
+
+class ClientNotAllowed(ContractError):
+    """a consortium task pays only the clients in its allowed_clients"""
+
+
 # --- blocks ---------------------------------------------------------------------------------
 class BlockError(RuleViolation):
     """A block breaks a rule."""
@@ -280,7 +288,7 @@ class EstimateMismatch(ShareError):
 
 
 class TableEntryMismatch(ShareError):
-    """every re-evaluated table entry must match within the tolerance"""
+    """every re-evaluated table entry must equal the exact evaluation"""
 
 
 class ShareContentUnavailable(ShareError):

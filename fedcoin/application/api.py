@@ -9,6 +9,10 @@
     POST /tx                          body: the transaction's canonical bytes → {"tx_id"}
     GET  /content/{sha256}            a blob
     PUT  /content/{sha256}[?size=N]   store a blob (hash- and size-checked, capped, rate-limited)
+    GET  /                            the web explorer (fedcoin/application/explorer)
+
+Every JSON body is a view from ``fedcoin.application.views`` (the typed schema); a task's
+rounds come from the store's task index, not from a walk of the chain.
 
 Errors are JSON ``{"error": "...", "rule": "..."}`` with 400 (malformed), 404 (unknown),
 405 (wrong method), 413 (too large), 422 (breaks a rule), 429 (rate limited) or 503 (mempool
@@ -31,12 +35,14 @@ from typing import Any, Protocol
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from fedcoin.application.explorer import add_explorer_routes
 from fedcoin.application.mempool import Mempool, MempoolFull
 from fedcoin.application.views import (
-    block_json,
+    AccountView,
+    block_view,
     ref_from_json,
     ref_json,
-    task_json,
+    task_view,
     validators_json,
 )
 from fedcoin.consensus.chain import Chain
@@ -44,7 +50,8 @@ from fedcoin.data.block import Block
 from fedcoin.data.content import ContentStore
 from fedcoin.data.encoding import U64_MAX
 from fedcoin.data.keys import parse_address
-from fedcoin.data.tx import Transaction
+from fedcoin.data.tensors import decode_dataset
+from fedcoin.data.tx import ContentRef, Transaction
 from fedcoin.errors import (
     ContentError,
     ContentTooLarge,
@@ -64,6 +71,8 @@ MAX_TX_BYTES = 64 * 1024
 DECODE_INLINE_BYTES = 4 * 1024
 #: Bytes of an upload read at a time.
 CHUNK = 1 << 20
+#: Validation-set sizes remembered (for round accuracies) before the memo starts over.
+MAX_REMEMBERED_SAMPLES = 1024
 
 log = logging.getLogger("fedcoin.api")
 
@@ -140,7 +149,27 @@ def add_api_routes(
     app: web.Application, node: NodeView, *, max_content: int, uploads_per_second: float = 50
 ) -> None:
     buckets: dict[str, TokenBucket] = {}
+    samples: dict[bytes, int] = {}
     app.middlewares.append(json_errors)
+
+    def count_samples(ref: ContentRef) -> int | None:
+        data = node.content.get(ref.sha256)
+        try:
+            return None if data is None else len(decode_dataset(data)[1])
+        except DecodeError:
+            return None
+
+    async def validation_samples(ref: ContentRef) -> int | None:
+        """How many samples a task's validation set holds (for accuracies): read once per set,
+        off the event loop; not remembered while the node has not fetched it."""
+        if ref.sha256 not in samples:
+            count = await asyncio.to_thread(count_samples, ref)
+            if count is None:
+                return None
+            if len(samples) >= MAX_REMEMBERED_SAMPLES:
+                samples.clear()
+            samples[ref.sha256] = count
+        return samples[ref.sha256]
 
     async def status(request: web.Request) -> web.Response:
         return web.json_response(node.status())
@@ -162,7 +191,7 @@ def add_api_routes(
                 return error(400, "a block is named by its height or its 64-hex-digit hash")
         if found is None:
             return error(404, f"no block {ident}")
-        return web.json_response(block_json(found, node.chain))
+        return web.json_response(block_view(found, node.chain).to_json())
 
     async def blocks(request: web.Request) -> web.Response:
         try:
@@ -177,7 +206,7 @@ def add_api_routes(
             found = block_at(height)
             if found is None:
                 break
-            out.append(block_json(found, node.chain))
+            out.append(block_view(found, node.chain).to_json())
         return web.json_response(out)
 
     async def account(request: web.Request) -> web.Response:
@@ -187,18 +216,16 @@ def add_api_routes(
         except ValueError as exc:
             return error(400, str(exc))
         acc = node.chain.head_state().account(address)
-        return web.json_response({"address": text, "balance": acc.balance, "nonce": acc.nonce})
+        return web.json_response(AccountView(text, acc.balance, acc.nonce).to_json())
 
     async def tasks(request: web.Request) -> web.Response:
         state = node.chain.head_state()
         return web.json_response(
-            [task_json(tid, t, node.chain, False) for tid, t in sorted(state.tasks.items())]
+            [
+                task_view(tid, t, node.chain, with_rounds=False).to_json()
+                for tid, t in sorted(state.tasks.items())
+            ]
         )
-
-    async def validators(request: web.Request) -> web.Response:
-        head = node.chain.head
-        state = node.chain.store.get_state(head.hash)  # the head's own state, not a newer one
-        return web.json_response(validators_json(state, node.chain.genesis.params, head.height))
 
     async def task(request: web.Request) -> web.Response:
         ident = request.match_info["id"]
@@ -208,7 +235,19 @@ def add_api_routes(
         found = node.chain.head_state().tasks.get(task_id)
         if found is None:
             return error(404, f"no task {ident}")
-        return web.json_response(task_json(task_id, found, node.chain, True))
+        view = task_view(
+            task_id,
+            found,
+            node.chain,
+            with_rounds=True,
+            validation_samples=await validation_samples(found.spec.validation),
+        )
+        return web.json_response(view.to_json())
+
+    async def validators(request: web.Request) -> web.Response:
+        head = node.chain.head
+        state = node.chain.store.get_state(head.hash)  # the head's own state, not a newer one
+        return web.json_response(validators_json(state, node.chain.genesis.params, head.height))
 
     async def post_tx(request: web.Request) -> web.Response:
         try:
@@ -293,3 +332,4 @@ def add_api_routes(
     app.router.add_post("/tx", post_tx)
     app.router.add_get("/content/{sha}", get_content)
     app.router.add_put("/content/{sha}", put_content)
+    add_explorer_routes(app)

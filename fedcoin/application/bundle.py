@@ -55,8 +55,9 @@ def model_bundle(model: Any) -> tuple[bytes, ModelShape]:
     """The bundle of a Keras model, if the validators' evaluator supports every layer."""
     import numpy as np
 
-    from fedcoin.consensus.utility import UnsupportedModel, compile_sequential
+    from fedcoin.consensus.evaluator import compile_architecture
     from fedcoin.data.tensors import encode_bundle
+    from fedcoin.errors import EvaluatorError
 
     if type(model).__name__ != "Sequential":
         raise BundleError(
@@ -64,11 +65,11 @@ def model_bundle(model: Any) -> tuple[bytes, ModelShape]:
         )
     architecture = model.to_json()
     try:
-        layers = compile_sequential(architecture)
-    except UnsupportedModel as exc:
+        program = compile_architecture(architecture)
+    except EvaluatorError as exc:
         raise BundleError(f"unsupported by FedCoin's evaluator: {exc}") from None
     weights = [np.asarray(w, dtype=np.float32) for w in model.get_weights()]
-    used = sum(len(layer.params) for layer in layers)
+    used = len(program.tensor_shapes)
     if used != len(weights):
         raise BundleError(f"the model has {len(weights)} weight tensors, its layers use {used}")
     if any(not np.isfinite(w).all() for w in weights):

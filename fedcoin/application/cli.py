@@ -156,6 +156,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             free_riders=args.free_riders, non_iid=args.non_iid, epochs=args.epochs,
             price=args.price, seed=args.seed, dataset=args.dataset, mnist_path=args.mnist_path,
             out=args.out, data_dir=args.data_dir, connect_seconds=args.connect_timeout,
+            delta_free_riders=args.delta_free_riders,
+            disguised_free_riders=args.disguised_free_riders, label_flippers=args.label_flippers,
+            sybil_split=args.sybil_split, server_copies=args.server_copies,
+            inflate_samples=args.inflate_samples, allowed_clients=args.allowed_clients,
         )
     )  # fmt: skip
     return 0 if report["same_head"] and report["conserved"] else 1
@@ -184,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except FedCoinError as exc:
         print(f"fedcoin {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except TimeoutError:  # an OSError whose message is empty: say what it means
+        print(f"fedcoin {args.command}: gave up waiting (timed out)", file=sys.stderr)
         return 1
     except OSError as exc:  # a file or socket the command needed; the message names it
         print(f"fedcoin {args.command}: {exc}", file=sys.stderr)

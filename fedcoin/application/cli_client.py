@@ -14,7 +14,7 @@ from fedcoin.data.keys import PrivateKey, format_address, parse_address
 from fedcoin.errors import FedCoinError
 
 if TYPE_CHECKING:
-    from fedcoin.application.fl_server import NodeClient
+    from fedcoin.application.node_client import NodeClient
     from fedcoin.data.tx import Bond
 
 log = logging.getLogger("fedcoin")

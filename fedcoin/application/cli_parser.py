@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ALPHA",
         help="Dirichlet(ALPHA) label-skewed shards (default IID)",
     )
+    add_kind_arguments(p)
     p.add_argument(
         "--epochs", type=int, default=2, help="local epochs per round (default %(default)s)"
     )
@@ -260,3 +261,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run a small ledger demo on a SQLite store")
     p.add_argument("--data-dir", type=Path, help="keep the demo's SQLite file here")
     return parser
+
+
+def add_kind_arguments(p: argparse.ArgumentParser) -> None:
+    """The simulator's manipulating client kinds (issue 12; ``application/sim_kinds.py``)."""
+    for flag, what in (
+        ("--delta-free-riders", "clients that send the global model plus its last change"),
+        ("--disguised-free-riders", "clients that send the global model plus small noise"),
+        ("--label-flippers", "clients that train on labels shifted by one class"),
+    ):
+        p.add_argument(flag, type=int, default=0, metavar="N", help=f"{what} (default 0)")
+    p.add_argument(
+        "--sybil-split", type=int, default=0, metavar="K",
+        help="client 0 splits its data over K keys (default: no split)",
+    )  # fmt: skip
+    p.add_argument(
+        "--server-copies", type=int, default=0, metavar="K",
+        help="the FL server adds K noised copies of client 0's update under its own keys",
+    )  # fmt: skip
+    p.add_argument(
+        "--inflate-samples", type=int, default=0, metavar="X",
+        help="the last honest client reports X times its samples (default: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allowed-clients", action="store_true",
+        help="publish a consortium task listing the real clients' keys (sybils and copies "
+        "are refused by the chain)",
+    )  # fmt: skip

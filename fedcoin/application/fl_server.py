@@ -11,21 +11,20 @@ accuracy, the Shapley values and the payouts.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 
 from fedcoin.application.api import ref_from_json
 from fedcoin.application.content import IpfsClient
 from fedcoin.application.datasets import ClientShard, Dataset, from_arrays
+from fedcoin.application.node_client import NodeClient, NodeError
 from fedcoin.application.task_file import load_task_id, save_task_id
-from fedcoin.consensus.utility import fedavg
+from fedcoin.consensus.game import exact_fedavg as fedavg
 from fedcoin.data.genesis import UNIT
 from fedcoin.data.keys import PrivateKey, format_address
 from fedcoin.data.tensors import (
@@ -44,89 +43,14 @@ from fedcoin.data.tx import (
     PublishTask,
     SubmitRound,
     TaskSpec,
-    Transaction,
-    TxBody,
-    make_tx,
 )
-from fedcoin.errors import ConfigError, ContentMismatch, FedCoinError
+from fedcoin.errors import ConfigError
+
+__all__ = ["FLServer", "FLServerConfig", "NodeClient", "NodeError", "RoundReport"]
 
 log = logging.getLogger("fedcoin.fl")
 RESUME_TIMEOUT = 30.0
 """Seconds to wait for a joined or saved task to show up on the node's chain."""
-
-
-class NodeError(FedCoinError):
-    """The full node refused a request or could not be reached."""
-
-    def __init__(self, message: str, rule: str | None = None) -> None:
-        super().__init__(message)
-        self.rule = rule
-
-
-class NodeClient:
-    """The HTTP API of one full node, as the FL server and the wallet commands use it."""
-
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> NodeClient:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    async def _call(self, method: str, path: str, data: bytes | None = None) -> Any:
-        assert self._session is not None, "use 'async with NodeClient(...)'"
-        try:
-            async with self._session.request(method, self.url + path, data=data) as resp:
-                if resp.content_type == "application/json":
-                    body = await resp.json()
-                else:
-                    body = await resp.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise NodeError(f"cannot reach the node at {self.url}: {exc}") from None
-        if resp.status >= 400:
-            message = body.get("error", str(body)) if isinstance(body, dict) else str(body)
-            raise NodeError(message, body.get("rule") if isinstance(body, dict) else None)
-        return body
-
-    async def status(self) -> dict[str, Any]:
-        return await self._call("GET", "/status")  # type: ignore[no-any-return]
-
-    async def account(self, address: bytes) -> dict[str, Any]:
-        return await self._call("GET", f"/accounts/{format_address(address)}")  # type: ignore[no-any-return]
-
-    async def task(self, task_id: bytes) -> dict[str, Any]:
-        return await self._call("GET", f"/tasks/{task_id.hex()}")  # type: ignore[no-any-return]
-
-    async def validators(self) -> dict[str, Any]:
-        return await self._call("GET", "/validators")  # type: ignore[no-any-return]
-
-    async def post_tx(self, tx: Transaction) -> str:
-        body = await self._call("POST", "/tx", tx.encode())
-        return str(body["tx_id"])
-
-    async def put_content(self, data: bytes, cid: str = "") -> ContentRef:
-        ref = ContentRef(hashlib.sha256(data).digest(), len(data), cid)
-        await self._call("PUT", f"/content/{ref.sha256.hex()}", data)
-        return ref
-
-    async def get_content(self, ref: ContentRef) -> bytes:
-        data = await self._call("GET", f"/content/{ref.sha256.hex()}")
-        if not isinstance(data, bytes) or hashlib.sha256(data).digest() != ref.sha256:
-            raise ContentMismatch(f"node served wrong bytes for {ref.sha256.hex()}")
-        return data
-
-    async def send(self, key: PrivateKey, chain_id: str, body: TxBody, fee: int = 0) -> Transaction:
-        """Sign ``body`` with the sender's next nonce and submit it."""
-        nonce = (await self.account(key.address))["nonce"]
-        tx = make_tx(key, chain_id, nonce, body, fee)
-        await self.post_tx(tx)
-        return tx
 
 
 @dataclass
@@ -140,6 +64,12 @@ class RoundReport:
     refund: int
     voided: bool
     block_height: int
+
+
+Behaviour = Callable[[int, list[np.ndarray], list[np.ndarray] | None, list[list[np.ndarray]]],
+                     list[np.ndarray] | None]  # fmt: skip
+"""(client index, global g, previous global or None, this round's updates so far) → the
+weights that client sends, or None to train honestly."""
 
 
 @dataclass
@@ -163,6 +93,14 @@ class FLServerConfig:
     epochs: int = 2
     split_bps: tuple[int, int, int] = (7000, 1000, 2000)
     posap: PosapParams = DEFAULT_POSAP
+    allowed_clients: tuple[bytes, ...] = ()
+    """Public keys of a consortium task's clients (the only ones the chain pays); () = open."""
+    sample_claims: Sequence[int] | None = None
+    """Sample count each client reports; default its shard's size (``simulate
+    --inflate-samples`` makes one client over-report)."""
+    behave: Behaviour | None = None
+    """What a client sends instead of training (the simulator's manipulating clients)."""
+    """Public keys of a consortium task's clients (the only ones the chain pays); () = open."""
     deadline_blocks: int | None = None
     """Blocks from publication to the deadline; default ``default_deadline_blocks(rounds)``."""
     task_id: bytes | None = None
@@ -192,6 +130,8 @@ class FLServer:
             raise ConfigError("one key per client")
         self.config = config
         self.reports: list[RoundReport] = []
+        self.previous_global: list[np.ndarray] | None = None
+        """The global model before the current one (what a delta free rider extrapolates)."""
         self.task_id: bytes | None = config.task_id or load_task_id(config.task_file)
         self.resumed = self.task_id is not None
         """The task was given or saved, not published by this run."""
@@ -298,7 +238,7 @@ class FLServer:
             name="fedcoin-task", model=model, validation=validation, server=cfg.key.address,
             rounds=cfg.rounds, price_per_round=cfg.price_per_round, split_bps=cfg.split_bps,
             min_clients=1, max_clients=max(n, 1), deadline_height=height + deadline,
-            posap=cfg.posap,
+            posap=cfg.posap, allowed_clients=tuple(cfg.allowed_clients),
         )  # fmt: skip
         tx = await node.send(cfg.key, chain_id, PublishTask(spec))
         log.info(
@@ -320,21 +260,31 @@ class FLServer:
     ) -> RoundReport:
         cfg = self.config
         assert self.task_id is not None
-        updates, client_weights = [], []
+        updates: list[ClientUpdate] = []
+        client_weights: list[list[np.ndarray]] = []
         training = self._step(f"round {r}: training {len(cfg.shards)} clients", len(cfg.shards))
         for i, (shard, key) in enumerate(zip(cfg.shards, cfg.client_keys, strict=True)):
-            weights = await asyncio.to_thread(
-                trainer.client_update,
-                shard,
-                global_weights,
-                cfg.epochs,
-                cfg.seed * 1000 + r * 100 + i,
+            sent = None
+            if cfg.behave is not None:
+                sent = cfg.behave(i, global_weights, self.previous_global, client_weights)
+            weights: list[np.ndarray] = (
+                sent
+                if sent is not None
+                else await asyncio.to_thread(
+                    trainer.client_update,
+                    shard,
+                    global_weights,
+                    cfg.epochs,
+                    cfg.seed * 1000 + r * 100 + i,
+                )
             )
             ref = await self._store(node, encode_weights(weights))
-            updates.append(ClientUpdate.create(key, self.task_id, r, ref, len(shard.data)))
+            claim = cfg.sample_claims[i] if cfg.sample_claims else len(shard.data)
+            updates.append(ClientUpdate.create(key, self.task_id, r, ref, claim))
             client_weights.append(weights)
             self._advance(training, advance=1)
         new_global = fedavg(client_weights, [u.samples for u in updates])
+        self.previous_global = global_weights
         global_ref = await self._store(node, encode_weights(new_global))
         await node.send(cfg.key, chain_id, SubmitRound(self.task_id, r, tuple(updates), global_ref))
         assert self.validation is not None

@@ -244,7 +244,8 @@ class FullNode:
     def _on_imported(self, block: Block, result: ImportResult) -> None:
         if result.outcome is Imported.HEAD:
             state = self.chain.head_state()
-            self.mempool.refresh(state, block.height, self.config.clock_ms(), block.txs)
+            returned = [tx for gone in result.left for tx in gone.txs]
+            self.mempool.refresh(state, block.height, self.config.clock_ms(), returned)
             self.shares.keep_only(sv.sv_task_id for sv in state.queue)
         self._poke()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +57,10 @@ def add_light_arguments(
     )
     p.add_argument("--clients", type=int, default=4, help="in-process clients (default 4)")
     p.add_argument("--noisy", type=int, default=0, help="clients with noisy labels")
+    p.add_argument(
+        "--allowed-clients", action="store_true",
+        help="publish a consortium task: only the in-process clients' keys are paid",
+    )  # fmt: skip
     p.add_argument("--free-riders", type=int, default=0, help="clients that train nothing")
     p.add_argument("--non-iid", type=float, metavar="ALPHA", help="Dirichlet non-IID shards")
     p.add_argument("--epochs", type=int, default=2, help="local epochs per round (default 2)")
@@ -66,7 +71,11 @@ def add_light_arguments(
     p.add_argument(
         "--data", type=Path, help="the clients' training data: an .npz with x and y (any model)"
     )
-    p.add_argument("--ipfs-api", help="also add every blob to this IPFS daemon")
+    p.add_argument(
+        "--ipfs-api",
+        default=os.environ.get("FEDCOIN_IPFS_API") or None,
+        help="also add every blob to this IPFS daemon (env FEDCOIN_IPFS_API)",
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per wait (default 300)")
     p.add_argument("--out", type=Path, help="report.json and plots (default DATA_DIR/report)")
     p.add_argument("--seed", type=int, default=0, help="data split and training seed")
@@ -132,6 +141,7 @@ def run_light(args: argparse.Namespace) -> int:
         deadline_blocks=args.deadline_blocks or default_deadline_blocks(args.rounds),
         task_id=task_id, task_file=task_file, ipfs_api=args.ipfs_api, seed=args.seed,
         settle_timeout=args.timeout, progress=sys.stderr.isatty(),
+        allowed_clients=tuple(k.public for k in client_keys) if args.allowed_clients else (),
         on_round=lambda r: print(round_line(r), flush=True),
     )  # fmt: skip
     server = FLServer(config)

@@ -17,7 +17,6 @@ admission that needs no state, for callers to run off the event loop before anyt
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -40,7 +39,6 @@ __all__ = ["Mempool", "MempoolFull", "SenderQueueFull", "check_signatures"]
 
 DEFAULT_CAPACITY = 50_000
 DEFAULT_PER_SENDER = 10_000
-RECENT_BLOCKS = 8
 
 
 def check_signatures(tx: Transaction) -> None:
@@ -100,7 +98,6 @@ class Mempool:
         self.runs: dict[bytes, Run] = {}
         self.sender_of: dict[bytes, bytes] = {}
         self.sizes: dict[bytes, int] = {}
-        self.recent: deque[tuple[Transaction, ...]] = deque(maxlen=RECENT_BLOCKS)
 
     def __len__(self) -> int:
         return len(self.sender_of)
@@ -212,17 +209,15 @@ class Mempool:
             del self.runs[sender]
 
     def refresh(
-        self, state: State, height: int, now_ms: int, included: Sequence[Transaction] = ()
+        self, state: State, height: int, now_ms: int, returned: Sequence[Transaction] = ()
     ) -> None:
         """Keep only what still applies on the new head, in order.
 
-        ``included`` are the new head block's transactions. Those of the last
-        ``RECENT_BLOCKS`` heads are candidates again, so a reorg that drops a block returns
-        its transactions to the pool instead of losing them (and every later one of their
-        senders, whose nonces would no longer be contiguous)."""
-        self.recent.append(tuple(included))
+        ``returned`` are the transactions of the blocks a reorg took off the canonical chain:
+        they are candidates again beside the pending ones, so a reorg loses none of them (nor
+        any later transaction of their senders, whose nonces would no longer be contiguous)."""
         candidates: dict[bytes, dict[bytes, Transaction]] = {}
-        for txs in [*self.recent, *(run.txs for run in self.runs.values())]:
+        for txs in [returned, *(run.txs for run in self.runs.values())]:
             for tx in txs:
                 candidates.setdefault(tx.sender, {})[tx.id] = tx
         sizes = self.sizes

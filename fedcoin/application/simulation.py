@@ -22,9 +22,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedcoin.application.datasets import ClientKind, load_task_data, make_clients
+from fedcoin.application.datasets import ClientKind, load_task_data
 from fedcoin.application.fl_server import FLServer, FLServerConfig, RoundReport
 from fedcoin.application.full_node import FullNode, FullNodeConfig
+from fedcoin.application.sim_kinds import KindCounts, Roster, make_roster
 from fedcoin.consensus.shapley import SV_SCALE
 from fedcoin.consensus.stake import randao_tip_of
 from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT, Genesis, GenesisValidator
@@ -32,6 +33,8 @@ from fedcoin.data.keys import PrivateKey, format_address
 from fedcoin.data.tx import DEFAULT_POSAP
 from fedcoin.errors import ConfigError, StartupError
 from fedcoin.network.node import Notifier
+
+log = logging.getLogger("fedcoin.simulate")
 
 
 @dataclass
@@ -53,6 +56,23 @@ class SimConfig:
     """How long the miners may take to find a peer each before the simulation gives up."""
     share_window_ms: int = 500
     min_block_interval_ms: int = 300
+    delta_free_riders: int = 0
+    disguised_free_riders: int = 0
+    label_flippers: int = 0
+    sybil_split: int = 0
+    server_copies: int = 0
+    inflate_samples: int = 0
+    allowed_clients: bool = False
+    """Publish a consortium task listing the real clients' keys (sybils and copies refused)."""
+
+    def kind_counts(self) -> KindCounts:
+        return KindCounts(
+            noisy=self.noisy, free_riders=self.free_riders,
+            delta_free_riders=self.delta_free_riders,
+            disguised_free_riders=self.disguised_free_riders, label_flippers=self.label_flippers,
+            sybil_split=self.sybil_split, server_copies=self.server_copies,
+            inflate_samples=self.inflate_samples,
+        )  # fmt: skip
 
     def check(self) -> None:
         if self.miners < 1:
@@ -61,8 +81,8 @@ class SimConfig:
             raise ConfigError("--clients must be between 1 and 16 (exact Shapley tables up to 10)")
         if self.rounds < 1:
             raise ConfigError("--rounds must be at least 1")
-        if self.noisy + self.free_riders > self.clients:
-            raise ConfigError("more noisy and free-riding clients than clients")
+        if self.clients + max(self.sybil_split - 1, 0) + self.server_copies > 16:
+            raise ConfigError("at most 16 client keys in all (sybils and copies included)")
 
 
 def derived_key(seed: int, role: str) -> PrivateKey:
@@ -74,13 +94,11 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
     for name in ("fedcoin", "aiohttp"):
         logging.getLogger(name).setLevel(logging.WARNING)
     train, val = load_task_data(cfg.dataset, cfg.mnist_path, cfg.seed)
-    shards = make_clients(
-        train, clients=cfg.clients, noisy=cfg.noisy, free_riders=cfg.free_riders,
-        non_iid_alpha=cfg.non_iid, seed=cfg.seed,
-    )  # fmt: skip
+    roster = make_roster(train, cfg.clients, cfg.kind_counts(), cfg.non_iid, cfg.seed)
+    shards = roster.shards
     server_key = derived_key(cfg.seed, "server")
     miner_keys = [derived_key(cfg.seed, f"miner-{i}") for i in range(cfg.miners)]
-    client_keys = [derived_key(cfg.seed, f"client-{i}") for i in range(cfg.clients)]
+    client_keys = roster.keys
     escrow = cfg.rounds * cfg.price
     params = replace(DEFAULT_PARAMS, min_block_interval_ms=cfg.min_block_interval_ms)
     validators = tuple(
@@ -99,7 +117,8 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
     arch, initial = build_mlp(train.x.shape[1], train.classes, seed=cfg.seed)
     console.print(
         f"[bold]FedCoin simulation[/bold]: {cfg.miners} miners, {cfg.clients} clients "
-        f"({cfg.noisy} noisy, {cfg.free_riders} free riders"
+        f"({', '.join(sorted(set(roster.kinds)))}"
+        + (", consortium task" if cfg.allowed_clients else "")
         + (f", Dirichlet α={cfg.non_iid}" if cfg.non_iid else ", IID")
         + f"), {cfg.rounds} rounds at {cfg.price / UNIT:g} FC, {cfg.dataset}"
     )
@@ -140,13 +159,16 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
                     client_keys=client_keys, rounds=cfg.rounds, price_per_round=cfg.price,
                     epochs=cfg.epochs, posap=posap, seed=cfg.seed, on_round=on_round,
                     progress=console.is_terminal, settle_timeout=600,
+                    sample_claims=roster.claims, behave=roster.behave(),
+                    allowed_clients=roster.allowed if cfg.allowed_clients else (),
                 )
             )  # fmt: skip
             reports = await server.run()
-            await notifier.wait_for(lambda: len({n.chain.head.hash for n in nodes}) == 1, 30)
-            report = build_report(
-                cfg, nodes, server, reports, shards, client_keys, server_key, escrow
-            )
+            try:
+                await notifier.wait_for(lambda: len({n.chain.head.hash for n in nodes}) == 1, 60)
+            except TimeoutError:
+                log.warning("miners still disagree on the head after 60 s; reporting as is")
+            report = build_report(cfg, nodes, server, reports, roster, server_key, escrow)
     write_outputs(cfg.out, report)
     print_tables(console, report)
     return report
@@ -154,17 +176,17 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
 
 def build_report(
     cfg: SimConfig, nodes: list[FullNode], server: FLServer, reports: list[RoundReport],
-    shards: Any, client_keys: list[PrivateKey], server_key: PrivateKey, escrow: int,
+    roster: Roster, server_key: PrivateKey, escrow: int,
 ) -> dict[str, Any]:  # fmt: skip
     node = nodes[0]
     state = node.chain.head_state()
     heads = {format_address(n.key.address): n.chain.head.hash.hex() for n in nodes}
     blocks = [node.store.block_at(h) for h in range(node.chain.head.height + 1)]
     clients: list[dict[str, Any]] = []
-    for i, (shard, key) in enumerate(zip(shards, client_keys, strict=True)):
+    for i, (shard, key) in enumerate(zip(roster.shards, roster.keys, strict=True)):
         clients.append({
-            "index": i, "address": format_address(key.address), "kind": str(shard.kind),
-            "samples": len(shard.data),
+            "index": i, "address": format_address(key.address), "kind": roster.kinds[i],
+            "samples": len(shard.data), "claimed": roster.claims[i],
             "sv_per_round": [r.sv[i] / SV_SCALE if r.sv else None for r in reports],
             "paid_per_round": [r.paid[i] if r.paid else 0 for r in reports],
             "total_paid": sum(r.paid[i] if r.paid else 0 for r in reports),

@@ -37,6 +37,8 @@ class ImportResult:
     """What happened."""
     reorg_depth: int = 0
     """Blocks of the old canonical chain that left it (0 when the head was extended)."""
+    left: tuple[Block, ...] = ()
+    """Those blocks, tip first: their transactions go back to the mempool, not into the void."""
 
 
 class Chain:
@@ -82,8 +84,21 @@ class Chain:
         if not heavier(block.header, head):
             return ImportResult(Imported.SIDE)
         depth = 0 if block.parent == head.hash else self._depth_leaving(head, block)
+        left = self._canonical_blocks_down_from(head, depth)
         self.store.set_head(block.hash)
-        return ImportResult(Imported.HEAD, depth)
+        return ImportResult(Imported.HEAD, depth, left)
+
+    def _canonical_blocks_down_from(self, tip: BlockHeader, count: int) -> tuple[Block, ...]:
+        """``count`` blocks of the canonical chain ending at ``tip``, tip first."""
+        found: list[Block] = []
+        cursor: BlockHeader | None = tip
+        while cursor is not None and len(found) < count:
+            block = self.store.get_block(cursor.hash)
+            if block is None:
+                break
+            found.append(block)
+            cursor = self.store.get_header(cursor.parent)
+        return tuple(found)
 
     def _depth_leaving(self, old_head: BlockHeader, new_tip: Block) -> int:
         """How many canonical blocks a switch to ``new_tip`` removes from the canonical chain."""

@@ -4,17 +4,22 @@ A share is a miner's table of evaluated coalitions ``(mask, U)`` and the fixed-p
 estimate recomputed from it. Which coalitions a share holds is fixed by
 ``seed = sha256("fedcoin/posap/seed" || sv_task_id || miner_pubkey)`` and the task's budget, so
 a miner cannot choose them; up to ``n_exact_max`` clients the table is all ``2**n`` coalitions.
+``U`` is the exact null-player game (``utility.CoalitionGame``): every node computes the same
+integers, so a table entry is right or wrong — there is no tolerance.
 
-Verifying a share:
+Verifying a share, cheapest check first (a bogus share costs little):
 1. its estimator and coalitions are exactly what the seed and budget prescribe;
-2. its estimate equals the recomputation from its table (exact rational arithmetic);
-3. the border entries (∅, N, singletons, (n−1)-coalitions) and ``spot_checks`` more entries,
-   chosen by ``sha256(share || parent_hash)``, are re-evaluated and must match within
-   ``tolerance`` samples. Re-evaluations go through the game's memo, so checking many shares
-   of one SV task costs little more than checking one.
+2. the border entries (∅, N, singletons, (n−1)-coalitions) and ``spot_checks`` more entries,
+   chosen by ``sha256(share || parent_hash)``, are re-evaluated and must be EQUAL to the
+   re-evaluation (``PosapParams.tolerance`` is ignored: any difference is a mismatch).
+   Re-evaluations go through the game's memo, so checking many shares of one SV task costs
+   little more than checking one;
+3. its estimate equals the recomputation from its table (exact rational arithmetic).
 
 ``PosapVerifier`` is the node's ``WorkVerifier``: it reads the round's weights from a content
-source, checks the FedAvg, builds (and caches) the coalition game, and verifies shares.
+source, checks the round (shapes, evaluator bounds, bit-exact FedAvg), builds the game and caches
+it by the hash of the whole SV task and the task's model and validation set (not by the SV task
+id alone: an equivocating FL server could otherwise poison the cache with another round).
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from typing import Protocol
 import numpy as np
 
 from fedcoin.consensus.aggregate import aggregate_estimates
+from fedcoin.consensus.evaluator import compile_architecture
+from fedcoin.consensus.game import is_exact_fedavg
+from fedcoin.consensus.quantize import quantize_weights
 from fedcoin.consensus.shapley import (
     ESTIMATOR_EXACT,
     ESTIMATOR_STRATIFIED,
@@ -36,17 +44,18 @@ from fedcoin.consensus.shapley import (
     fixed_point_estimate,
     stratified_schedule,
 )
-from fedcoin.consensus.utility import CoalitionGame, is_fedavg
+from fedcoin.consensus.utility import CoalitionGame
 from fedcoin.data.block import Share
 from fedcoin.data.content import ContentSource, resolve
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.state import SvTask, TaskState
 from fedcoin.data.tensors import decode_bundle, decode_dataset, weights_of
-from fedcoin.data.tx import ContentRef, PosapParams, SubmitRound
+from fedcoin.data.tx import ContentRef, PosapParams, SubmitRound, TaskSpec
 from fedcoin.errors import (
     DecodeError,
     EstimateMismatch,
     EstimatorMismatch,
+    EvaluatorError,
     NotFedAvg,
     RoundContentUnavailable,
     RuleViolation,
@@ -118,16 +127,16 @@ def verify_share(
         m != expected for (m, _), expected in zip(share.table, masks, strict=False)
     ):
         raise ScheduleMismatch(expected=len(masks), got=len(share.table))
-    # The estimate is the recomputation from the table
-    if tuple(share.estimate) != fixed_point_estimate(n, share.table):
-        raise EstimateMismatch(miner=share.miner_pubkey)
-    # Border and spot-checked entries match a re-evaluation within the tolerance
+    # Border and spot-checked entries equal an exact re-evaluation (no tolerance: U is exact)
     positions = checked_positions(share, n, parent_hash, params.spot_checks)
     claimed = [share.table[i] for i in positions]
     actual = game.utilities([m for m, _ in claimed])
     for (mask, value), real in zip(claimed, actual, strict=True):
-        if abs(value - real) > params.tolerance:
+        if value != real:
             raise TableEntryMismatch(mask=mask, claimed=value, evaluated=real)
+    # The estimate is the recomputation from the table (the costliest check, so the last)
+    if tuple(share.estimate) != fixed_point_estimate(n, share.table):
+        raise EstimateMismatch(miner=share.miner_pubkey)
 
 
 def layout(weights: Sequence[np.ndarray]) -> list[tuple[tuple[int, ...], str]]:
@@ -141,6 +150,11 @@ def aggregate_shares(shares: Sequence[Share]) -> tuple[int, ...]:
 
 
 # --- the node's verifier -------------------------------------------------------------------
+def game_key(sv_task: SvTask, spec: TaskSpec) -> bytes:
+    """What a cached game is valid for: the whole SV task and the task's bundle and data."""
+    return hashlib.sha256(sv_task.encode() + spec.model.sha256 + spec.validation.sha256).digest()
+
+
 class PosapVerifier:
     """The real ``WorkVerifier``: content from a source, FedAvg check, cached games."""
 
@@ -176,7 +190,7 @@ class PosapVerifier:
         try:
             clients = [weights_of(self._blob(u.weights, miss)) for u in round_.updates]
             global_model = weights_of(self._blob(round_.global_model, miss))
-            reference = weights_of(self._blob(task.spec.model, miss))
+            architecture, reference = decode_bundle(self._blob(task.spec.model, miss))
         except DecodeError as exc:
             raise NotFedAvg(reason=f"undecodable weights: {exc}") from None
         # Every client update and the global model fit the task's model: same tensors, same
@@ -186,8 +200,13 @@ class PosapVerifier:
             if layout(weights) != expected:
                 which = f"client {index}" if index < len(clients) else "global model"
                 raise WrongTensorShapes(which=which, expected=expected, got=layout(weights))
-        # The global model is the FedAvg of the updates
-        if not is_fedavg(global_model, clients, [u.samples for u in round_.updates]):
+        # Every model quantises within evaluator v1's bounds (else no validator could score
+        # it later: refused here with the evaluator's named error, before it is queued)
+        program = compile_architecture(architecture)
+        for weights in clients:
+            quantize_weights(program, weights)
+        # The global model is, bit for bit, the FedAvg with median-clipped counts
+        if not is_exact_fedavg(global_model, clients, [u.samples for u in round_.updates]):
             raise NotFedAvg(round=round_.round)
 
     def game(self, sv_task: SvTask, task: TaskState) -> CoalitionGame:
@@ -196,9 +215,10 @@ class PosapVerifier:
             return self._game(sv_task, task)
 
     def _game(self, sv_task: SvTask, task: TaskState) -> CoalitionGame:
-        cached = self.games.get(sv_task.sv_task_id)
+        key = game_key(sv_task, task.spec)
+        cached = self.games.get(key)
         if cached is not None:
-            self.games.move_to_end(sv_task.sv_task_id)
+            self.games.move_to_end(key)
             return cached
         miss = ShareContentUnavailable
         try:
@@ -212,12 +232,12 @@ class PosapVerifier:
             game = CoalitionGame(
                 architecture, previous, clients, [u.samples for u in sv_task.updates], x, y
             )
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
+        except (EvaluatorError, ValueError, TypeError, KeyError, IndexError) as exc:
             # content that passed the round's checks but still cannot form a game (e.g. a
             # validation set that does not fit the model): no share can be made, so the
             # round is voided after the PoSap timeout instead of stopping the miners
             raise ShareContentUnavailable(reason=f"cannot build the game: {exc}") from None
-        self.games[sv_task.sv_task_id] = game
+        self.games[key] = game
         while len(self.games) > self.cache_games:
             self.games.popitem(last=False)
         return game

@@ -17,7 +17,9 @@ from fedcoin.data.tx import MAX_CLIENTS, CloseTask, SubmitRound, TaskSpec
 from fedcoin.errors import (
     BadUpdateSignature,
     ClientCountOutOfRange,
+    ClientNotAllowed,
     DuplicateClient,
+    DuplicateWeights,
     InsufficientBalance,
     InvalidTaskSpec,
     InvalidUpdate,
@@ -38,7 +40,8 @@ class RoundChecker(Protocol):
     """Checks that need a round's content: supplied by the node, stubbed in unit tests."""
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
-        """Raise ``RoundContentUnavailable`` or ``NotFedAvg``; return when the round is sound."""
+        """Raise ``RoundContentUnavailable``, ``WrongTensorShapes`` or ``NotFedAvg`` (the global
+        model is not bit for bit the FedAvg with median-clipped counts); return when sound."""
 
 
 def validate_spec(spec: TaskSpec, height: int) -> None:
@@ -135,11 +138,20 @@ def submit_round(
             got=len(body.updates), min=spec.min_clients, max=spec.max_clients
         )
     seen: set[bytes] = set()
+    hashes: set[bytes] = set()
+    allowed = frozenset(spec.allowed_clients)
     for update in body.updates:
         # Each client appears once
         if update.client_pubkey in seen:
             raise DuplicateClient(client=update.client_pubkey)
         seen.add(update.client_pubkey)
+        # A consortium task (non-empty allowed_clients) takes updates from listed clients only
+        if allowed and update.client_pubkey not in allowed:
+            raise ClientNotAllowed(client=update.client_pubkey)
+        # No two updates carry the same weights (a copy under another key is not a player)
+        if update.weights.sha256 in hashes:
+            raise DuplicateWeights(sha256=update.weights.sha256)
+        hashes.add(update.weights.sha256)
         # A client trained on at least one sample
         if update.samples < 1:
             raise InvalidUpdate(client=update.client_pubkey)

@@ -9,6 +9,10 @@ stored block — on the canonical chain or a side branch — can be rebuilt to r
 ``put_block`` and ``set_head`` is one SQLite transaction (WAL, ``synchronous=FULL``): a process
 killed at any point leaves either the whole block or none of it, and never a head without its
 block.
+
+Both keep a task index: for each task, the blocks that publish it, submit one of its rounds or
+settle (or void) one, so the API reads a task's rounds without walking the chain. Every stored
+block is indexed, on a side branch too; ``task_blocks`` keeps those on the canonical chain.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from fedcoin.data.block import Block, BlockHeader
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.state import State, StateDelta
+from fedcoin.data.task_index import task_touches
 from fedcoin.errors import DecodeError, StoreError
 
 SNAPSHOT_EVERY = 32
@@ -57,6 +62,10 @@ class ChainStore(ABC):
 
     @abstractmethod
     def canonical_hash(self, height: int) -> bytes | None: ...
+
+    @abstractmethod
+    def task_blocks(self, task_id: bytes) -> list[tuple[int, bytes]]:
+        """(height, hash) of the canonical blocks that touch a task, by height."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
@@ -111,6 +120,8 @@ class MemoryChainStore(ChainStore):
         self._states: dict[bytes, State] = {block.hash: genesis.state()}
         self._receipts: dict[bytes, bytes] = {block.hash: b""}
         self._canonical: list[bytes] = [block.hash]
+        self._task_blocks: dict[bytes, list[bytes]] = {}
+        self._sv_owner: dict[bytes, bytes] = {}
 
     @property
     def genesis_hash(self) -> bytes:
@@ -123,6 +134,10 @@ class MemoryChainStore(ChainStore):
         self._blocks[block.hash] = block
         self._states[block.hash] = state
         self._receipts[block.hash] = receipt
+        touched, submitted = task_touches(block, self._sv_owner.get)
+        self._sv_owner.update(submitted)
+        for task_id in touched:
+            self._task_blocks.setdefault(task_id, []).append(block.hash)
 
     def set_head(self, block_hash: bytes) -> None:
         block = self._blocks.get(block_hash)
@@ -152,6 +167,10 @@ class MemoryChainStore(ChainStore):
     def canonical_hash(self, height: int) -> bytes | None:
         return self._canonical[height] if 0 <= height < len(self._canonical) else None
 
+    def task_blocks(self, task_id: bytes) -> list[tuple[int, bytes]]:
+        found = [(self._blocks[h].height, h) for h in self._task_blocks.get(task_id, [])]
+        return sorted((height, h) for height, h in found if self.canonical_hash(height) == h)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -161,6 +180,10 @@ CREATE TABLE IF NOT EXISTS blocks (
 CREATE TABLE IF NOT EXISTS states (
     hash BLOB PRIMARY KEY, full INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS canonical (height INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS task_blocks (
+    task_id BLOB NOT NULL, hash BLOB NOT NULL, height INTEGER NOT NULL,
+    PRIMARY KEY (task_id, hash));
+CREATE TABLE IF NOT EXISTS sv_tasks (sv_task_id BLOB PRIMARY KEY, task_id BLOB NOT NULL);
 """
 
 
@@ -192,12 +215,41 @@ class SqliteChainStore(ChainStore):
                 self._db.execute("INSERT INTO canonical VALUES (0, ?)", (block.hash,))
                 self._db.execute("INSERT INTO meta VALUES ('genesis', ?)", (block.hash,))
                 self._db.execute("INSERT INTO meta VALUES ('head', ?)", (block.hash,))
+                self._db.execute("INSERT INTO meta VALUES ('task_index', 1)")
         elif bytes(row[0]) != block.hash:
             raise StoreError(
                 f"{self.path} belongs to another network (genesis {bytes(row[0]).hex()[:16]}, "
                 f"configured {block.hash.hex()[:16]})"
             )
         self._genesis = block.hash
+        if self._db.execute("SELECT 1 FROM meta WHERE key='task_index'").fetchone() is None:
+            self._build_task_index()
+
+    def _build_task_index(self) -> None:
+        """Index the blocks of a store written before the task index existed (once)."""
+        with self._tx():
+            rows = self._db.execute("SELECT data FROM blocks ORDER BY height").fetchall()
+            for (data,) in rows:
+                try:
+                    self._index_tasks(Block.decode(bytes(data)))
+                except DecodeError as exc:
+                    raise StoreError(f"corrupt block in {self.path}: {exc}") from None
+            self._db.execute("INSERT INTO meta VALUES ('task_index', 1)")
+
+    def _sv_owner(self, sv_task_id: bytes) -> bytes | None:
+        row = self._db.execute(
+            "SELECT task_id FROM sv_tasks WHERE sv_task_id=?", (sv_task_id,)
+        ).fetchone()
+        return bytes(row[0]) if row is not None else None
+
+    def _index_tasks(self, block: Block) -> None:
+        """Inside a transaction: record which tasks ``block`` touches."""
+        touched, submitted = task_touches(block, self._sv_owner)
+        self._db.executemany("INSERT OR IGNORE INTO sv_tasks VALUES (?,?)", list(submitted.items()))
+        self._db.executemany(
+            "INSERT OR IGNORE INTO task_blocks VALUES (?,?,?)",
+            [(task_id, block.hash, block.height) for task_id in touched],
+        )
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
@@ -228,6 +280,7 @@ class SqliteChainStore(ChainStore):
                 ),
             )
             self._db.execute("INSERT INTO states VALUES (?,?,?)", (block.hash, int(full), data))
+            self._index_tasks(block)
         self._remember(block.hash, state)
 
     def set_head(self, block_hash: bytes) -> None:
@@ -323,6 +376,15 @@ class SqliteChainStore(ChainStore):
     def canonical_hash(self, height: int) -> bytes | None:
         row = self._db.execute("SELECT hash FROM canonical WHERE height=?", (height,)).fetchone()
         return bytes(row[0]) if row is not None else None
+
+    def task_blocks(self, task_id: bytes) -> list[tuple[int, bytes]]:
+        rows = self._db.execute(
+            "SELECT t.height, t.hash FROM task_blocks t "
+            "JOIN canonical c ON c.height = t.height AND c.hash = t.hash "
+            "WHERE t.task_id=? ORDER BY t.height",
+            (task_id,),
+        ).fetchall()
+        return [(int(height), bytes(h)) for height, h in rows]
 
     def close(self) -> None:
         self._db.close()

@@ -36,6 +36,8 @@ from fedcoin.errors import DecodeError
 #: Most clients one round may have: coalitions are 64-bit masks, and exact tables grow as 2^n.
 MAX_CLIENTS = 60
 ZERO_SIG = bytes(64)
+#: Most client keys a consortium task may list in ``allowed_clients``.
+MAX_ALLOWED_CLIENTS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,10 @@ class TaskSpec(Record):
     """After this height no round may be submitted and the publisher may close the task."""
     posap: PosapParams = wire(nested(PosapParams))
     """Proof-of-Shapley parameters."""
+    allowed_clients: tuple[bytes, ...] = field(
+        default=(), metadata={"codec": list_of(PUBKEY, MAX_ALLOWED_CLIENTS)}
+    )
+    """Consortium tasks: the only client keys whose updates a round may carry; empty = open."""
 
     @property
     def escrow(self) -> int:

@@ -126,6 +126,10 @@ async def connect(
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         await session.close()
         raise TransportError(f"cannot connect to {address}: {exc!r}") from None
+    except BaseException:
+        # Cancelled mid-dial (the node is stopping): the session must not leak.
+        await session.close()
+        raise
     return WebSocketConnection(ws, address, False, send_timeout, session)
 
 

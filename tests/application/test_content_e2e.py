@@ -165,12 +165,15 @@ async def test_a_ref_with_the_wrong_size_is_unusable_on_every_node(
 
 
 # --- the issue's done-criterion: a 60 MB model uploads, gossips and is fetched ------------------
+IN, OUT = 1_500, 10_000  # one 1 500 × 10 000 float32 kernel: 60 MB
 ARCH = json.dumps(
     {"class_name": "Sequential", "config": {"layers": [
-        {"class_name": "Dense", "config": {"activation": "softmax", "use_bias": False}},
+        {"class_name": "Dense", "config": {
+            "units": OUT, "activation": "softmax", "use_bias": False,
+            "batch_input_shape": [None, IN],  # the exact evaluator must compile it (issue 12)
+        }},
     ]}}
 )  # fmt: skip
-IN, OUT = 1_500, 10_000  # one 1 500 × 10 000 float32 kernel: 60 MB
 
 
 async def put(http: aiohttp.ClientSession, url: str, blob: bytes) -> ContentRef:

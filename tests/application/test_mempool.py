@@ -146,10 +146,11 @@ def test_a_reorg_returns_the_dropped_blocks_transactions_to_the_pool() -> None:
     for tx in txs:
         mp.add(tx, chain.state, 0, 0)
     chain.add(txs[:2])
-    mp.refresh(chain.state, 1, 0, txs[:2])
+    mp.refresh(chain.state, 1, 0)
     assert mp.select(10) == [txs[2]]
-    # another branch wins without Alice's transfers: none of the three may be lost
+    # another branch wins without Alice's transfers: the chain returns the block that left
+    # the canonical chain, and none of the three may be lost
     other = make_transfer(BOB, CAROL, 1, 0)
     fork.add([other])
-    mp.refresh(fork.state, 1, 0, [other])
+    mp.refresh(fork.state, 1, 0, returned=txs[:2])
     assert mp.select(10) == txs

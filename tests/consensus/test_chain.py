@@ -85,7 +85,10 @@ def test_reorg_to_heavier_branch_restores_its_state(chain: Chain) -> None:
     # Equal weights at height 2 tie-break on the block hash, so the switch happens at the second
     # or the third block of branch b; either way two blocks of branch a leave the chain
     assert results[0].outcome is Imported.SIDE and results[-1].outcome is Imported.HEAD
-    assert max(r.reorg_depth for r in results) == 2
+    switch = next(r for r in results if r.reorg_depth)
+    assert switch.reorg_depth == 2
+    # the blocks that left the canonical chain are named, tip first (their txs go back)
+    assert [b.hash for b in switch.left] == [branch_a[1].hash, branch_a[0].hash]
     assert chain.head.hash == b.block.hash
     state = chain.head_state()
     assert state == b.state

@@ -10,6 +10,7 @@ import pytest
 from fedcoin.consensus.posap import (
     aggregate_shares,
     checked_positions,
+    game_key,
     make_share,
     plan,
     verify_share,
@@ -29,7 +30,7 @@ from fedcoin.errors import (
     ScheduleMismatch,
     TableEntryMismatch,
 )
-from tests.helpers import CLIENTS, MINER, MINER2, key, make_updates, ref
+from tests.helpers import CLIENTS, MINER, MINER2, key, make_spec, make_updates, ref
 
 PARENT = b"\x11" * 32
 
@@ -164,11 +165,25 @@ def test_every_falsified_border_entry_is_caught(n: int) -> None:
             verify_share(forged, task, DEFAULT_POSAP, SmoothGame(n), PARENT)
 
 
-def test_deviation_within_tolerance_is_accepted() -> None:
+def test_any_deviation_is_a_mismatch_whatever_the_tolerance() -> None:
+    # U is exact, so the spec's tolerance is ignored: one sample off on one entry is forgery
+    task = sv_task(6)
+    params = replace(DEFAULT_POSAP, tolerance=1000)
+    share = make_share(task, params, SmoothGame(6), MINER)
+    nudged = falsify(share, [0], delta=1)
+    with pytest.raises(TableEntryMismatch):
+        verify_share(nudged, task, params, SmoothGame(6), PARENT)
+
+
+def test_bad_entries_are_caught_before_the_estimate_is_recomputed() -> None:
+    # the cheap entry checks run first: a share with a forged entry AND a wrong estimate
+    # fails on the entry
     task = sv_task(6)
     share = make_share(task, DEFAULT_POSAP, SmoothGame(6), MINER)
-    nudged = falsify(share, list(range(len(share.table))), delta=DEFAULT_POSAP.tolerance)
-    verify_share(nudged, task, DEFAULT_POSAP, SmoothGame(6), PARENT)
+    forged = falsify(share, [0], delta=1)
+    forged = replace(forged, estimate=tuple(e + 1 for e in forged.estimate))
+    with pytest.raises(TableEntryMismatch):
+        verify_share(forged, task, DEFAULT_POSAP, SmoothGame(6), PARENT)
 
 
 def non_border(share: Share, n: int) -> list[int]:
@@ -248,3 +263,13 @@ def test_aggregate_is_coordinate_median() -> None:
     assert aggregate_shares(shares) == (2, 5, 9)
     assert aggregate_shares(shares[:2]) == (1, 4, 54)
     assert CLIENTS
+
+
+def test_games_are_cached_by_the_whole_sv_task_not_its_id() -> None:
+    # an FL server equivocating on two branches: same SV task id, another round's content
+    task, spec = sv_task(4), make_spec()
+    other_round = replace(task, global_model=ref("other global"))
+    assert other_round.sv_task_id == task.sv_task_id
+    assert game_key(task, spec) != game_key(other_round, spec)
+    assert game_key(task, spec) != game_key(task, replace(spec, validation=ref("other val")))
+    assert game_key(task, spec) == game_key(sv_task(4), make_spec())

@@ -11,7 +11,9 @@ from fedcoin.data.tx import ClientUpdate, SubmitRound
 from fedcoin.errors import (
     BadUpdateSignature,
     ClientCountOutOfRange,
+    ClientNotAllowed,
     DuplicateClient,
+    DuplicateWeights,
     InsufficientBalance,
     InvalidTaskSpec,
     InvalidUpdate,
@@ -164,6 +166,35 @@ def test_each_client_once() -> None:
     u = make_updates(task_id, 1, 2)
     with pytest.raises(DuplicateClient):
         apply_tx(state, submit_with(task_id, (u[0], u[1], u[0])))
+
+
+def test_no_two_updates_share_a_weights_hash() -> None:
+    # a copy of another client's update under a new key is refused, not paid as a player
+    state, task_id = published()
+    u = make_updates(task_id, 1, 2)
+    copy = ClientUpdate.create(CLIENTS[5], task_id, 1, u[0].weights, 50)
+    with pytest.raises(DuplicateWeights) as caught:
+        apply_tx(state, submit_with(task_id, (*u, copy)))
+    assert "same weights.sha256" in str(caught.value)
+    assert state.tasks[task_id].rounds_done == 0 and state.queue == ()
+
+
+def test_consortium_task_refuses_unlisted_clients() -> None:
+    listed = tuple(c.public for c in CLIENTS[:3])
+    state, task_id = published(allowed_clients=listed)
+    apply_tx(state, make_submit(task_id, 1, 0))  # the three listed clients are accepted
+    outsider = ClientUpdate.create(CLIENTS[5], task_id, 1, ref("outsider"), 50)
+    with pytest.raises(ClientNotAllowed) as caught:
+        apply_tx(state, submit_with(task_id, (*make_updates(task_id, 1, 2), outsider)))
+    assert "allowed_clients" in str(caught.value)
+
+
+def test_open_task_takes_any_client() -> None:
+    state, task_id = published()
+    assert make_spec().allowed_clients == ()
+    anyone = ClientUpdate.create(CLIENTS[5], task_id, 1, ref("anyone"), 50)
+    after = apply_tx(state, submit_with(task_id, (*make_updates(task_id, 1, 2), anyone)))
+    assert after.tasks[task_id].rounds_done == 1
 
 
 def test_samples_must_be_positive() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from fedcoin.data.block import Block
+from fedcoin.data.block import Block, PosapSection
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.state import State
 from fedcoin.data.store import SNAPSHOT_EVERY, ChainStore, MemoryChainStore, SqliteChainStore
@@ -24,9 +25,13 @@ from tests.helpers import (
     BOB,
     CAROL,
     MINER2,
+    MINER3,
     ChainBuilder,
     make_genesis,
+    make_publish,
+    make_share,
     make_store,
+    make_submit,
     make_transfer,
 )
 
@@ -122,6 +127,80 @@ class TestChainStoreContract:
         assert locator[0] == chain[-1][0].hash
         assert locator[-1] == store.genesis_hash
         assert len(locator) < 20
+
+
+def task_chain(genesis: Genesis) -> tuple[ChainBuilder, bytes, list[tuple[Block, State]]]:
+    """Publish a task, then: a transfer, round 1, its settlement, another transfer."""
+    builder = ChainBuilder(genesis)
+    out = []
+    publish = make_publish(ALICE, 0)
+    submit = make_submit(publish.id, 1, 0)
+    builder.verifier.true_sv[submit.id] = (3, 2, 1)
+    shares = tuple(make_share(m, submit.id, (3, 2, 1)) for m in (MINER2, MINER3))
+    steps: list[dict[str, object]] = [
+        {"txs": [publish]},
+        {"txs": [make_transfer(BOB, CAROL, 1, 0)]},
+        {"txs": [submit]},
+        {"posap": PosapSection(submit.id, shares)},
+        {"txs": [make_transfer(BOB, CAROL, 1, 1)]},
+    ]
+    for step in steps:
+        applied = builder.add(**step)
+        out.append((builder.block, applied.state))
+    return builder, publish.id, out
+
+
+class TestTaskIndex:
+    """The blocks that touch a task, without walking the chain (GET /tasks/{id})."""
+
+    def test_publish_submit_and_settle_are_indexed(self, store: ChainStore) -> None:
+        _, task_id, chain = task_chain(make_genesis())
+        for block, state in chain:
+            store.put_block(block, state)
+        store.set_head(chain[-1][0].hash)
+        assert store.task_blocks(task_id) == [(1, chain[0][0].hash), (3, chain[2][0].hash),
+                                              (4, chain[3][0].hash)]  # fmt: skip
+        assert store.task_blocks(b"\x07" * 32) == []
+
+    def test_only_canonical_blocks_are_listed(self, store: ChainStore) -> None:
+        genesis = make_genesis()
+        _, task_id, chain = task_chain(genesis)
+        side = build_chain(genesis, 5, seed=100)
+        for block, state in chain + side:
+            store.put_block(block, state)
+        store.set_head(chain[-1][0].hash)
+        assert len(store.task_blocks(task_id)) == 3
+        store.set_head(side[-1][0].hash)  # a reorg away from the task
+        assert store.task_blocks(task_id) == []
+        store.set_head(chain[-1][0].hash)
+        assert len(store.task_blocks(task_id)) == 3
+
+    def test_unsettled_round_lists_only_its_submission(self, store: ChainStore) -> None:
+        _, task_id, chain = task_chain(make_genesis())
+        for block, state in chain[:3]:
+            store.put_block(block, state)
+        store.set_head(chain[2][0].hash)
+        assert [h for h, _ in store.task_blocks(task_id)] == [1, 3]
+
+
+def test_sqlite_indexes_a_store_written_before_the_index(tmp_path: Path) -> None:
+    genesis = make_genesis()
+    _, task_id, chain = task_chain(genesis)
+    store = SqliteChainStore(tmp_path / "chain.sqlite", genesis)
+    for block, state in chain:
+        store.put_block(block, state)
+    store.set_head(chain[-1][0].hash)
+    expected = store.task_blocks(task_id)
+    store.close()
+    # What an older version wrote: no index tables, no marker.
+    db = sqlite3.connect(tmp_path / "chain.sqlite")
+    db.executescript(
+        "DROP TABLE task_blocks; DROP TABLE sv_tasks; DELETE FROM meta WHERE key='task_index';"
+    )
+    db.close()
+    reopened = SqliteChainStore(tmp_path / "chain.sqlite", genesis)
+    assert reopened.task_blocks(task_id) == expected and len(expected) == 3
+    reopened.close()
 
 
 def test_sqlite_rebuilds_states_across_snapshots(tmp_path: Path) -> None:

@@ -71,7 +71,11 @@ def examples() -> list[Message]:
     return found
 
 
-VALID = [encode_message(m) for m in examples()]
+EXAMPLES = examples()
+VALID = [encode_message(m) for m in EXAMPLES]
+#: The one valid block among the examples: a "mutation" that happens to leave it intact (a byte
+#: set to the value it had) is an honest block, which the node may rightly adopt.
+INTACT_BLOCK = next(m.block.hash for m in EXAMPLES if isinstance(m, BlockMessage))
 
 
 @st.composite
@@ -210,4 +214,5 @@ def test_after_the_fuzz_the_node_still_serves(live: LiveNode) -> None:
     live.run(live.ping(live.conn, 1))
     live.run(live.fresh_peer_gets_in())
     assert key("fuzzer").public.hex() in live.node.p2p.peers
-    assert live.node.head == live.head  # nothing a fuzzer sent changed the chain
+    # Nothing a fuzzer sent changed the chain, but for the intact honest block it may have sent
+    assert live.node.head in (live.head, INTACT_BLOCK)

@@ -17,7 +17,7 @@ import numpy as np
 from fedcoin.application.api import ref_from_json
 from fedcoin.application.fl_server import NodeClient, NodeError
 from fedcoin.application.task_file import load_task_id, save_task_id
-from fedcoin.consensus.utility import fedavg
+from fedcoin.consensus.game import exact_fedavg as fedavg
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.tensors import Weights, encode_bundle, encode_dataset, encode_weights, weights_of
 from fedcoin.data.tx import (
@@ -64,6 +64,8 @@ class TaskOffer:
     deadline_blocks: int = 2_000
     split_bps: tuple[int, int, int] = (7000, 1000, 2000)
     posap: PosapParams = field(default=DEFAULT_POSAP)
+    allowed_clients: tuple[bytes, ...] = ()
+    """Consortium task: the only client public keys the chain will pay; () = open."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ class Ledger:
                 rounds=offer.rounds, price_per_round=offer.price_per_round,
                 split_bps=offer.split_bps, min_clients=offer.min_clients,
                 max_clients=offer.max_clients, deadline_height=height + offer.deadline_blocks,
-                posap=offer.posap,
+                posap=offer.posap, allowed_clients=offer.allowed_clients,
             )  # fmt: skip
             return (await node.send(self.key, chain_id, PublishTask(spec))).id
 
@@ -150,7 +152,7 @@ class Ledger:
         """Upload every client's weights and the FedAvg global model, then submit the round.
 
         Returns the global model and the seconds spent uploading and submitting. The global
-        model is ``consensus.utility.fedavg`` of the updates: what the chain checks.
+        model is ``consensus.game.exact_fedavg`` of the updates: what the chain checks.
         """
         chain_id = self.chain_id()
         global_weights = fedavg([u.weights for u in updates], [u.samples for u in updates])

@@ -114,6 +114,8 @@ class FedCoinFedAvg(FedAvg):
         super().__init__(**fedavg_args)
         self.ledger = Ledger(node_url, server_key)
         self.offer = offer
+        self.allowed = frozenset(offer.allowed_clients) if offer is not None else frozenset()
+        """A consortium task's client keys (set with ``TaskOffer.allowed_clients``)."""
         self.task_file = task_file
         self.task_id = task_id or load_task_id(task_file)
         if self.task_id is None and offer is None:
@@ -278,6 +280,8 @@ class FedCoinFedAvg(FedAvg):
             return "its signature does not verify for this task, round, weights and samples"
         if update.pubkey in seen_keys:
             return f"client {format_address(address_of(update.pubkey))} replied twice"
+        if self.allowed and update.pubkey not in self.allowed:
+            return "the client is not in the task's allowed_clients"
         if _sha(update.blob) in seen_weights:
             return "same weights as another client's"
         if not same_shapes(update.weights, self.global_weights) or any(
