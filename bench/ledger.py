@@ -32,7 +32,7 @@ from fedcoin.application.mempool import Mempool  # noqa: E402
 from fedcoin.consensus.chain import Chain  # noqa: E402
 from fedcoin.consensus.rules import build_block  # noqa: E402
 from fedcoin.data.block import Block  # noqa: E402
-from fedcoin.data.genesis import DEFAULT_PARAMS, Genesis  # noqa: E402
+from fedcoin.data.genesis import DEFAULT_PARAMS, Genesis, GenesisValidator  # noqa: E402
 from fedcoin.data.keys import TAG_TX, PrivateKey  # noqa: E402
 from fedcoin.data.state import SvTask, TaskState  # noqa: E402
 from fedcoin.data.store import SqliteChainStore  # noqa: E402
@@ -59,6 +59,7 @@ def make_blocks(blocks: int, per_block: int, senders: int) -> tuple[Genesis, lis
         1_700_000_000_000,
         tuple(sorted((k.address, 10**12) for k in keys)),
         DEFAULT_PARAMS,
+        (GenesisValidator(miner.public, DEFAULT_PARAMS.min_bond, bytes(range(32))),),
     )
     state, header = genesis.state(), genesis.block().header
     nonces = [0] * senders

@@ -477,3 +477,28 @@ class TaskWorkTooLarge(ContractError):
 
 class MinersUnderpaid(ContractError):
     """the miners' share of a round's price must pay MIN_PAY_PER_WORK for the round's work"""
+
+
+# --- stake (issue 10 step 1: bonded validators) ---------------------------------------------
+class StakeError(TxError):
+    """A Bond or Unbond transaction breaks a stake rule."""
+
+
+class InsufficientBond(StakeError):
+    """an Unbond may release at most the sender's current bond"""
+
+
+class ValidatorJailed(StakeError):
+    """a jailed validator may bond again only after jail_blocks"""
+
+
+class MissingRandaoTip(StakeError):
+    """a key's first Bond must register a non-zero randao_tip"""
+
+
+class NotAValidator(BlockError):
+    """only a member of the height's validator set may propose a block"""
+
+
+class ShareFromNonValidator(ShareError):
+    """only a member of the height's validator set may write a share"""

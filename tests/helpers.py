@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fedcoin.consensus.rules import Applied, build_block
 from fedcoin.data.block import Block, BlockHeader, PosapSection, Share
-from fedcoin.data.genesis import DEFAULT_PARAMS, ChainParams, Genesis
+from fedcoin.data.genesis import DEFAULT_PARAMS, ChainParams, Genesis, GenesisValidator
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.state import State, SvTask, TaskState
 from fedcoin.data.store import ChainStore, MemoryChainStore, SqliteChainStore
@@ -49,12 +49,31 @@ SERVER, MINER, MINER2, MINER3 = key("server"), key("miner"), key("miner2"), key(
 CLIENTS = [key(f"client{i}") for i in range(8)]
 
 
+MINERS = [MINER, MINER2, MINER3, *(key(f"validator-{i}") for i in range(40))]
+"""Keys the tests propose blocks and write shares with: the default genesis validators."""
+
+
+def randao_tip(k: PrivateKey) -> bytes:
+    """A deterministic randao tip per key (the beacon is not wired yet)."""
+    return hashlib.sha256(b"randao-tip" + k.public).digest()
+
+
+def validators_of(keys: Sequence[PrivateKey], bond: int = FC) -> tuple[GenesisValidator, ...]:
+    """Genesis entries bonding ``bond`` for each key, sorted by public key."""
+    unique = {k.public: k for k in keys}
+    return tuple(GenesisValidator(pk, bond, randao_tip(k)) for pk, k in sorted(unique.items()))
+
+
 def make_genesis(
-    allocations: dict[PrivateKey, int] | None = None, params: ChainParams = DEFAULT_PARAMS
+    allocations: dict[PrivateKey, int] | None = None,
+    params: ChainParams = DEFAULT_PARAMS,
+    validators: Sequence[PrivateKey] | None = None,
 ) -> Genesis:
+    """A test genesis; by default every allocated key and every ``MINERS`` key is a validator."""
     alloc = allocations or {ALICE: 1_000 * FC, BOB: 1_000 * FC, SERVER: 100 * FC}
     rows = tuple(sorted((k.address, amount) for k, amount in alloc.items()))
-    return Genesis(CHAIN_ID, T0, rows, params)
+    chosen = validators if validators is not None else [*alloc, *MINERS]
+    return Genesis(CHAIN_ID, T0, rows, params, validators_of(chosen, params.min_bond))
 
 
 def make_store(kind: str, directory: Path, genesis: Genesis) -> ChainStore:

@@ -37,7 +37,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from fedcoin.application.explorer import add_explorer_routes
 from fedcoin.application.mempool import Mempool, MempoolFull
-from fedcoin.application.views import AccountView, block_view, ref_from_json, ref_json, task_view
+from fedcoin.application.views import (
+    AccountView,
+    block_view,
+    ref_from_json,
+    ref_json,
+    task_view,
+    validators_json,
+)
 from fedcoin.consensus.chain import Chain
 from fedcoin.data.block import Block
 from fedcoin.data.content import ContentStore
@@ -237,6 +244,11 @@ def add_api_routes(
         )
         return web.json_response(view.to_json())
 
+    async def validators(request: web.Request) -> web.Response:
+        head = node.chain.head
+        state = node.chain.store.get_state(head.hash)  # the head's own state, not a newer one
+        return web.json_response(validators_json(state, node.chain.genesis.params, head.height))
+
     async def post_tx(request: web.Request) -> web.Response:
         try:
             data = await read_capped(request, MAX_TX_BYTES)
@@ -316,6 +328,7 @@ def add_api_routes(
     app.router.add_get("/accounts/{address}", account)
     app.router.add_get("/tasks", tasks)
     app.router.add_get("/tasks/{id}", task)
+    app.router.add_get("/validators", validators)
     app.router.add_post("/tx", post_tx)
     app.router.add_get("/content/{sha}", get_content)
     app.router.add_put("/content/{sha}", put_content)

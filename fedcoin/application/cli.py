@@ -71,18 +71,44 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         args.min_block_interval_ms,
         args.future_tolerance_ms,
         args.max_block_txs,
+        min_bond=args.min_bond,
+        max_validators=args.max_validators,
+        epoch_blocks=args.epoch_blocks,
+        unbonding_blocks=args.unbonding_blocks,
+        jail_blocks=args.jail_blocks,
     )
     genesis = Genesis.from_json(
         {
             "chain_id": args.chain_id, "timestamp_ms": args.timestamp_ms,
             "allocations": {format_address(a): v for a, v in alloc.items()},
             "params": {f.name: getattr(params, f.name) for f in fields(ChainParams)},
+            "validators": [validator_arg(item) for item in args.validator],
         }
     )  # fmt: skip
     with writing(args.out):
         genesis.save(args.out)
     print(f"wrote {args.out}: chain {genesis.chain_id}, genesis {genesis.block().hash.hex()}")
     return 0
+
+
+def validator_arg(item: str) -> dict[str, Any]:
+    """``KEYFILE=FC`` (the tip is derived from the key) or ``PUBKEY_HEX:TIP_HEX=FC``."""
+    from fedcoin.consensus.stake import randao_tip_of
+
+    who, sep, amount = item.rpartition("=")
+    if not sep or not who:
+        raise FedCoinError(f"--validator takes KEYFILE=FC or PUBKEY:TIP=FC, got {item!r}")
+    try:
+        bond = fc_amount(amount)
+    except argparse.ArgumentTypeError as exc:
+        raise FedCoinError(f"--validator {item!r}: {exc}") from None
+    if Path(who).is_file():
+        key = PrivateKey.load(who)
+        return {"pubkey": key.public.hex(), "bond": bond, "randao_tip": randao_tip_of(key).hex()}
+    pubkey, sep, tip = who.partition(":")
+    if not sep:
+        raise FedCoinError(f"--validator {item!r}: no key file {who!r}, and not PUBKEY:TIP")
+    return {"pubkey": pubkey, "bond": bond, "randao_tip": tip}
 
 
 async def run_until_signalled(coro_factory: Any) -> None:
@@ -149,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keygen": cmd_keygen, "genesis": cmd_genesis, "full": cmd_full, "light": cmd_light,
         "simulate": cmd_simulate, "bundle": cmd_bundle,
     }  # fmt: skip
-    for name in ("balance", "transfer", "publish-task", "close-task", "task"):
+    wallet = ("balance", "transfer", "publish-task", "close-task", "task", "bond", "unbond")
+    for name in (*wallet, "validators"):
         commands[name] = lambda a: asyncio.run(run_wallet(a))
     try:
         if args.command == "demo":

@@ -7,11 +7,15 @@ import argparse
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedcoin.application.cli_parser import fc_text
 from fedcoin.data.keys import PrivateKey, format_address, parse_address
 from fedcoin.errors import FedCoinError
+
+if TYPE_CHECKING:
+    from fedcoin.application.node_client import NodeClient
+    from fedcoin.data.tx import Bond
 
 log = logging.getLogger("fedcoin")
 
@@ -43,7 +47,7 @@ def task_id_arg(text: str) -> bytes:
 
 async def run_wallet(args: argparse.Namespace) -> int:
     from fedcoin.application.fl_server import NodeClient, NodeError
-    from fedcoin.data.tx import DEFAULT_POSAP, CloseTask, PublishTask, TaskSpec, Transfer
+    from fedcoin.data.tx import DEFAULT_POSAP, CloseTask, PublishTask, TaskSpec, Transfer, Unbond
 
     async with NodeClient(args.node) as node:
         chain_id = (await node.status())["chain_id"]
@@ -57,9 +61,16 @@ async def run_wallet(args: argparse.Namespace) -> int:
         if args.command == "task":
             show_task(await node.task(task_id_arg(args.task_id)))
             return 0
+        if args.command == "validators":
+            show_validators(await node.validators())
+            return 0
         key = PrivateKey.load(args.key)
         try:
-            if args.command == "transfer":
+            if args.command == "bond":
+                tx = await node.send(key, chain_id, await bond_body(node, key, args.amount))
+            elif args.command == "unbond":
+                tx = await node.send(key, chain_id, Unbond(args.amount))
+            elif args.command == "transfer":
                 try:
                     to = parse_address(args.to)
                 except ValueError as exc:
@@ -96,6 +107,27 @@ async def run_wallet(args: argparse.Namespace) -> int:
                 await asyncio.sleep(0.2)  # polling the node's HTTP API
             print("included in a block")
         return 0
+
+
+async def bond_body(node: NodeClient, key: PrivateKey, amount: int) -> Bond:
+    """A Bond that registers the key's randao tip on its first bond and keeps it after."""
+    from fedcoin.consensus.stake import NO_TIP, randao_tip_of
+    from fedcoin.data.tx import Bond
+
+    bonds = (await node.validators())["bonds"]
+    registered = any(b["pubkey"] == key.public.hex() for b in bonds)
+    return Bond(amount, NO_TIP if registered else randao_tip_of(key))
+
+
+def show_validators(view: dict[str, Any]) -> None:
+    print(
+        f"height {view['height']}, next epoch at {view['next_epoch_at']}, "
+        f"total power {fc_text(view['total_power'])} FC"
+    )
+    for v in view["validators"]:
+        print(f"  validator {v['address']}  power {fc_text(v['power'])}  bond {fc_text(v['bond'])}")
+    for u in view["unbonding"]:
+        print(f"  unbonding {u['address']}  {fc_text(u['amount'])} FC  released at {u['release']}")
 
 
 def default_task_content(args: argparse.Namespace) -> tuple[bytes, bytes]:

@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--alloc", action="append", default=[], metavar="ADDRESS=FC",
         help="credit an address at genesis, e.g. fc12…=1000 (repeatable)",
     )  # fmt: skip
+    p.add_argument(
+        "--validator", action="append", default=[], metavar="KEYFILE=FC",
+        help="bond a validator at genesis: KEYFILE=FC, or PUBKEY_HEX:RANDAO_TIP_HEX=FC "
+        "(repeatable; at least one)",
+    )  # fmt: skip
     p.add_argument("--timestamp-ms", type=int, default=0, help="genesis timestamp (default 0)")
     for name in (
         "min_fee",
@@ -90,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         "min_block_interval_ms",
         "future_tolerance_ms",
         "max_block_txs",
+        "min_bond",
+        "max_validators",
+        "epoch_blocks",
+        "unbonding_blocks",
+        "jail_blocks",
     ):
         p.add_argument(
             "--" + name.replace("_", "-"), type=int, default=getattr(DEFAULT_PARAMS, name),
@@ -234,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--validation", type=Path, help="validation dataset file (fcd1) instead of digits"
     )
     w.add_argument("--seed", type=int, default=0, help="seed of the default model and split")
+    w = wallet("bond", "lock FC of your balance as validator stake (power from the next epoch)")
+    w.add_argument("--amount", type=fc_amount, required=True, help="FC to bond, up to 6 decimals")
+    w.add_argument("--wait", action="store_true", help="wait until a block includes it")
+    w.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits (120)")
+    w = wallet("unbond", "start releasing bonded FC (back after unbonding_blocks)")
+    w.add_argument("--amount", type=fc_amount, required=True, help="FC to unbond, up to 6 decimals")
+    w.add_argument("--wait", action="store_true", help="wait until a block includes it")
+    w.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits (120)")
+    w = wallet("validators", "show the validator set, the bonds and the unbonding entries")
     w = wallet("close-task", "close your task and take back what is left of its escrow")
     w.add_argument("--task-id", required=True, help="the task (64 hex digits)")
     w = wallet("task", "show a task with its rounds, Shapley values and payouts")

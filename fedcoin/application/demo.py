@@ -14,9 +14,10 @@ from rich.table import Table
 
 from fedcoin.consensus.chain import Chain
 from fedcoin.consensus.rules import build_block
+from fedcoin.consensus.stake import randao_tip_of
 from fedcoin.contract.task import RoundChecker
 from fedcoin.data.block import Block
-from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT, Genesis
+from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT, Genesis, GenesisValidator
 from fedcoin.data.keys import PrivateKey, format_address
 from fedcoin.data.state import SvTask, TaskState
 from fedcoin.data.store import SqliteChainStore
@@ -56,6 +57,7 @@ def run_demo(data_dir: Path | None = None, console: Console | None = None) -> in
         1_700_000_000_000,
         tuple(sorted([(alice.address, 1_000 * UNIT), (bob.address, 50 * UNIT)])),
         DEFAULT_PARAMS,
+        (GenesisValidator(miner.public, DEFAULT_PARAMS.min_bond, randao_tip_of(miner)),),
     )
     with tempfile.TemporaryDirectory() as tmp:
         path = (data_dir or Path(tmp)) / "demo-chain.sqlite"

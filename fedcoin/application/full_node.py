@@ -309,6 +309,9 @@ class FullNode:
             raise Ignore("share for an SV task that is not pending here")
         if not self.shares.wants(sv.sv_task_id, share.miner_pubkey):
             raise Ignore("already have this miner's share or enough shares")
+        # Only members of the height's validator set write shares
+        if not state.is_validator(share.miner_pubkey):
+            raise Reject("share from a key that is not a validator")
         # Work before authentication: the signature and size first, then content and the game
         if len(share.estimate) != sv.n or not await asyncio.to_thread(share.signature_ok):
             raise Reject("malformed or unsigned share")

@@ -106,13 +106,34 @@ class Miner:
     broadcast: Callable[[Message], None]
     clock_ms: Callable[[], int]
     wake: asyncio.Event
+    validator: bool | None = None
+    """Whether the key was a member of the set at the last step (None before the first)."""
 
     async def run(self) -> None:
         await supervised("mining step", self.step, self.wake, TICK_SECONDS, log)
 
+    def is_member(self, state: State) -> bool:
+        """Only validators propose and write shares; log once each time membership changes."""
+        member = state.is_validator(self.key.public)
+        if member != self.validator:
+            if member:
+                log.info("key %s is a validator: proposing and writing shares", self.key_text)
+            else:
+                log.info(
+                    "key %s is not a validator: following the chain, not proposing", self.key_text
+                )
+            self.validator = member
+        return member
+
+    @property
+    def key_text(self) -> str:
+        return self.key.public.hex()[:16]
+
     async def step(self) -> None:
         now = self.clock_ms()
         head, state = self.chain.head, self.chain.head_state()
+        if not self.is_member(state):
+            return
         if not state.queue:
             interval = self.genesis.params.min_block_interval_ms
             if len(self.mempool) and now >= head.timestamp_ms + interval + self.stagger(
@@ -133,7 +154,7 @@ class Miner:
         since = self.shares.first_ms.get(sv.sv_task_id)
         wait = params.share_window_ms + self.stagger(head, params.share_window_ms)
         if pool and since is not None and now >= since + wait:
-            shares = select_shares(list(pool.values()))
+            shares = select_shares([s for s in pool.values() if state.is_validator(s.miner_pubkey)])
             await self.propose(state, head, now, PosapSection(sv.sv_task_id, shares))
         elif not pool and now >= sv.queued_ms + params.posap_timeout_ms:
             await self.propose(state, head, now, PosapSection(sv.sv_task_id, ()))
@@ -216,6 +237,9 @@ class Miner:
         sv = state.queue[0]
         task = state.tasks[sv.task_id]
         for share in posap.shares:
+            if not state.is_validator(share.miner_pubkey):
+                self.shares.discard(sv.sv_task_id, share.miner_pubkey)
+                continue
             try:
                 self.verifier.verify_share(sv, task, share, head.hash)
             except ShareError as exc:

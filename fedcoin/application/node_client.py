@@ -61,6 +61,9 @@ class NodeClient:
     async def task(self, task_id: bytes) -> dict[str, Any]:
         return await self._call("GET", f"/tasks/{task_id.hex()}")  # type: ignore[no-any-return]
 
+    async def validators(self) -> dict[str, Any]:
+        return await self._call("GET", "/validators")  # type: ignore[no-any-return]
+
     async def post_tx(self, tx: Transaction) -> str:
         body = await self._call("POST", "/tx", tx.encode())
         return str(body["tx_id"])

@@ -27,7 +27,8 @@ from fedcoin.application.fl_server import FLServer, FLServerConfig, RoundReport
 from fedcoin.application.full_node import FullNode, FullNodeConfig
 from fedcoin.application.sim_kinds import KindCounts, Roster, make_roster
 from fedcoin.consensus.shapley import SV_SCALE
-from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT, Genesis
+from fedcoin.consensus.stake import randao_tip_of
+from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT, Genesis, GenesisValidator
 from fedcoin.data.keys import PrivateKey, format_address
 from fedcoin.data.tx import DEFAULT_POSAP
 from fedcoin.errors import ConfigError, StartupError
@@ -100,7 +101,15 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
     client_keys = roster.keys
     escrow = cfg.rounds * cfg.price
     params = replace(DEFAULT_PARAMS, min_block_interval_ms=cfg.min_block_interval_ms)
-    genesis = Genesis("fedcoin-sim", 0, ((server_key.address, escrow + 10 * UNIT),), params)
+    validators = tuple(
+        sorted(
+            (GenesisValidator(k.public, params.min_bond, randao_tip_of(k)) for k in miner_keys),
+            key=lambda v: v.pubkey,
+        )
+    )  # the simulated miners are the validators
+    genesis = Genesis(
+        "fedcoin-sim", 0, ((server_key.address, escrow + 10 * UNIT),), params, validators
+    )
     posap = replace(DEFAULT_POSAP, share_window_ms=cfg.share_window_ms)
 
     from fedcoin.application.training import build_mlp

@@ -18,9 +18,11 @@ from typing import Any, Self, TypeVar
 
 from fedcoin.consensus.chain import Chain
 from fedcoin.data.block import Block, Share
+from fedcoin.data.genesis import ChainParams
 from fedcoin.data.keys import address_of, format_address
-from fedcoin.data.state import TaskState, TaskStatus
+from fedcoin.data.state import State, TaskState, TaskStatus
 from fedcoin.data.tx import (
+    Bond,
     CloseTask,
     ContentRef,
     PublishTask,
@@ -28,6 +30,7 @@ from fedcoin.data.tx import (
     TaskSpec,
     Transaction,
     Transfer,
+    Unbond,
 )
 from fedcoin.errors import DecodeError
 from fedcoin.incentive.payouts import RoundPayout
@@ -128,6 +131,10 @@ def tx_body(tx: Transaction) -> JSON:
         return {"task_id": b.task_id.hex(), "round": b.round, **round_body(b)}
     if isinstance(b, CloseTask):
         return {"task_id": b.task_id.hex()}
+    if isinstance(b, Bond):
+        return {"amount": b.amount, "randao_tip": b.randao_tip.hex()}
+    if isinstance(b, Unbond):
+        return {"amount": b.amount}
     return {}
 
 
@@ -441,3 +448,31 @@ def round_accuracy(shares: list[ShareView], samples: int | None) -> float | None
         if share.utility_all is not None:
             return share.utility_all / samples
     return None
+
+
+# --- stake -------------------------------------------------------------------------------------
+def validators_json(state: State, params: ChainParams, height: int) -> JSON:
+    """GET /validators: this epoch's set (power snapshotted at the boundary), every bond, and
+    the unbonding entries not yet released."""
+    epoch = params.epoch_blocks
+    return {
+        "height": height,
+        "epoch_blocks": epoch,
+        "next_epoch_at": (height // epoch + 1) * epoch,
+        "total_power": sum(power for _, power in state.validators),
+        "validators": [
+            {"pubkey": pk.hex(), "address": key_text(pk), "power": power,
+             "bond": state.bond_of(pk)}
+            for pk, power in state.validators
+        ],
+        "bonds": [
+            {"pubkey": pk.hex(), "address": key_text(pk), "bond": st.bond,
+             "jailed_until": st.jailed_until, "randao_tip": st.randao_tip.hex()}
+            for pk, st in sorted(state.stakes.items())
+        ],
+        "unbonding": [
+            {"pubkey": u.pubkey.hex(), "address": key_text(u.pubkey), "amount": u.amount,
+             "created": u.created, "release": u.release}
+            for u in state.unbonding
+        ],
+    }  # fmt: skip

@@ -3,8 +3,10 @@ post-state; ``build_block`` runs the same execution to make a block. Both are pu
 (``now_ms``) and the work verifier come in as arguments.
 
 Order of checks: header (version, parent, height, timestamps, signature, roots, weight), then
-the PoSap section against the queue of SV tasks, then the transactions in order, then the
-state root. Execution happens on a ``Draft``; any violation discards it, so an invalid block
+the proposer's membership of the height's validator set, then the PoSap section against the
+queue of SV tasks (shares from members only, one per member), then the transactions in order,
+then the end-of-block stake steps (unbonding releases, the next epoch's set), then the state
+root. Execution happens on a ``Draft``; any violation discards it, so an invalid block
 changes nothing.
 """
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fedcoin.consensus.aggregate import aggregate_estimates
+from fedcoin.consensus.stake import end_block_stake
 from fedcoin.consensus.transactions import TxContext, apply_transaction
 from fedcoin.contract.task import RoundChecker
 from fedcoin.data.block import (
@@ -41,9 +44,11 @@ from fedcoin.errors import (
     ContractError,
     DuplicateMiner,
     EmptyBlock,
+    NotAValidator,
     PosapRootMismatch,
     SettlementMissing,
     SettlementUnexpected,
+    ShareFromNonValidator,
     StateRootMismatch,
     StoreError,
     TimestampInFuture,
@@ -92,8 +97,10 @@ def check_shares(
     shares: Sequence[Share],
     parent_hash: bytes,
     verifier: ShareVerifier,
+    validators: State,
 ) -> None:
-    """The checks every share of a settling block passes."""
+    """The checks every share of a settling block passes (``validators``: the parent's state,
+    whose set is this height's)."""
     # At most MAX_SHARES shares (the wire limit of a PoSap section)
     if len(shares) > MAX_SHARES:
         raise TooManyShares(count=len(shares), max=MAX_SHARES)
@@ -102,7 +109,10 @@ def check_shares(
         # The share is for this SV task
         if share.sv_task_id != sv_task.sv_task_id:
             raise WrongShareTask(expected=sv_task.sv_task_id, got=share.sv_task_id)
-        # One share per miner
+        # Only a member of the height's validator set writes a share
+        if not validators.is_validator(share.miner_pubkey):
+            raise ShareFromNonValidator(miner=share.miner_pubkey)
+        # One share per member
         if share.miner_pubkey in miners:
             raise DuplicateMiner(miner=share.miner_pubkey)
         miners.add(share.miner_pubkey)
@@ -128,7 +138,7 @@ def execute_block(
     verifier: WorkVerifier,
     *,
     timestamp_ms: int,
-    proposer: bytes,
+    proposer_pubkey: bytes,
     txs: Sequence[Transaction],
     posap: PosapSection | None,
     signatures_checked: bool = False,
@@ -136,6 +146,10 @@ def execute_block(
     """Apply a block's body to ``state``; raise the ``RuleViolation`` it breaks."""
     params = chain.params
     height = parent.height + 1
+    # Only a member of the height's validator set proposes
+    if not state.is_validator(proposer_pubkey):
+        raise NotAValidator(proposer=proposer_pubkey, height=height)
+    proposer = address_of(proposer_pubkey)
     draft = Draft(state)
     payout: RoundPayout | None = None
     if state.queue:
@@ -156,7 +170,7 @@ def execute_block(
                 raise VoidTooEarly(timestamp_ms=timestamp_ms, allowed_from=deadline)
             payout = void_round(draft, sv_task)
         else:
-            check_shares(sv_task, task, posap.shares, parent.hash, verifier)
+            check_shares(sv_task, task, posap.shares, parent.hash, verifier, state)
             sv = aggregate_estimates([s.estimate for s in posap.shares])
             miners = [address_of(s.miner_pubkey) for s in posap.shares]
             payout = settle_round(draft, sv_task, sv, miners, proposer)
@@ -188,6 +202,7 @@ def execute_block(
     if params.block_reward:
         draft.credit(proposer, params.block_reward)
         draft.supply += params.block_reward
+    end_block_stake(draft, height, params)
     return Applied(draft.freeze(), payout)
 
 
@@ -255,7 +270,7 @@ def apply_block(
         chain,
         verifier,
         timestamp_ms=header.timestamp_ms,
-        proposer=address_of(header.proposer_pubkey),
+        proposer_pubkey=header.proposer_pubkey,
         txs=block.txs,
         posap=block.posap,
         signatures_checked=signatures_checked,
@@ -290,7 +305,7 @@ def build_block(
         chain,
         verifier,
         timestamp_ms=timestamp_ms,
-        proposer=key.address,
+        proposer_pubkey=key.public,
         txs=txs,
         posap=posap,
     )

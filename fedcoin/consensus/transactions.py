@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedcoin.consensus.stake import apply_bond, apply_unbond
 from fedcoin.contract.task import RoundChecker, close_task, publish_task, submit_round
 from fedcoin.data.genesis import ChainParams
 from fedcoin.data.keys import TAG_TX, verify
 from fedcoin.data.state import Account, Draft
-from fedcoin.data.tx import CloseTask, PublishTask, SubmitRound, Transaction, Transfer
+from fedcoin.data.tx import (
+    Bond,
+    CloseTask,
+    PublishTask,
+    SubmitRound,
+    Transaction,
+    Transfer,
+    Unbond,
+)
 from fedcoin.errors import (
     BadSignature,
     FeeTooLow,
@@ -78,6 +87,10 @@ def apply_transaction(
         submit_round(draft, tx_id, sender, body, ctx.height, ctx.timestamp_ms, checker)
     elif isinstance(body, CloseTask):
         close_task(draft, sender, body, ctx.height)
+    elif isinstance(body, Bond):
+        apply_bond(draft, tx.sender_pubkey, body, ctx.height)
+    elif isinstance(body, Unbond):
+        apply_unbond(draft, tx.sender_pubkey, body, ctx.height, ctx.params)
     draft.credit(ctx.proposer, tx.fee)
 
 

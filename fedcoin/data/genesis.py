@@ -4,24 +4,31 @@ The genesis block's ``parent`` field is the hash of the canonical encoding of th
 configuration, so the genesis block hash — the network's identity — commits to the chain id,
 every allocation and every parameter.
 
-File format (JSON; amounts in base units, 1 FC = 1_000_000)::
+File format (JSON; amounts in base units, 1 FC = 1_000_000; keys and tips in hex)::
 
     {"chain_id": "fedcoin-local", "timestamp_ms": 0,
      "allocations": {"fc…": 1000000000},
-     "params": {"min_fee": 0, "block_reward": 0, ...}}
+     "validators": [{"pubkey": "ab…", "bond": 10000000, "randao_tip": "cd…"}],
+     "params": {"min_fee": 0, "block_reward": 0, "min_bond": 1000000, ...}}
+
+Every listed validator is in the first epoch's set, with power = its bond: genesis is rejected
+unless each bond is at least ``min_bond`` and there are at most ``max_validators`` of them, so
+the first set needs no selection. Bonds are not balances: they count in the supply apart.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from fedcoin.data.block import BLOCK_VERSION, ZERO_HASH, Block, BlockHeader
 from fedcoin.data.encoding import (
     ADDRESS,
+    HASH,
+    PUBKEY,
     U32,
     U64,
     Record,
@@ -33,8 +40,9 @@ from fedcoin.data.encoding import (
     wire,
 )
 from fedcoin.data.keys import format_address, parse_address
-from fedcoin.data.state import Account, State
-from fedcoin.errors import GenesisError
+from fedcoin.data.state import Account, Stake, State
+from fedcoin.data.vote import MAX_VALIDATORS
+from fedcoin.errors import DecodeError, GenesisError
 
 UNIT = 1_000_000
 """Base units per FC."""
@@ -54,6 +62,16 @@ class ChainParams(Record):
     """How far ahead of the receiver's clock a block timestamp may be."""
     max_block_txs: int = wire(U32)
     """Most transactions in one block."""
+    min_bond: int = field(default=UNIT, metadata={"codec": U64})
+    """Smallest bond that makes a key eligible for the validator set."""
+    max_validators: int = field(default=100, metadata={"codec": U32})
+    """Most members of one epoch's set (the top bonds)."""
+    epoch_blocks: int = field(default=10, metadata={"codec": U32})
+    """Blocks per epoch; the next set is computed at the end of an epoch's last block."""
+    unbonding_blocks: int = field(default=100, metadata={"codec": U32})
+    """Blocks an Unbond entry stays slashable before it is released to the balance."""
+    jail_blocks: int = field(default=100, metadata={"codec": U32})
+    """Blocks after jailing before a Bond may return the key to eligibility."""
 
 
 DEFAULT_PARAMS = ChainParams(
@@ -63,6 +81,33 @@ DEFAULT_PARAMS = ChainParams(
     future_tolerance_ms=15_000,
     max_block_txs=5_000,
 )
+
+
+def check_stake_params(params: ChainParams) -> None:
+    """The inequalities between the stake windows that apply now (DESIGN §5)."""
+    if params.min_bond < 1:
+        raise GenesisError("min_bond must be at least 1")
+    if not 1 <= params.max_validators <= MAX_VALIDATORS:
+        raise GenesisError(f"max_validators must be between 1 and {MAX_VALIDATORS}")
+    if params.epoch_blocks < 1:
+        raise GenesisError("epoch_blocks must be at least 1")
+    if params.jail_blocks < 1:
+        raise GenesisError("jail_blocks must be at least 1")
+    # Stake that leaves must stay slashable for longer than the power snapshotted from it lasts
+    if params.unbonding_blocks <= params.epoch_blocks:
+        raise GenesisError("unbonding_blocks must be greater than epoch_blocks")
+
+
+@dataclass(frozen=True, slots=True)
+class GenesisValidator(Record):
+    """A validator of the first epoch."""
+
+    pubkey: bytes = wire(PUBKEY)
+    """Its Ed25519 public key (not an address: votes and blocks are checked against it)."""
+    bond: int = wire(U64)
+    """Base units bonded at genesis; its power in the first epoch."""
+    randao_tip: bytes = wire(HASH)
+    """H^K(secret): the first randao reveal must hash to it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +122,34 @@ class Genesis(Record):
     """(address, base units) credited at genesis, sorted by address."""
     params: ChainParams = wire(nested(ChainParams))
     """Consensus parameters."""
+    validators: tuple[GenesisValidator, ...] = field(
+        default=(), metadata={"codec": list_of(nested(GenesisValidator), MAX_VALIDATORS)}
+    )
+    """The first epoch's set, sorted by public key."""
 
     def state(self) -> State:
         accounts = {addr: Account(amount, 0) for addr, amount in self.allocations}
-        return State(accounts, {}, (), sum(amount for _, amount in self.allocations))
+        stakes = {v.pubkey: Stake(v.bond, v.randao_tip, 0) for v in self.validators}
+        supply = sum(amount for _, amount in self.allocations) + sum(
+            v.bond for v in self.validators
+        )
+        members = tuple(sorted((v.pubkey, v.bond) for v in self.validators))
+        return State(accounts, {}, (), supply, stakes, (), members)
+
+    def check_validators(self) -> None:
+        """Every listed validator qualifies, so all of them form the first set."""
+        keys = [v.pubkey for v in self.validators]
+        if not keys:
+            raise GenesisError("genesis must list at least one validator")
+        if len(set(keys)) != len(keys):
+            raise GenesisError("genesis lists a validator twice")
+        if len(keys) > self.params.max_validators:
+            raise GenesisError(f"more than max_validators={self.params.max_validators} validators")
+        for v in self.validators:
+            if v.bond < self.params.min_bond:
+                raise GenesisError(
+                    f"validator {v.pubkey.hex()} bonds {v.bond} < min_bond {self.params.min_bond}"
+                )
 
     def block(self) -> Block:
         """The genesis block; its hash identifies the network."""
@@ -104,13 +173,17 @@ class Genesis(Record):
             "timestamp_ms": self.timestamp_ms,
             "allocations": {format_address(a): amount for a, amount in self.allocations},
             "params": {f.name: getattr(self.params, f.name) for f in fields(self.params)},
+            "validators": [
+                {"pubkey": v.pubkey.hex(), "bond": v.bond, "randao_tip": v.randao_tip.hex()}
+                for v in self.validators
+            ],
         }
 
     @classmethod
     def from_json(cls, data: Any) -> Genesis:
         if not isinstance(data, dict):
             raise GenesisError("genesis must be a JSON object")
-        unknown = set(data) - {"chain_id", "timestamp_ms", "allocations", "params"}
+        unknown = set(data) - {"chain_id", "timestamp_ms", "allocations", "params", "validators"}
         if unknown:
             raise GenesisError(f"unknown genesis keys: {sorted(unknown)}")
         chain_id = data.get("chain_id")
@@ -137,13 +210,22 @@ class Genesis(Record):
         merged = {f.name: getattr(DEFAULT_PARAMS, f.name) for f in fields(ChainParams)}
         merged.update(raw_params)
         timestamp = data.get("timestamp_ms", 0)
+        validators = _validators_from_json(data.get("validators", []))
         try:
-            genesis = cls(chain_id, timestamp, tuple(sorted(allocations)), ChainParams(**merged))
+            genesis = cls(
+                chain_id,
+                timestamp,
+                tuple(sorted(allocations)),
+                ChainParams(**merged),
+                validators,
+            )
             genesis.encode()  # range-checks every field
         except (ValueError, TypeError) as exc:
             raise GenesisError(f"invalid genesis: {exc}") from None
         if genesis.params.max_block_txs < 1:
             raise GenesisError("max_block_txs must be at least 1")
+        check_stake_params(genesis.params)
+        genesis.check_validators()
         return genesis
 
     @classmethod
@@ -159,3 +241,22 @@ class Genesis(Record):
 
     def save(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def _validators_from_json(raw: Any) -> tuple[GenesisValidator, ...]:
+    if not isinstance(raw, list):
+        raise GenesisError("genesis 'validators' must be a list")
+    found: list[GenesisValidator] = []
+    for entry in raw:
+        if not isinstance(entry, dict) or set(entry) != {"pubkey", "bond", "randao_tip"}:
+            raise GenesisError("each validator must be {pubkey, bond, randao_tip}")
+        bond = entry["bond"]
+        if type(bond) is not int or bond <= 0:
+            raise GenesisError("a validator's bond must be a positive integer")
+        try:
+            pubkey = PUBKEY.unpack(bytes.fromhex(entry["pubkey"]))
+            tip = HASH.unpack(bytes.fromhex(entry["randao_tip"]))
+        except (TypeError, ValueError, DecodeError) as exc:
+            raise GenesisError(f"genesis validator: {exc}") from None
+        found.append(GenesisValidator(pubkey, bond, tip))
+    return tuple(sorted(found, key=lambda v: v.pubkey))

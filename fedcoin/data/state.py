@@ -1,4 +1,5 @@
-"""Ledger state: accounts, FL tasks, the FIFO queue of pending SV tasks, total supply.
+"""Ledger state: accounts, FL tasks, the FIFO queue of pending SV tasks, total supply, and the
+stake (DESIGN §5): bonds per validator key, unbonding entries, and the current validator set.
 
 ``State`` is immutable by convention: rules never mutate one. They open a ``Draft`` over it,
 change the draft, and ``freeze`` it into a new ``State`` that shares every untouched entry with
@@ -15,6 +16,7 @@ from typing import Any
 from fedcoin.data.encoding import (
     ADDRESS,
     HASH,
+    PUBKEY,
     U8,
     U32,
     U64,
@@ -101,6 +103,36 @@ class SvTask(Record):
 
 
 @dataclass(frozen=True, slots=True)
+class Stake(Record):
+    """What one validator key has locked (DESIGN §5); bonds are not balances."""
+
+    bond: int = wire(U64)
+    """Base units bonded; the power of the next epoch's set is snapshotted from it."""
+    randao_tip: bytes = wire(HASH)
+    """The current tip of the key's randao hash chain."""
+    jailed_until: int = wire(U64)
+    """0 when not jailed; else the first height at which a Bond may un-jail the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unbonding(Record):
+    """Stake leaving a bond: still slashable until ``release``, then credited to the key."""
+
+    pubkey: bytes = wire(PUBKEY)
+    """The validator key whose bond it left."""
+    amount: int = wire(U64)
+    """Base units."""
+    created: int = wire(U64)
+    """Height of the block with the Unbond."""
+    release: int = wire(U64)
+    """created + unbonding_blocks: released at the end of this height's block."""
+
+
+#: A validator set as the state keeps it: (public key, power) sorted by key.
+Members = tuple[tuple[bytes, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     """The ledger after some block."""
 
@@ -111,7 +143,13 @@ class State:
     queue: tuple[SvTask, ...] = ()
     """Pending SV tasks, oldest first."""
     supply: int = 0
-    """Coins in existence: genesis allocations plus minted rewards."""
+    """Coins in existence: genesis allocations and bonds plus minted rewards."""
+    stakes: dict[bytes, Stake] = field(default_factory=dict)
+    """Validator public key → its stake; absent means no bond."""
+    unbonding: tuple[Unbonding, ...] = ()
+    """Entries not yet released, in creation order."""
+    validators: Members = ()
+    """This epoch's set: (public key, power) sorted by key, power snapshotted at the boundary."""
 
     def account(self, address: bytes) -> Account:
         return self.accounts.get(address, EMPTY_ACCOUNT)
@@ -125,6 +163,9 @@ class State:
             [[tid, t.to_wire()] for tid, t in sorted(self.tasks.items())],
             [sv.to_wire() for sv in self.queue],
             self.supply,
+            [[pk, st.to_wire()] for pk, st in sorted(self.stakes.items())],
+            [u.to_wire() for u in self.unbonding],
+            [[pk, power] for pk, power in self.validators],
         ]
 
     def encode(self) -> bytes:
@@ -133,15 +174,18 @@ class State:
     @classmethod
     def from_wire(cls, raw: Any) -> State:
         try:
-            accounts_raw, tasks_raw, queue_raw, supply = raw
+            accounts_raw, tasks_raw, queue_raw, supply, stakes_raw, unbonding_raw, members = raw
             accounts = {
                 ADDRESS.unpack(a): Account(U64.unpack(b), U64.unpack(n)) for a, b, n in accounts_raw
             }
             tasks = {HASH.unpack(tid): TaskState.from_wire(t) for tid, t in tasks_raw}
             queue = tuple(SvTask.from_wire(sv) for sv in queue_raw)
+            stakes = {PUBKEY.unpack(pk): Stake.from_wire(st) for pk, st in stakes_raw}
+            unbonding = tuple(Unbonding.from_wire(u) for u in unbonding_raw)
+            validators = tuple((PUBKEY.unpack(pk), U64.unpack(p)) for pk, p in members)
         except (TypeError, ValueError) as exc:
             raise DecodeError(f"State: {exc}") from exc
-        return cls(accounts, tasks, queue, U64.unpack(supply))
+        return cls(accounts, tasks, queue, U64.unpack(supply), stakes, unbonding, validators)
 
     @classmethod
     def decode(cls, data: bytes) -> State:
@@ -151,10 +195,21 @@ class State:
         return sha256(self.encode())
 
     def total_held(self) -> int:
-        """Coins on accounts plus coins escrowed in tasks; equals ``supply`` when conserved."""
-        return sum(a.balance for a in self.accounts.values()) + sum(
-            t.escrow for t in self.tasks.values()
+        """Balances + bonds + unbonding + escrows; equals ``supply`` when coins are conserved."""
+        return (
+            sum(a.balance for a in self.accounts.values())
+            + sum(st.bond for st in self.stakes.values())
+            + sum(u.amount for u in self.unbonding)
+            + sum(t.escrow for t in self.tasks.values())
         )
+
+    def is_validator(self, pubkey: bytes) -> bool:
+        """``pubkey`` is a member of this epoch's set."""
+        return any(pk == pubkey for pk, _ in self.validators)
+
+    def bond_of(self, pubkey: bytes) -> int:
+        found = self.stakes.get(pubkey)
+        return 0 if found is None else found.bond
 
     def pending_for(self, task_id: bytes) -> bool:
         return any(sv.task_id == task_id for sv in self.queue)
@@ -163,14 +218,26 @@ class State:
 class Draft:
     """A mutable overlay on a ``State``; ``freeze`` makes the next ``State``."""
 
-    __slots__ = ("_accounts", "_tasks", "base", "queue", "supply")
+    __slots__ = (
+        "_accounts",
+        "_stakes",
+        "_tasks",
+        "base",
+        "queue",
+        "supply",
+        "unbonding",
+        "validators",
+    )
 
     def __init__(self, base: State) -> None:
         self.base = base
         self._accounts: dict[bytes, Account] = {}
         self._tasks: dict[bytes, TaskState] = {}
+        self._stakes: dict[bytes, Stake] = {}
         self.queue: list[SvTask] = list(base.queue)
         self.supply = base.supply
+        self.unbonding: list[Unbonding] = list(base.unbonding)
+        self.validators: Members = base.validators
 
     def account(self, address: bytes) -> Account:
         found = self._accounts.get(address)
@@ -194,6 +261,17 @@ class Draft:
     def pending_for(self, task_id: bytes) -> bool:
         return any(sv.task_id == task_id for sv in self.queue)
 
+    def stake(self, pubkey: bytes) -> Stake | None:
+        found = self._stakes.get(pubkey)
+        return found if found is not None else self.base.stakes.get(pubkey)
+
+    def set_stake(self, pubkey: bytes, stake: Stake) -> None:
+        self._stakes[pubkey] = stake
+
+    def bonds(self) -> dict[bytes, Stake]:
+        """Every stake as this draft sees it."""
+        return {**self.base.stakes, **self._stakes}
+
     def freeze(self) -> State:
         accounts = self.base.accounts
         if self._accounts:
@@ -201,17 +279,32 @@ class Draft:
         tasks = self.base.tasks
         if self._tasks:
             tasks = {**tasks, **self._tasks}
-        return State(accounts, tasks, tuple(self.queue), self.supply)
+        stakes = self.base.stakes
+        if self._stakes:
+            stakes = {**stakes, **self._stakes}
+        return State(
+            accounts,
+            tasks,
+            tuple(self.queue),
+            self.supply,
+            stakes,
+            tuple(self.unbonding),
+            self.validators,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class StateDelta:
-    """What one block changed: the new values of touched entries, the whole queue, the supply."""
+    """What one block changed: the new values of touched accounts, tasks and stakes; the whole
+    queue, supply, unbonding list and validator set."""
 
     accounts: dict[bytes, Account]
     tasks: dict[bytes, TaskState]
     queue: tuple[SvTask, ...]
     supply: int
+    stakes: dict[bytes, Stake] = field(default_factory=dict)
+    unbonding: tuple[Unbonding, ...] = ()
+    validators: Members = ()
 
     @classmethod
     def between(cls, parent: State, child: State) -> StateDelta:
@@ -221,17 +314,41 @@ class StateDelta:
             a: v for a, v in child.accounts.items() if pa.get(a) is not v and pa.get(a) != v
         }
         tasks = {t: v for t, v in child.tasks.items() if pt.get(t) is not v and pt.get(t) != v}
-        return cls(accounts, tasks, child.queue, child.supply)
+        ps = parent.stakes
+        stakes = {k: v for k, v in child.stakes.items() if ps.get(k) is not v and ps.get(k) != v}
+        return cls(
+            accounts,
+            tasks,
+            child.queue,
+            child.supply,
+            stakes,
+            child.unbonding,
+            child.validators,
+        )
 
     def apply(self, parent: State) -> State:
         accounts = {**parent.accounts, **self.accounts} if self.accounts else parent.accounts
         tasks = {**parent.tasks, **self.tasks} if self.tasks else parent.tasks
-        return State(accounts, tasks, self.queue, self.supply)
+        stakes = {**parent.stakes, **self.stakes} if self.stakes else parent.stakes
+        return State(
+            accounts, tasks, self.queue, self.supply, stakes, self.unbonding, self.validators
+        )
+
+    def _as_state(self) -> State:
+        return State(
+            self.accounts,
+            self.tasks,
+            self.queue,
+            self.supply,
+            self.stakes,
+            self.unbonding,
+            self.validators,
+        )
 
     def encode(self) -> bytes:
-        return State(self.accounts, self.tasks, self.queue, self.supply).encode()
+        return self._as_state().encode()
 
     @classmethod
     def decode(cls, data: bytes) -> StateDelta:
         s = State.decode(data)
-        return cls(s.accounts, s.tasks, s.queue, s.supply)
+        return cls(s.accounts, s.tasks, s.queue, s.supply, s.stakes, s.unbonding, s.validators)

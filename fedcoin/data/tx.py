@@ -193,9 +193,30 @@ class CloseTask(Record):
     """The task to close."""
 
 
-TxBody = Transfer | PublishTask | SubmitRound | CloseTask
+@dataclass(frozen=True, slots=True)
+class Bond(Record):
+    """Lock ``amount`` of the sender's balance as stake of the sender's public key (DESIGN §5)."""
+
+    KIND: ClassVar[int] = 5
+    amount: int = wire(U64)
+    """Base units moved from balance to bond; positive."""
+    randao_tip: bytes = wire(HASH)
+    """H^K(secret) for the randomness beacon; required on a key's first Bond, else all zero
+    to keep the registered tip (a non-zero value replaces it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unbond(Record):
+    """Start releasing ``amount`` of the sender's bond; it returns after ``unbonding_blocks``."""
+
+    KIND: ClassVar[int] = 6
+    amount: int = wire(U64)
+    """Base units leaving the bond; positive, at most the bond."""
+
+
+TxBody = Transfer | PublishTask | SubmitRound | CloseTask | Bond | Unbond
 BODY_TYPES: dict[int, type[TxBody]] = {
-    t.KIND: t for t in (Transfer, PublishTask, SubmitRound, CloseTask)
+    t.KIND: t for t in (Transfer, PublishTask, SubmitRound, CloseTask, Bond, Unbond)
 }
 
 _CHAIN_ID = text(64)

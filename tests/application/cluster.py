@@ -11,7 +11,7 @@ from fedcoin.data.genesis import DEFAULT_PARAMS, Genesis
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.tx import DEFAULT_POSAP
 from fedcoin.network.node import Notifier
-from tests.helpers import CHAIN_ID, FC, key
+from tests.helpers import CHAIN_ID, FC, MINER, key, validators_of
 
 FAST_PARAMS = replace(DEFAULT_PARAMS, min_block_interval_ms=200)
 FAST_POSAP = replace(DEFAULT_POSAP, share_window_ms=400, posap_timeout_ms=60_000)
@@ -21,10 +21,15 @@ MINER_KEYS = [key(f"miner-{i}") for i in range(4)]
 CLIENT_KEYS = [key(f"fl-client-{i}") for i in range(8)]
 
 
-def cluster_genesis() -> Genesis:
+def cluster_genesis(validators: list[PrivateKey] | None = None) -> Genesis:
+    """The cluster's network; its miners (``MINER_KEYS``, and ``ChainBuilder``'s default
+    proposer ``MINER`` for tests that craft blocks) are the validators by default."""
     alloc = {SERVER_KEY: 1_000 * FC, PUBLISHER_KEY: 1_000 * FC}
     rows = tuple(sorted((k.address, v) for k, v in alloc.items()))
-    return Genesis(CHAIN_ID, 1_700_000_000_000, rows, FAST_PARAMS)
+    chosen = [*MINER_KEYS, MINER] if validators is None else validators
+    return Genesis(
+        CHAIN_ID, 1_700_000_000_000, rows, FAST_PARAMS, validators_of(chosen, FAST_PARAMS.min_bond)
+    )
 
 
 class Cluster:

@@ -10,7 +10,7 @@ import pytest
 
 from fedcoin.application.api import MAX_TX_BYTES
 from fedcoin.data.encoding import encode
-from fedcoin.data.keys import format_address
+from fedcoin.data.keys import address_of, format_address
 from fedcoin.data.tx import Transfer, make_tx
 from tests.application.cluster import PUBLISHER_KEY, SERVER_KEY, Cluster
 from tests.helpers import CHAIN_ID, FC
@@ -195,3 +195,16 @@ async def test_an_upload_cut_short_leaves_no_file_and_the_node_answers(api) -> N
         assert asyncio.get_running_loop().time() < deadline, "temporary file left behind"
         await asyncio.sleep(0.01)
     assert (await http.get("/status")).status == 200
+
+
+async def test_validators_shows_the_set_the_bonds_and_unbonding(api) -> None:
+    cluster, node, http = api
+    body = await (await http.get("/validators")).json()
+    expected = sorted(v.pubkey.hex() for v in cluster.genesis.validators)
+    assert [v["pubkey"] for v in body["validators"]] == expected
+    assert body["total_power"] == sum(v.bond for v in cluster.genesis.validators)
+    assert body["height"] == 0 and body["next_epoch_at"] == body["epoch_blocks"]
+    assert [b["bond"] for b in body["bonds"]] == [v.bond for v in cluster.genesis.validators]
+    assert body["unbonding"] == []
+    first = cluster.genesis.validators[0]
+    assert body["validators"][0]["address"] == format_address(address_of(first.pubkey))

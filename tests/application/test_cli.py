@@ -39,12 +39,22 @@ def test_bad_flag_and_missing_files_are_clear_errors(tmp_path: Path) -> None:
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr
 
 
+def make_genesis_file(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``fedcoin genesis --out genesis.json ARGS`` with the key node.pem as its one validator."""
+    if not (tmp_path / "node.pem").exists():
+        fedcoin("keygen", "--out", "node.pem", cwd=tmp_path)
+    return fedcoin(
+        "genesis", "--out", "genesis.json", "--validator", "node.pem=1", *args, cwd=tmp_path
+    )
+
+
 @contextlib.contextmanager
 def running_node(tmp_path: Path, genesis: str = "genesis.json") -> Iterator[str]:
-    """Start ``fedcoin full`` on a free port; yield its address; stop it with SIGTERM."""
+    """Start ``fedcoin full`` with the key node.pem on a free port; yield its address; stop it
+    with SIGTERM."""
     node = subprocess.Popen(
         [sys.executable, str(REPO / "main.py"), "full", "--data-dir", "n", "--genesis",
-         genesis, "--listen", "127.0.0.1:0"],
+         genesis, "--listen", "127.0.0.1:0", "--key", "node.pem"],
         cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -67,8 +77,7 @@ def running_node(tmp_path: Path, genesis: str = "genesis.json") -> Iterator[str]
 def test_wallet_commands_end_to_end(tmp_path: Path) -> None:
     alice = fedcoin("keygen", "--out", "alice.pem", cwd=tmp_path).stdout.strip()
     bob = fedcoin("keygen", "--out", "bob.pem", cwd=tmp_path).stdout.strip()
-    gen = fedcoin("genesis", "--out", "genesis.json", "--alloc", f"{alice}=100",
-                  "--min-block-interval-ms", "200", cwd=tmp_path)  # fmt: skip
+    gen = make_genesis_file(tmp_path, "--alloc", f"{alice}=100", "--min-block-interval-ms", "200")
     assert gen.returncode == 0, gen.stderr
     with running_node(tmp_path) as address:
         node = ["--node", f"http://{address}"]
@@ -93,6 +102,18 @@ def test_wallet_commands_end_to_end(tmp_path: Path) -> None:
         assert shown.returncode == 0 and "0/2 rounds" in shown.stdout
         missing = fedcoin("task", *node, "--task-id", "00" * 32, cwd=tmp_path)
         assert missing.returncode == 1 and "no task" in missing.stderr
+        bonded = fedcoin("bond", *node, "--key", "alice.pem", "--amount", "10", "--wait",
+                         cwd=tmp_path)  # fmt: skip
+        assert bonded.returncode == 0, bonded.stderr
+        alice_after = fedcoin("balance", *node, "--key", "alice.pem", cwd=tmp_path).stdout
+        assert alice_after.strip() == f"{alice}: 67.500000 FC (nonce 3)"  # 100 - 12.5 - 10 - 10
+        unbonded = fedcoin("unbond", *node, "--key", "alice.pem", "--amount", "4", "--wait",
+                           cwd=tmp_path)  # fmt: skip
+        assert unbonded.returncode == 0, unbonded.stderr
+        shown = fedcoin("validators", *node, cwd=tmp_path)
+        assert shown.returncode == 0 and f"unbonding {alice}  4.000000 FC" in shown.stdout
+        over = fedcoin("unbond", *node, "--key", "alice.pem", "--amount", "7", cwd=tmp_path)
+        assert over.returncode == 1 and "rule InsufficientBond" in over.stderr
     unreachable = fedcoin(
         "balance", "--node", "http://127.0.0.1:9", "--key", "bob.pem", cwd=tmp_path
     )
@@ -105,8 +126,7 @@ def test_full_and_light_nodes_end_to_end(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr
     server = made.stdout.strip()
     assert re.fullmatch(r"fc[0-9a-f]{40}", server)
-    gen = fedcoin("genesis", "--out", "genesis.json", "--alloc", f"{server}=1000",
-                  "--min-block-interval-ms", "300", cwd=tmp_path)  # fmt: skip
+    gen = make_genesis_file(tmp_path, "--alloc", f"{server}=1000", "--min-block-interval-ms", "300")
     assert gen.returncode == 0, gen.stderr
     with running_node(tmp_path) as address:
         light = fedcoin(
@@ -132,8 +152,19 @@ def one_clear_line(result: subprocess.CompletedProcess[str], command: str, *word
 @pytest.fixture
 def chain_files(tmp_path: Path) -> Path:
     assert fedcoin("keygen", "--out", "k.pem", cwd=tmp_path).returncode == 0
-    assert fedcoin("genesis", "--out", "g.json", cwd=tmp_path).returncode == 0
+    made = fedcoin("genesis", "--out", "g.json", "--validator", "k.pem=1", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
     return tmp_path
+
+
+def test_genesis_without_a_valid_validator_is_one_clear_line(tmp_path: Path) -> None:
+    one_clear_line(fedcoin("genesis", "--out", "g.json", cwd=tmp_path), "genesis", "validator")
+    fedcoin("keygen", "--out", "k.pem", cwd=tmp_path)
+    small = fedcoin("genesis", "--out", "g.json", "--validator", "k.pem=0.5", cwd=tmp_path)
+    one_clear_line(small, "genesis", "min_bond")
+    odd = fedcoin("genesis", "--out", "g.json", "--validator", "nothing-here=1", cwd=tmp_path)
+    one_clear_line(odd, "genesis", "no key file")
+    assert not (tmp_path / "g.json").exists()
 
 
 def full(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -188,9 +219,13 @@ def test_output_that_cannot_be_written_is_one_clear_line(tmp_path: Path, command
     # a folder the user cannot write (root can, so also a path under a regular file)
     targets = [locked / "out", tmp_path / "a-file" / "out"] if os.getuid() else []
     targets.append(tmp_path / "a-file" / "out")
+    extra: list[str] = []
+    if command == "genesis":
+        fedcoin("keygen", "--out", "k.pem", cwd=tmp_path)
+        extra = ["--validator", "k.pem=1"]
     for target in targets:
         one_clear_line(
-            fedcoin(command, "--out", str(target), cwd=tmp_path), command, "cannot write"
+            fedcoin(command, "--out", str(target), *extra, cwd=tmp_path), command, "cannot write"
         )
 
 

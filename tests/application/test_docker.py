@@ -234,7 +234,9 @@ def test_two_full_nodes_and_an_fl_server_in_containers(
         run("--rm", *vol, image, "keygen", "--out", f"/data/shared/{key}.pem")
     funded = run("--rm", *vol, image, "keygen", "--out", "/data/shared/server.pem").stdout.strip()
     run("--rm", *vol, image, "genesis", "--out", "/data/shared/genesis.json",
-        "--chain-id", "docker-test", "--alloc", f"{funded}=1000")  # fmt: skip
+        "--chain-id", "docker-test", "--alloc", f"{funded}=1000",
+        "--validator", "/data/shared/node0.pem=1",
+        "--validator", "/data/shared/node1.pem=1")  # fmt: skip
 
     def start_node(i: int, container: str, data: str) -> None:
         args = ["--listen", f"127.0.0.1:{ports[i]}", "--advertise", f"127.0.0.1:{ports[i]}"]

@@ -100,7 +100,8 @@ def start_validators(procs: Processes, count: int) -> list[str]:
         boot = ["--bootstrap", urls[0].removeprefix("http://")] if urls else []
         proc, log = procs.start(
             f"full{i}", sys.executable, str(REPO / "main.py"), "full", "--data-dir", f"n{i}",
-            "--genesis", "genesis.json", "--listen", "127.0.0.1:0", *boot,
+            "--genesis", "genesis.json", "--listen", "127.0.0.1:0", "--key", f"validator{i}.pem",
+            *boot,
         )  # fmt: skip
         found: list[str] = []
 
@@ -130,9 +131,13 @@ def test_flower_deployment_pays_every_client_by_settled_shapley_value(tmp_path: 
     for i, key in enumerate(clients):
         key.save(tmp_path / f"client{i}.pem")
         np.savez(tmp_path / f"client{i}.npz", x=x[i::3], y=y[i::3])
+    bonds = []
+    for i in range(3):
+        PrivateKey.generate().save(tmp_path / f"validator{i}.pem")
+        bonds += ["--validator", f"validator{i}.pem=1"]
     genesis = subprocess.run(
         [sys.executable, str(REPO / "main.py"), "genesis", "--out", "genesis.json", "--alloc",
-         f"{format_address(server.address)}=1000", "--min-block-interval-ms", "300"],
+         f"{format_address(server.address)}=1000", "--min-block-interval-ms", "300", *bonds],
         cwd=tmp_path, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert genesis.returncode == 0, genesis.stderr

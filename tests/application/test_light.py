@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.application.test_cli import ENV, REPO, fedcoin, running_node
+from tests.application.test_cli import ENV, REPO, fedcoin, make_genesis_file, running_node
 
 keras = pytest.importorskip("keras", reason="tensorflow-cpu is a declared dependency")
 
@@ -45,8 +45,9 @@ def test_own_conv2d_model_and_data_through_bundle_publish_and_a_restarted_light(
     assert (tmp_path / "cnn.fcm").exists() and (tmp_path / "val.fcd").exists()
     publisher = fedcoin("keygen", "--out", "publisher.pem", cwd=tmp_path).stdout.strip()
     server = fedcoin("keygen", "--out", "server.pem", cwd=tmp_path).stdout.strip()
-    gen = fedcoin("genesis", "--out", "genesis.json", "--alloc", f"{publisher}=100",
-                  "--min-block-interval-ms", "200", cwd=tmp_path)  # fmt: skip
+    gen = make_genesis_file(
+        tmp_path, "--alloc", f"{publisher}=100", "--min-block-interval-ms", "200"
+    )
     assert gen.returncode == 0, gen.stderr
     with running_node(tmp_path) as address:
         node = ["--node", f"http://{address}"]
@@ -106,7 +107,7 @@ def test_own_conv2d_model_and_data_through_bundle_publish_and_a_restarted_light(
 def test_transfer_wait_gives_up_when_no_block_comes(tmp_path):
     alice = fedcoin("keygen", "--out", "alice.pem", cwd=tmp_path).stdout.strip()
     bob = fedcoin("keygen", "--out", "bob.pem", cwd=tmp_path).stdout.strip()
-    gen = fedcoin("genesis", "--out", "genesis.json", "--alloc", f"{alice}=10", cwd=tmp_path)
+    gen = make_genesis_file(tmp_path, "--alloc", f"{alice}=10")
     assert gen.returncode == 0, gen.stderr
     node = subprocess.Popen(
         [sys.executable, str(REPO / "main.py"), "full", "--data-dir", "n", "--genesis",

@@ -112,7 +112,8 @@ def test_supply_is_conserved_after_every_block(history: list[tuple], reward: int
             if t.kind_name == "PublishTask":
                 tasks.append(t.id)
         state = chain.state
-        assert state.supply == sum(a for _, a in genesis.allocations) + minted
+        bonded = sum(v.bond for v in genesis.validators)
+        assert state.supply == sum(a for _, a in genesis.allocations) + bonded + minted
         assert state.total_held() == state.supply
         for task in state.tasks.values():
             if task.status == TaskStatus.CLOSED:

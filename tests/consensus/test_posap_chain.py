@@ -12,7 +12,6 @@ from fedcoin.consensus.shapley import fixed_point_estimate
 from fedcoin.consensus.utility import fedavg
 from fedcoin.data.block import MAX_SHARES, PosapSection
 from fedcoin.data.content import MemoryContent
-from fedcoin.data.keys import PrivateKey
 from fedcoin.data.tensors import encode_bundle, encode_dataset, encode_weights
 from fedcoin.data.tx import ClientUpdate, PublishTask, SubmitRound
 from fedcoin.errors import (
@@ -29,6 +28,7 @@ from tests.helpers import (
     MINER,
     MINER2,
     MINER3,
+    MINERS,
     SERVER,
     ChainBuilder,
     make_genesis,
@@ -163,7 +163,7 @@ def test_round_whose_tensors_do_not_fit_the_model_is_refused(fl_round, reshape) 
 
 def test_a_block_carries_at_most_max_shares_the_same_on_every_node(fl_round) -> None:
     chain, verifier, submit, _ = setup_chain(fl_round)
-    miners = [PrivateKey.from_seed(bytes([i]) * 32) for i in range(MAX_SHARES + 1)]
+    miners = MINERS[: MAX_SHARES + 1]  # genesis validators: only they may write shares
     sv_task, shares = queue_round(chain, verifier, submit, *miners)
     block, _ = chain.make(posap=PosapSection(sv_task.sv_task_id, shares))
     assert block.posap is not None

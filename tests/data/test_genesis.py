@@ -10,7 +10,9 @@ import pytest
 
 from fedcoin.data.genesis import Genesis
 from fedcoin.errors import GenesisError
-from tests.helpers import ALICE, FC, make_genesis
+from tests.helpers import ALICE, BOB, FC, make_genesis, randao_tip
+
+VALIDATOR = {"pubkey": ALICE.public.hex(), "bond": FC, "randao_tip": randao_tip(ALICE).hex()}
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
@@ -31,10 +33,20 @@ def test_identity_commits_to_params_and_allocations() -> None:
 
 
 def test_genesis_state_holds_the_allocations() -> None:
-    genesis = make_genesis({ALICE: 7 * FC})
+    genesis = make_genesis({ALICE: 7 * FC}, validators=[ALICE, BOB])
     state = genesis.state()
     assert state.balance(ALICE.address) == 7 * FC
-    assert state.supply == 7 * FC == state.total_held()
+    # Bonds are not balances, but they are coins: the supply counts them apart
+    assert state.bond_of(ALICE.public) == state.bond_of(BOB.public) == FC
+    assert state.supply == 9 * FC == state.total_held()
+    assert state.validators == tuple(sorted([(ALICE.public, FC), (BOB.public, FC)]))
+    assert state.is_validator(BOB.public)
+
+
+def test_identity_commits_to_the_validators() -> None:
+    one = make_genesis(validators=[ALICE])
+    two = make_genesis(validators=[ALICE, BOB])
+    assert one.block().hash != two.block().hash
 
 
 @pytest.mark.parametrize(
@@ -49,6 +61,38 @@ def test_genesis_state_holds_the_allocations() -> None:
         ({"chain_id": "x", "params": {"min_fee": -1}}, "invalid genesis"),
         ({"chain_id": "x", "extra": 1}, "unknown genesis keys"),
         ({"chain_id": "x", "params": {"max_block_txs": 0}}, "max_block_txs"),
+        ({"chain_id": "x"}, "at least one validator"),
+        ({"chain_id": "x", "validators": {}}, "must be a list"),
+        ({"chain_id": "x", "validators": [VALIDATOR, VALIDATOR]}, "twice"),
+        ({"chain_id": "x", "validators": [{**VALIDATOR, "bond": 0}]}, "positive integer"),
+        ({"chain_id": "x", "validators": [{**VALIDATOR, "bond": 5}]}, "min_bond"),
+        ({"chain_id": "x", "validators": [{**VALIDATOR, "extra": 1}]}, "pubkey, bond"),
+        ({"chain_id": "x", "validators": [{**VALIDATOR, "pubkey": "zz"}]}, "genesis validator"),
+        ({"chain_id": "x", "validators": [{**VALIDATOR, "randao_tip": "00"}]}, "genesis validator"),
+        (
+            {"chain_id": "x", "validators": [VALIDATOR], "params": {"max_validators": 0}},
+            "max_validators",
+        ),
+        (
+            {"chain_id": "x", "validators": [VALIDATOR], "params": {"epoch_blocks": 0}},
+            "epoch_blocks",
+        ),
+        (
+            {"chain_id": "x", "validators": [VALIDATOR], "params": {"jail_blocks": 0}},
+            "jail_blocks",
+        ),
+        (
+            {"chain_id": "x", "validators": [VALIDATOR], "params": {"min_bond": 0}},
+            "min_bond",
+        ),
+        (
+            {
+                "chain_id": "x",
+                "validators": [VALIDATOR],
+                "params": {"epoch_blocks": 50, "unbonding_blocks": 50},
+            },
+            "unbonding_blocks must be greater",
+        ),
     ],
 )
 def test_invalid_genesis_is_a_clear_error(doc: object, message: str) -> None:
@@ -63,5 +107,5 @@ def test_missing_or_unparsable_file(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(GenesisError, match="cannot read"):
         Genesis.load(bad)
-    bad.write_text(json.dumps({"chain_id": "ok"}))
+    bad.write_text(json.dumps({"chain_id": "ok", "validators": [VALIDATOR]}))
     assert Genesis.load(bad).chain_id == "ok"

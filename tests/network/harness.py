@@ -126,7 +126,7 @@ class NetNode:
 def net_genesis() -> Genesis:
     """A genesis where every test node's key holds coins (so it can make blocks with txs)."""
     names = [f"node-{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + [f"node-{i}" for i in range(20)]
-    return make_genesis({key(n): 10**12 for n in names})
+    return make_genesis({key(n): 10**12 for n in names})  # every node key is a validator
 
 
 class Network:
