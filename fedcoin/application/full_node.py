@@ -131,7 +131,9 @@ class FullNode:
         self._stack.push_async_callback(self.resolver.close)
         self.verifier = PosapVerifier(self.resolver)
         self.chain = Chain(self.store, self.genesis, self.verifier)
-        self.mempool = Mempool(self.genesis, self.verifier, on_change=self._poke)
+        self.mempool = Mempool(
+            self.genesis, self.verifier, on_change=self._poke, follows=self.chain.head.hash
+        )
         self.link = ChainLink(
             self.chain, cfg.clock_ms, prepare=self._prefetch, on_imported=[self._on_imported]
         )
@@ -248,7 +250,9 @@ class FullNode:
         if result.outcome is Imported.HEAD:
             state = self.chain.head_state()
             returned = [tx for gone in result.left for tx in gone.txs]
-            self.mempool.refresh(state, block.height, self.config.clock_ms(), returned)
+            self.mempool.refresh(
+                state, block.height, self.config.clock_ms(), returned, head=block.hash
+            )
             self.shares.keep_only(sv.sv_task_id for sv in state.queue)
         self._poke()
 

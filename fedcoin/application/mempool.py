@@ -89,8 +89,12 @@ class Mempool:
         capacity: int = DEFAULT_CAPACITY,
         per_sender: int = DEFAULT_PER_SENDER,
         on_change: Callable[[], None] = lambda: None,
+        follows: bytes | None = None,
     ) -> None:
         self.genesis = genesis
+        self.follows = follows
+        """The head the pending transactions were last checked against (None: not tracked).
+        A proposer builds only on that head: on another, the pool's nonces are not its own."""
         self.checker = checker
         self.capacity = capacity
         self.per_sender = per_sender
@@ -209,13 +213,19 @@ class Mempool:
             del self.runs[sender]
 
     def refresh(
-        self, state: State, height: int, now_ms: int, returned: Sequence[Transaction] = ()
+        self,
+        state: State,
+        height: int,
+        now_ms: int,
+        returned: Sequence[Transaction] = (),
+        head: bytes | None = None,
     ) -> None:
         """Keep only what still applies on the new head, in order.
 
         ``returned`` are the transactions of the blocks a reorg took off the canonical chain:
         they are candidates again beside the pending ones, so a reorg loses none of them (nor
         any later transaction of their senders, whose nonces would no longer be contiguous)."""
+        self.follows = head
         candidates: dict[bytes, dict[bytes, Transaction]] = {}
         for txs in [returned, *(run.txs for run in self.runs.values())]:
             for tx in txs:

@@ -131,7 +131,8 @@ class Miner:
 
     async def step(self) -> None:
         now = self.clock_ms()
-        head, state = self.chain.head, self.chain.head_state()
+        head = self.chain.head
+        state = self.chain.store.get_state(head.hash)  # that head's state, not a newer one
         if not self.is_member(state):
             return
         if not state.queue:
@@ -195,8 +196,10 @@ class Miner:
     async def propose(
         self, state: State, head: BlockHeader, now: int, posap: PosapSection | None
     ) -> None:
-        if self.chain.head.hash != head.hash:
-            return  # the pool already follows a newer head: its txs do not apply to ``state``
+        # Build only where the pool's nonces start: on the head it was last refreshed for (a
+        # block import moves the head in a worker thread before the pool hears of it)
+        if self.chain.head.hash != head.hash or self.mempool.follows not in (None, head.hash):
+            return
         txs = self.mempool.select(self.genesis.params.max_block_txs)
         timestamp = max(now, head.timestamp_ms + 1)
         for _ in range(len(txs) + len(posap.shares if posap else ()) + 1):

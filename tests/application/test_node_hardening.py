@@ -209,3 +209,25 @@ async def test_a_proposal_on_a_stale_head_drops_nothing_from_the_pool() -> None:
     )  # fmt: skip
     await miner.propose(old_state, old_head, T0 + 10_000, None)
     assert mempool.select(10) == txs[1:]
+
+
+async def test_no_proposal_while_the_pool_follows_another_head() -> None:
+    """A block import moves the store's head in a worker thread before the pool hears of it
+    (and the other way round): a proposer must not build where the pool's nonces don't start."""
+    genesis = make_genesis()
+    chain = Chain(MemoryChainStore(genesis), genesis, TableVerifier())
+    head, state = chain.head, chain.head_state()
+    mempool = Mempool(genesis, TableVerifier(), follows=head.hash)
+    txs = [make_transfer(ALICE, BOB, 1, n) for n in range(3)]
+    for tx in txs:
+        mempool.add(tx, state, 0, T0)
+    # The pool already follows a block with the first transfer; this chain has not stored it yet
+    builder = ChainBuilder(genesis)
+    builder.add([txs[0]])
+    mempool.refresh(builder.state, 1, T0, head=builder.block.hash)
+    miner = Miner(
+        MINER, genesis, chain, None, mempool, TableVerifier(), None, SharePools(),  # type: ignore[arg-type]
+        lambda m: None, lambda: T0, asyncio.Event(),
+    )  # fmt: skip
+    await miner.propose(state, head, T0 + 10_000, None)
+    assert mempool.select(10) == txs[1:] and chain.head.hash == head.hash
