@@ -24,6 +24,7 @@ from fedcoin.application.fl_server import FLServer, FLServerConfig, RoundReport
 from fedcoin.application.full_node import FullNode
 from fedcoin.application.training import build_mlp
 from fedcoin.application.views import BlockView, StatusView, TaskView
+from fedcoin.data.keys import address_of, format_address
 from fedcoin.data.tx import Transfer, make_tx
 from fedcoin.errors import DecodeError
 from tests.application.cluster import CLIENT_KEYS, FAST_POSAP, PUBLISHER_KEY, SERVER_KEY, Cluster
@@ -160,6 +161,13 @@ async def test_explorer_in_a_real_browser(settled: Settled, chromium: str) -> No
         assert await browser.evaluate("document.querySelector('#finality').textContent") == (
             "none yet"
         )
+        # The validator set with its stake: every member of the head state's set is listed.
+        shown_validators = await browser.evaluate(
+            "[...document.querySelectorAll('table.validators a.account-link')]"
+            ".map((a) => a.getAttribute('href').split('/').pop())"
+        )
+        members = [format_address(address_of(pk)) for pk, _ in node.chain.head_state().validators]
+        assert sorted(shown_validators) == sorted(members) and members
         # It follows the chain by itself: a new block shows up without a reload.
         before = node.chain.head.height
         payment = make_tx(

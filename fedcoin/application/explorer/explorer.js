@@ -98,6 +98,7 @@ function chart(id, title, xs, series, kind, yLabel) {
 // --- views -----------------------------------------------------------------------------------
 async function overview() {
   const status = await api("/status");
+  const vset = await api("/validators");
   const from = Math.max(0, status.height - 19);
   const blocks = (await api(`/blocks?from=${from}&limit=20`)).reverse();
   const proposers = {};
@@ -115,10 +116,16 @@ async function overview() {
       ["mempool", `${status.mempool} transactions`],
       ["pending SV tasks", String(status.pending_sv_tasks)],
     ]) +
-    `<h2>Validators</h2><p class="muted">No validator set or stake yet: any full node proposes. ` +
-    `Proposers of the last ${blocks.length} blocks:</p>` +
-    table(["proposer", "blocks"], Object.entries(proposers).sort((a, b) => b[1] - a[1])
-      .map(([p, n]) => [accountLink(p), String(n)]), "proposers") +
+    `<h2>Validators</h2><p class="muted">This epoch's set (power is the bond snapshotted at ` +
+    `the epoch boundary; the next set from height ${vset.next_epoch_at}). Only they propose ` +
+    `and write shares.</p>` +
+    table(["validator", "power", "share of power", "bond now", `blocks of the last ${blocks.length}`],
+      vset.validators.map((v) => [accountLink(v.address), fc(v.power),
+        `${(100 * v.power / Math.max(vset.total_power, 1)).toFixed(1)} %`, fc(v.bond),
+        String(proposers[v.address] || 0)]), "validators") +
+    (vset.unbonding.length ? `<h3>Unbonding</h3>` + table(["address", "amount", "release at"],
+      vset.unbonding.map((u) => [accountLink(u.address), fc(u.amount), String(u.release)]),
+      "unbonding") : "") +
     `<h2>Latest blocks</h2>` + blockTable(blocks);
 }
 
