@@ -21,7 +21,7 @@ from fedcoin.data.keys import PrivateKey
 from fedcoin.data.store import MemoryChainStore
 from fedcoin.data.tx import ClientUpdate, ContentRef, SubmitRound, Transfer, make_tx
 from fedcoin.errors import Reject
-from fedcoin.network.messages import BlockMessage, TxMessage
+from fedcoin.network.messages import BlockMessage, ShareMessage, TxMessage, encode_message
 from tests.application.cluster import PUBLISHER_KEY, SERVER_KEY, Cluster
 from tests.helpers import (
     ALICE,
@@ -32,9 +32,11 @@ from tests.helpers import (
     T0,
     ChainBuilder,
     TableVerifier,
+    key,
     make_genesis,
     make_transfer,
 )  # fmt: skip
+from tests.network.harness import handshake_as
 
 
 async def test_supervised_loop_survives_any_error_and_logs_a_repeat_once(caplog) -> None:
@@ -231,3 +233,26 @@ async def test_no_proposal_while_the_pool_follows_another_head() -> None:
     )  # fmt: skip
     await miner.propose(state, head, T0 + 10_000, None)
     assert mempool.select(10) == txs[1:] and chain.head.hash == head.hash
+
+
+async def test_a_share_flood_on_real_sockets_leaves_the_node_mining(tmp_path) -> None:
+    """A peer floods shares signed by 500 fresh keys (for the head's SV-task id, which is not a
+    pending round, and with tables of every size up to the frame bound): none reaches a pool,
+    the node keeps answering and keeps making blocks."""
+    async with Cluster(tmp_path) as cluster:
+        node = await cluster.start(0)
+        conn = await handshake_as(node.address, "flooder", cluster.genesis)
+        head = node.chain.head.hash
+        for i in range(500):
+            table = tuple((mask, mask % 7) for mask in range(1 + i % 64))
+            share = Share(head, bytes(32), 0, table, (i, -i), bytes(64)).signed(key(f"fresh-{i}"))
+            await conn.send(encode_message(ShareMessage(share)))
+        payment = make_tx(SERVER_KEY, CHAIN_ID, 0, Transfer(PUBLISHER_KEY.address, 1), 0)
+        await node.submit_tx(payment)
+        await cluster.wait_until(
+            lambda: node.chain.head_state().account(SERVER_KEY.address).nonce == 1, timeout=60
+        )
+        async with aiohttp.ClientSession() as http, http.get(f"{node.url}/status") as resp:
+            assert resp.status == 200
+        assert not any(node.shares.pool(sv_id) for sv_id in (head, bytes(32)))
+        await conn.close()
