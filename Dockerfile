@@ -5,7 +5,8 @@
 #   docker build -t fedcoin .
 #   docker build --target validator -t fedcoin-validator .
 # Run (the image's own example, tested by tests/application/test_docker.py):
-#   docker run --rm -v fedcoin:/data fedcoin genesis --out /data/node/genesis.json
+#   docker run --rm -v fedcoin:/data fedcoin keygen --out /data/node/node.pem
+#   docker run --rm -v fedcoin:/data fedcoin genesis --validator /data/node/node.pem=100 --out /data/node/genesis.json
 #   docker run -d --name fedcoin -v fedcoin:/data -p 127.0.0.1:8700:8700 fedcoin
 # With a host folder instead of a volume, run as its owner: --user "$(id -u):$(id -g)".
 ARG BASE=python:3.11-slim

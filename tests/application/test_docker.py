@@ -175,7 +175,7 @@ def test_dockerfile_header_example_works(
         for line in DOCKERFILE.read_text().splitlines()
         if line.startswith("#   docker run")
     ]
-    assert len(lines) == 2, lines
+    assert len(lines) == 3, lines  # a validator key, a genesis that bonds it, the node
     volume, container, port = names("vol"), names("node"), free_port()
     for line in lines:
         words = shlex.split(
