@@ -18,9 +18,12 @@ block is indexed, on a side branch too; ``task_blocks`` keeps those on the canon
 from __future__ import annotations
 
 import sqlite3
+import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from fedcoin.data.block import Block, BlockHeader
 from fedcoin.data.genesis import Genesis
@@ -187,10 +190,30 @@ CREATE TABLE IF NOT EXISTS sv_tasks (sv_task_id BLOB PRIMARY KEY, task_id BLOB N
 """
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _serialized(
+    method: Callable[Concatenate[SqliteChainStore, P], R],
+) -> Callable[Concatenate[SqliteChainStore, P], R]:
+    """One thread at a time in the store: the event loop and worker threads (block imports,
+    admission checks) share one connection, whose statement cache and cursors are not safe to
+    use from two threads at once (it crashed the process), and one state cache."""
+
+    def locked(store: SqliteChainStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with store._lock:
+            return method(store, *args, **kwargs)
+
+    locked.__doc__ = method.__doc__
+    return locked
+
+
 class SqliteChainStore(ChainStore):
-    """A SQLite file; one transaction per block."""
+    """A SQLite file; one transaction per block. Safe to call from several threads."""
 
     def __init__(self, path: str | Path, genesis: Genesis) -> None:
+        self._lock = threading.RLock()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -258,6 +281,7 @@ class SqliteChainStore(ChainStore):
     def genesis_hash(self) -> bytes:
         return self._genesis
 
+    @_serialized
     def put_block(self, block: Block, state: State, *, receipt: bytes = b"") -> None:
         if self.has_block(block.hash):
             return
@@ -283,6 +307,7 @@ class SqliteChainStore(ChainStore):
             self._index_tasks(block)
         self._remember(block.hash, state)
 
+    @_serialized
     def set_head(self, block_hash: bytes) -> None:
         row = self._db.execute("SELECT height FROM blocks WHERE hash=?", (block_hash,)).fetchone()
         if row is None:
@@ -304,6 +329,7 @@ class SqliteChainStore(ChainStore):
                 cursor, h = bytes(parent_row[0]), h - 1
             self._db.execute("UPDATE meta SET value=? WHERE key='head'", (block_hash,))
 
+    @_serialized
     def get_block(self, block_hash: bytes) -> Block | None:
         row = self._db.execute("SELECT data FROM blocks WHERE hash=?", (block_hash,)).fetchone()
         if row is None:
@@ -313,6 +339,7 @@ class SqliteChainStore(ChainStore):
         except DecodeError as exc:
             raise StoreError(f"corrupt block {block_hash.hex()} in {self.path}: {exc}") from None
 
+    @_serialized
     def get_header(self, block_hash: bytes) -> BlockHeader | None:
         row = self._db.execute("SELECT header FROM blocks WHERE hash=?", (block_hash,)).fetchone()
         if row is None:
@@ -322,14 +349,17 @@ class SqliteChainStore(ChainStore):
         except DecodeError as exc:
             raise StoreError(f"corrupt header {block_hash.hex()} in {self.path}: {exc}") from None
 
+    @_serialized
     def has_block(self, block_hash: bytes) -> bool:
         row = self._db.execute("SELECT 1 FROM blocks WHERE hash=?", (block_hash,)).fetchone()
         return row is not None
 
+    @_serialized
     def get_receipt(self, block_hash: bytes) -> bytes | None:
         row = self._db.execute("SELECT receipt FROM blocks WHERE hash=?", (block_hash,)).fetchone()
         return bytes(row[0]) if row is not None else None
 
+    @_serialized
     def get_state(self, block_hash: bytes) -> State:
         cached = self._cache.get(block_hash)
         if cached is not None:
@@ -369,14 +399,17 @@ class SqliteChainStore(ChainStore):
         while len(self._cache) > STATE_CACHE:
             self._cache.popitem(last=False)
 
+    @_serialized
     def head_hash(self) -> bytes:
         row = self._db.execute("SELECT value FROM meta WHERE key='head'").fetchone()
         return bytes(row[0])
 
+    @_serialized
     def canonical_hash(self, height: int) -> bytes | None:
         row = self._db.execute("SELECT hash FROM canonical WHERE height=?", (height,)).fetchone()
         return bytes(row[0]) if row is not None else None
 
+    @_serialized
     def task_blocks(self, task_id: bytes) -> list[tuple[int, bytes]]:
         rows = self._db.execute(
             "SELECT t.height, t.hash FROM task_blocks t "
@@ -386,6 +419,7 @@ class SqliteChainStore(ChainStore):
         ).fetchall()
         return [(int(height), bytes(h)) for height, h in rows]
 
+    @_serialized
     def close(self) -> None:
         self._db.close()
 

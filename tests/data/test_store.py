@@ -7,6 +7,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -334,3 +336,61 @@ StoreEquivalence.TestCase.settings = settings(
     max_examples=25, stateful_step_count=30, deadline=None
 )
 test_memory_store_equals_sqlite_store = StoreEquivalence.TestCase
+
+
+class _CountingConnection:
+    """Wraps a sqlite3 connection and records how many threads are inside it at once."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db, self.inside, self.most, self.lock = db, 0, 0, threading.Lock()
+
+    def execute(self, *args: object) -> object:
+        with self.lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        try:
+            time.sleep(0.0005)  # widen the window two threads would share
+            rows = self.db.execute(*args).fetchall()  # type: ignore[arg-type]
+            return _Rows(rows)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+class _Rows:
+    def __init__(self, rows: list[object]) -> None:
+        self.rows = rows
+
+    def fetchone(self) -> object:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[object]:
+        return self.rows
+
+
+def test_sqlite_store_is_used_by_one_thread_at_a_time(tmp_path: Path) -> None:
+    """The event loop and worker threads share one connection; two threads inside it at once
+    crashed a node's process in libsqlite3 (seen in the kernel log), so every call is serialized."""
+    genesis = make_genesis()
+    store = SqliteChainStore(tmp_path / "chain.sqlite", genesis)
+    counting = _CountingConnection(store._db)
+    store._db = counting  # type: ignore[assignment]
+    head = store.head_hash()
+
+    def reader() -> None:
+        for _ in range(40):
+            store.get_header(head)
+            store.has_block(head)
+            store.canonical_hash(0)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store._db = counting.db
+    store.close()
+    assert counting.most == 1
