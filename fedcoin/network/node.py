@@ -299,7 +299,10 @@ class P2PNode:
             self.syncer.maybe_sync(peer)
             await self._read(peer)
         except HandshakeRefused as exc:
-            log.warning("refused peer %s: %s", conn.remote, exc)
+            # Two nodes dialling each other at once is routine, not a warning
+            benign = "already connected" in str(exc) or "ourselves" in str(exc)
+            log.log(logging.INFO if benign else logging.WARNING, "refused peer %s: %s",
+                    conn.remote, exc)  # fmt: skip
             if not conn.inbound and peer.proven_key:
                 self.book.note_key(conn.remote, peer.proven_key)  # do not dial it again
             await conn.close(str(exc))
