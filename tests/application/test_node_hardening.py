@@ -42,9 +42,12 @@ from tests.network.harness import handshake_as
 async def test_supervised_loop_survives_any_error_and_logs_a_repeat_once(caplog) -> None:
     steps: list[int] = []
     wake = asyncio.Event()
+    six_steps = asyncio.Event()
 
     async def step() -> None:
         steps.append(len(steps))
+        if len(steps) >= 6:
+            six_steps.set()
         if len(steps) <= 3:
             raise ValueError("broken input")
         if len(steps) == 4:
@@ -53,8 +56,8 @@ async def test_supervised_loop_survives_any_error_and_logs_a_repeat_once(caplog)
     log = logging.getLogger("test.supervised")
     with caplog.at_level(logging.INFO, logger="test.supervised"):
         task = asyncio.create_task(supervised("step", step, wake, 0.001, log))
-        while len(steps) < 6:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(20):
+            await six_steps.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
