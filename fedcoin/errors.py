@@ -311,6 +311,11 @@ class ProtocolViolation(Reject):
 class HandshakeRefused(FedCoinError):
     """The peer is on another network or protocol version, or is banned."""
 
+    def __init__(self, message: str, *, routine: bool = False) -> None:
+        super().__init__(message)
+        self.routine = routine
+        """Expected in normal operation (a duplicate or self connection), not worth a warning."""
+
 
 class NeedsSync(Ignore):
     """The message refers to blocks this node lacks (unknown parent): fetch them from the peer."""

@@ -30,6 +30,9 @@ from fedcoin.network.messages import (
 from fedcoin.network.peers import Peer
 from fedcoin.network.sync import ChainView
 
+#: The refusal two nodes dialling each other at once meet: routine, not a warning.
+ALREADY_CONNECTED = "already connected"
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -67,6 +70,7 @@ async def handshake(
 async def _exchange(
     peer: Peer, me: Identity, chain: ChainView, refused: Callable[[Hello, bool], str | None]
 ) -> None:
+
     head, height, weight = chain.status()
     nonce = os.urandom(32)
     mine = Hello(
@@ -84,7 +88,7 @@ async def _exchange(
             f"ours {me.chain_id!r} {me.genesis.hex()[:16]}"
         )
     if hello.node_pubkey == me.key.public:
-        raise HandshakeRefused("connected to ourselves")
+        raise HandshakeRefused("connected to ourselves", routine=True)
     advertised = ""
     if hello.listen:
         try:
@@ -105,7 +109,7 @@ async def _exchange(
     peer.proven_key = hello.node_pubkey.hex()
     reason = refused(hello, True)  # now also "already connected": the key is proven
     if reason:
-        raise HandshakeRefused(reason)
+        raise HandshakeRefused(reason, routine=reason == ALREADY_CONNECTED)
     # Keep the checked form: whoever reads ``hello.listen`` later (content fetches build URLs
     # from it) sees a canonical host:port or "", never the peer's raw text.
     peer.hello = replace(hello, listen=advertised)

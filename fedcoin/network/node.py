@@ -31,7 +31,7 @@ from fedcoin.errors import BadAddress, ConfigError, HandshakeRefused
 from fedcoin.network.addresses import advertised_address, format_host_port, parse_host_port
 from fedcoin.network.dialer import AddressBook, Dialer
 from fedcoin.network.gossip import Handler, Handlers, Pipeline, SeenCache
-from fedcoin.network.handshake import Identity, handshake
+from fedcoin.network.handshake import ALREADY_CONNECTED, Identity, handshake
 from fedcoin.network.messages import MAX_FRAME_BYTES, GetPeers, Hello, Message
 from fedcoin.network.peers import BanList, Peer, PeerLimits
 from fedcoin.network.slots import PeerTable
@@ -268,7 +268,7 @@ class P2PNode:
         ):
             return "banned"
         if proven and hello.node_pubkey.hex() in self.peers:
-            return "already connected"
+            return ALREADY_CONNECTED
         if not self.table.room_for(peer)[0]:
             return "too many peers, none idle"
         return None
@@ -299,10 +299,8 @@ class P2PNode:
             self.syncer.maybe_sync(peer)
             await self._read(peer)
         except HandshakeRefused as exc:
-            # Two nodes dialling each other at once is routine, not a warning
-            benign = "already connected" in str(exc) or "ourselves" in str(exc)
-            log.log(logging.INFO if benign else logging.WARNING, "refused peer %s: %s",
-                    conn.remote, exc)  # fmt: skip
+            level = logging.INFO if exc.routine else logging.WARNING
+            log.log(level, "refused peer %s: %s", conn.remote, exc)
             if not conn.inbound and peer.proven_key:
                 self.book.note_key(conn.remote, peer.proven_key)  # do not dial it again
             await conn.close(str(exc))
