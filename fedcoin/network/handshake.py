@@ -70,7 +70,6 @@ async def handshake(
 async def _exchange(
     peer: Peer, me: Identity, chain: ChainView, refused: Callable[[Hello, bool], str | None]
 ) -> None:
-
     head, height, weight = chain.status()
     nonce = os.urandom(32)
     mine = Hello(
