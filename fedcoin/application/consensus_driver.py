@@ -37,6 +37,7 @@ from fedcoin.application.consensus_ports import (
     Publish,
     StartHeight,
     V,
+    check_block,
     conflicting_twin,
     raw_sign,
 )
@@ -61,13 +62,9 @@ from fedcoin.consensus.validators import SignatureCache, ValidatorSet
 from fedcoin.data.privval import FilePrivValidator
 from fedcoin.data.vote import DuplicateVoteEvidence, Proposal, Vote
 from fedcoin.errors import (
-    ContentMissing,
     DoubleSignRefused,
     FedCoinError,
-    Ignore,
     PrivValStateError,
-    Reject,
-    RuleViolation,
 )
 
 log = logging.getLogger("fedcoin.consensus")
@@ -94,6 +91,7 @@ class ConsensusDriver(Generic[V]):
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         faults: Faults | None = None,
         on_commit: Callable[[int], None] | None = None,
+        resend_ms: int = 2000,
     ) -> None:
         self.ledger = ledger
         self.signer = signer
@@ -122,6 +120,9 @@ class ConsensusDriver(Generic[V]):
         """Checked blocks of the next height, by id (the machine's ``valid``)."""
         self.buffer: dict[int, list[Event[V]]] = {}
         self.evidence: list[DuplicateVoteEvidence] = []
+        self.sent: list[tuple[Proposal | Vote, V | None]] = []
+        """What this node signed for the current height, to publish again (``resend_ms``)."""
+        self.resend_ms = resend_ms
         self.commits = 0
         self.signed = 0
         self.refusals = 0
@@ -187,6 +188,8 @@ class ConsensusDriver(Generic[V]):
         self.timers.cancel_all()
         validators = self.ledger.validator_set()
         self.valid = {}
+        self.sent = []
+        self._resend(height)
         self._prebuilt = None
         if self.me is not None and self.me in validators and self._proposes_first(validators):
             self._prebuilt = await asyncio.to_thread(self._build, height, 0)
@@ -205,6 +208,19 @@ class ConsensusDriver(Generic[V]):
 
     def _proposes_first(self, validators: ValidatorSet) -> bool:
         return proposer_for_round(validators, 0) == self.me
+
+    def _resend(self, height: int) -> None:
+        """Every ``resend_ms`` while deciding ``height``, publish again what this node signed
+        for it: a peer that (re)connected mid-height gets it (gossip drops it elsewhere as
+        seen), and a round waiting for votes that peer missed moves again."""
+
+        def again() -> None:
+            if self.running and self.machine.height == height and not self.crashed:
+                for message, value in self.sent:
+                    self.publish(message, value)
+                self._resend(height)
+
+        self.timers.after(self.resend_ms, again)
 
     def _end_height(self) -> None:
         self.running = False
@@ -243,6 +259,7 @@ class ConsensusDriver(Generic[V]):
             return []
         self.signed += 1
         self.publish(signed, action.value)
+        self.sent.append((signed, action.value))
         if self.faults.equivocate:
             self._equivocate(signed, action.value)
         if isinstance(signed, Proposal):
@@ -314,23 +331,7 @@ class ConsensusDriver(Generic[V]):
         if known is not None:
             return known
         seconds = self.timeouts.duration(TimeoutKind.PREVOTE, round_) / 1000
-        try:
-            async with asyncio.timeout(seconds):
-                await self.ledger.check(value, now_ms=self.clock_ms())
-        except TimeoutError:
-            raise Ignore("block content not fetched before the prevote timeout") from None
-        except ContentMissing as exc:
-            raise Ignore(f"block content unavailable: {exc}") from None
-        except RuleViolation as exc:
-            log.info("proposed block %s is invalid: %s", block_id.hex()[:12], exc)
-            valid = False
-        except FedCoinError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - content no rule foresaw: not a valid block
-            log.exception("proposed block %s could not be checked", block_id.hex()[:12])
-            raise Reject(f"block could not be checked: {type(exc).__name__}") from None
-        else:
-            valid = True
+        valid = await check_block(self.ledger, value, seconds=seconds, now_ms=self.clock_ms())
         if self.ledger.committed_height() + 1 == height:
             self.valid[block_id] = valid
         return valid
@@ -373,10 +374,11 @@ class ConsensusDriver(Generic[V]):
         if at is not None and (self.machine.height, self.machine.round) >= at and self.running:
             self.stop()
 
-    def stop(self) -> None:
-        """Crash: stop voting and ignore everything from now on."""
+    def stop(self, crash: bool = True) -> None:
+        """Stop voting and ignore everything from now on (``crash``: the test hook, logged)."""
         if not self.crashed:
-            log.warning("consensus stopped at height %d round %d", *self.position)
+            level = logging.WARNING if crash else logging.INFO
+            log.log(level, "consensus stopped at height %d round %d", *self.position)
         self.crashed = True
         self.timers.cancel_all()
 

@@ -9,6 +9,8 @@ crash at a given height and round.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -24,8 +26,10 @@ from fedcoin.data.vote import (
     Proposal,
     Vote,
 )
+from fedcoin.errors import ContentMissing, FedCoinError, Ignore, Reject, RuleViolation
 
 V = TypeVar("V")
+log = logging.getLogger("fedcoin.consensus")
 
 
 class Ledger(Protocol[V]):
@@ -115,3 +119,26 @@ def conflicting_twin(
         return None
     block_id = known_blocks[0] if signed.block_id is None else None
     return Vote(signed.height, signed.round, signed.type, block_id, signed.validator, UNSIGNED)
+
+
+async def check_block(ledger: Ledger[V], value: V, *, seconds: float, now_ms: int) -> bool:
+    """``Ledger.check`` as a verdict: True valid, False breaks a rule; ``Ignore`` when the
+    content cannot be fetched within ``seconds`` (not judged), ``Reject`` on an error no rule
+    names (the block cannot be one to accept, and the peer sent it)."""
+    block_id = ledger.value_id(value)
+    try:
+        async with asyncio.timeout(seconds):
+            await ledger.check(value, now_ms=now_ms)
+    except TimeoutError:
+        raise Ignore("block content not fetched before the prevote timeout") from None
+    except ContentMissing as exc:
+        raise Ignore(f"block content unavailable: {exc}") from None
+    except RuleViolation as exc:
+        log.info("proposed block %s is invalid: %s", block_id.hex()[:12], exc)
+        return False
+    except FedCoinError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - content no rule foresaw: not a valid block
+        log.exception("proposed block %s could not be checked", block_id.hex()[:12])
+        raise Reject(f"block could not be checked: {type(exc).__name__}") from None
+    return True
