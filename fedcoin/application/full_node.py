@@ -204,7 +204,6 @@ class FullNode:
             "address": self.address,
             "head": head.hash.hex(),
             "height": head.height,
-            "weight": head.weight,
             "timestamp_ms": head.timestamp_ms,
             "peers": sorted(p.name for p in self.p2p.peers.values()),
             "mempool": len(self.mempool),
