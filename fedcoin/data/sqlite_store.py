@@ -19,7 +19,8 @@ from typing import Concatenate, ParamSpec, TypeVar
 from fedcoin.data.block import Block, BlockHeader
 from fedcoin.data.chain_store import ChainStore
 from fedcoin.data.genesis import Genesis
-from fedcoin.data.state import State, StateDelta
+from fedcoin.data.state import State
+from fedcoin.data.state_delta import StateDelta
 from fedcoin.data.task_index import task_touches
 from fedcoin.data.vote import CommitCertificate
 from fedcoin.errors import DecodeError, StoreError

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fedcoin.consensus.proposer import apply_changes, next_height_set
 from fedcoin.consensus.rules import apply_block
-from fedcoin.consensus.stake import NO_TIP, randao_secret, randao_tip_of
+from fedcoin.consensus.stake import NO_TIP, randao_secret, randao_tip_of, validator_set
 from fedcoin.consensus.stake import randao_tip as randao_chain_tip
 from fedcoin.data.block import MAX_SHARES, PosapSection
 from fedcoin.data.genesis import DEFAULT_PARAMS, ChainParams
@@ -335,3 +336,22 @@ def test_supply_equals_balances_bonds_unbonding_and_escrows_after_every_block(ac
         # Matured entries are gone: released to balances at the end of their block
         assert all(u.release > chain.header.height for u in state.unbonding)
         assert state.is_validator(MINER.public)
+
+
+# --- Proposer priorities in state -----------------------------------------------------------
+def test_priorities_advance_one_step_per_height_and_an_epoch_change_applies_first() -> None:
+    chain = staked_chain()
+    tick = Ticker(chain)
+    tick(bond(ALICE, 0, 5 * FC))
+    sets = [validator_set(s.validators) for s in chain.states]
+    # One increment per height, whatever the block held
+    for before, after in zip(sets[:-1], sets[1:], strict=True):
+        assert after == next_height_set(before)
+    tick.until(PARAMS.epoch_blocks - 1)
+    before = validator_set(chain.state.validators)
+    tick()  # the epoch's last block: the change first, CometBFT's way, then one increment
+    members = sorted([(MINER.public, FC), (MINER2.public, FC), (ALICE.public, 5 * FC)])
+    assert validator_set(chain.state.validators) == next_height_set(apply_changes(before, members))
+    after = validator_set(chain.state.validators)
+    assert ALICE.public in after and after.power_of(ALICE.public) == 5 * FC
+    assert chain.header.next_validators_hash == after.hash != chain.header.validators_hash
