@@ -10,9 +10,10 @@ import pytest
 
 from fedcoin.consensus.chain import Chain, Imported
 from fedcoin.consensus.proposer import next_height_set, proposer_for_round
+from fedcoin.consensus.stake import NO_TIP
 from fedcoin.data.block import tx_root
 from fedcoin.data.store import MemoryChainStore
-from fedcoin.data.tx import SubmitRound
+from fedcoin.data.tx import Bond, SubmitRound
 from fedcoin.errors import (
     BadTxInBlock,
     ConflictingCommit,
@@ -25,10 +26,12 @@ from fedcoin.errors import (
 from tests.helpers import (
     ALICE,
     BOB,
+    FC,
     KEYS,
     MINER,
     MINER2,
     VOTE_CHECK,
+    ChainBuilder,
     TableVerifier,
     certify,
     commit_next,
@@ -38,6 +41,7 @@ from tests.helpers import (
     make_submit,
     make_transfer,
     reveal_of,
+    tx,
 )
 
 
@@ -188,3 +192,31 @@ def test_commit_reuses_the_execution_check_proposal_cached() -> None:
 def test_genesis_mismatch_is_refused() -> None:
     with pytest.raises(ValueError):
         Chain(MemoryChainStore(make_genesis()), make_genesis({BOB: 1}), TableVerifier())
+
+
+def test_a_late_node_syncs_committed_blocks_checking_each_certificate(tmp_path: Path) -> None:
+    genesis = make_genesis()
+    source = Chain(MemoryChainStore(genesis), genesis, TableVerifier(), vote_check=VOTE_CHECK)
+    builder = ChainBuilder(genesis, chain=source)
+    builder.add([tx(ALICE, 0, Bond(50 * FC, NO_TIP))])  # ALICE's power changes at height 10
+    while builder.header.height < 2 * genesis.params.epoch_blocks + 3:
+        builder.add([])
+    assert source.validator_set().hash != source.validator_set(1).hash
+    late = Chain(make_store("sqlite", tmp_path, genesis), genesis, TableVerifier())
+    batches = 0
+    while True:
+        batch = source.committed(late.head.height, 7)
+        if not batch:
+            break
+        batches += 1
+        for block, certificate in batch:
+            if block.height == 12:
+                # A certificate from the wrong set (here: one signer short) is refused on the way
+                short = replace(certificate, signatures=certificate.signatures[:1])
+                with pytest.raises(InsufficientPower):
+                    late.commit(block, short)
+            late.commit(block, certificate)
+    assert batches == 4 and late.head.hash == source.head.hash
+    assert late.head_state() == source.head_state()
+    assert late.certificate(late.head.height) == source.certificate(source.head.height)
+    late.store.close()
