@@ -22,7 +22,15 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedcoin.consensus.rules import Applied, Body, WorkVerifier, apply_block, build_block
+from fedcoin.consensus.rules import (
+    Applied,
+    Body,
+    WorkVerifier,
+    apply_block,
+    build_block,
+    set_at,
+)
+from fedcoin.consensus.slashing import apply_evidence
 from fedcoin.consensus.stake import validator_set
 from fedcoin.consensus.validators import (
     ValidatorSet,
@@ -32,7 +40,7 @@ from fedcoin.consensus.validators import (
 )
 from fedcoin.data.block import Block, BlockHeader, PosapSection
 from fedcoin.data.genesis import Genesis
-from fedcoin.data.state import State
+from fedcoin.data.state import Draft, State
 from fedcoin.data.store import ChainStore
 from fedcoin.data.tx import Transaction
 from fedcoin.data.vote import CommitCertificate, DuplicateVoteEvidence
@@ -189,6 +197,21 @@ class Chain:
         with self._lock:
             self._applied.clear()
         return ImportResult(Imported.HEAD)
+
+    def check_evidence(self, evidence: DuplicateVoteEvidence) -> None:
+        """Raise unless ``evidence`` could go into the next block (valid, recent, unpunished):
+        what a node's evidence pool asks before gossiping an item or proposing with it."""
+        state = self.store.head_state()
+        apply_evidence(
+            Draft(state),
+            (evidence,),
+            chain_id=self.genesis.chain_id,
+            height=self.head.height + 1,
+            creator=bytes(32),
+            params=self.genesis.params,
+            check=self.vote_check,
+            set_of=lambda h: set_at(state, h),
+        )
 
     def certificate(self, height: int) -> CommitCertificate | None:
         """The certificate this node committed block ``height`` with (the tip's included)."""

@@ -310,3 +310,18 @@ def test_sets_of_recent_heights_are_kept_for_evidence_and_pruned() -> None:
     assert state.powers_at(head + 1) == tuple((pk, power) for pk, power, _ in state.validators)
     assert MINER2.public not in dict(state.powers_at(head + 1) or ())
     assert state.punished == ()  # aged out with the heights evidence may name
+
+
+def test_the_chain_tells_an_evidence_pool_what_the_next_block_may_carry() -> None:
+    chain = four_validators()
+    for _ in range(3):
+        commit_next(chain, MINER)
+    fresh = equivocation(MINER2, 2)
+    chain.check_evidence(fresh)
+    with pytest.raises(BadEvidence):
+        chain.check_evidence(equivocation(ALICE, 2))
+    commit_next(chain, MINER, evidence=[fresh])
+    with pytest.raises(EvidenceAlreadyPunished):
+        chain.check_evidence(fresh)
+    assert chain.head_state().punished == ((MINER2.public, 2),)
+    assert conserved(chain.head_state())
