@@ -76,6 +76,9 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         epoch_blocks=args.epoch_blocks,
         unbonding_blocks=args.unbonding_blocks,
         jail_blocks=args.jail_blocks,
+        evidence_max_age=args.evidence_max_age,
+        slash_bps=args.slash_bps,
+        slash_reward_bps=args.slash_reward_bps,
     )
     genesis = Genesis.from_json(
         {

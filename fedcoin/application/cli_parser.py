@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         "epoch_blocks",
         "unbonding_blocks",
         "jail_blocks",
+        "evidence_max_age",
+        "slash_bps",
+        "slash_reward_bps",
     ):
         p.add_argument(
             "--" + name.replace("_", "-"), type=int, default=getattr(DEFAULT_PARAMS, name),

@@ -1,9 +1,7 @@
 """A small ledger demo: a genesis, transfers, a published task and its refund, on SQLite.
 
-What ``make run`` shows until the simulation exists: blocks proposed, checked and committed
-through the same path a node uses (one validator, which precommits each block itself: the
-certificate a real network gathers from more than 2/3 of the power), stored in a real SQLite
-file, and the coins conserved at every step.
+What ``make run`` shows until the simulation exists: blocks made and re-validated through the
+same path a node uses, stored in a real SQLite file, and the coins conserved at every step.
 """
 
 from __future__ import annotations
@@ -51,13 +49,6 @@ class NoContent(RoundChecker):
         raise ShareContentUnavailable(sv_task=sv_task.sv_task_id)
 
 
-def self_certificate(validator: PrivateKey, chain_id: str, block: Block) -> CommitCertificate:
-    """The only validator's precommit for ``block``: all of the power."""
-    vote = Vote(block.height, 0, VoteType.PRECOMMIT, block.hash, validator.public, bytes(64))
-    signed = vote.with_signature(validator.sign(TAG_VOTE, vote.digest(chain_id)))
-    return CommitCertificate.from_votes([signed])
-
-
 def run_demo(data_dir: Path | None = None, console: Console | None = None) -> int:
     console = console or Console()
     alice, bob, server, miner = (PrivateKey.generate() for _ in range(4))
@@ -94,15 +85,16 @@ def run_demo(data_dir: Path | None = None, console: Console | None = None) -> in
             table.add_column(col, justify="left" if col == "block" else "right")
         for label, txs in steps:
             parent = chain.head
-            stake = chain.head_state().stakes[miner.public]
-            reveal = randao_reveal_for(randao_secret(miner), stake.randao_tip)
+            tip = chain.head_state().stakes[miner.public].randao_tip
             block, _ = chain.propose(
-                miner.public, reveal, txs=txs,
-                timestamp_ms=parent.timestamp_ms + DEFAULT_PARAMS.min_block_interval_ms,
+                miner.public, randao_reveal_for(randao_secret(miner), tip),
+                timestamp_ms=parent.timestamp_ms + DEFAULT_PARAMS.min_block_interval_ms, txs=txs,
             )  # fmt: skip
-            block = Block.decode(block.encode())  # re-checked like a peer's proposal
-            chain.check_proposal(block, now_ms=None)
-            chain.commit(block, self_certificate(miner, chain_id, block))
+            # The only validator precommits it: a certificate of the whole power
+            unsigned = Vote(block.height, 0, VoteType.PRECOMMIT, block.hash, miner.public, b"")
+            vote = unsigned.with_signature(miner.sign(TAG_VOTE, unsigned.digest(chain_id)))
+            received = Block.decode(block.encode())  # committed like a peer's block
+            chain.commit(received, CommitCertificate.from_votes([vote]))
             after = chain.head_state()
             if after.total_held() != after.supply:
                 console.print("[red]conservation violated[/red]")
