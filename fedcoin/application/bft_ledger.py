@@ -22,9 +22,8 @@ from fedcoin.application.chain_link import ChainLink
 from fedcoin.application.mempool import Mempool
 from fedcoin.application.miner import SharePools
 from fedcoin.consensus.chain import Chain
-from fedcoin.consensus.evidence import verify_evidence
-from fedcoin.consensus.randao import randao_reveal_for
-from fedcoin.consensus.rules import select_shares, set_at
+from fedcoin.consensus.randao import RandaoChain
+from fedcoin.consensus.rules import select_shares
 from fedcoin.consensus.validators import ValidatorSet, VoteVerifier
 from fedcoin.data.block import Block, PosapSection
 from fedcoin.data.state import State
@@ -33,7 +32,6 @@ from fedcoin.errors import (
     BadEvidence,
     BadTxInBlock,
     EvidenceAlreadyPunished,
-    EvidenceTooOld,
     FedCoinError,
     ShareError,
 )
@@ -67,6 +65,7 @@ class ChainLedger:
         self.vote_check = vote_check
         self.prepare = prepare
         self.params = chain.genesis.params
+        self._randao: RandaoChain | None = None
 
     @property
     def chain_id(self) -> str:
@@ -106,12 +105,14 @@ class ChainLedger:
         stake = None if proposer is None else state.stakes.get(proposer)
         if proposer is None or stake is None or self.randao_secret is None:
             raise StaleHeight("this node has no bond to propose with")
-        reveal = randao_reveal_for(self.randao_secret, stake.randao_tip)
+        if self._randao is None:
+            self._randao = RandaoChain(self.randao_secret)
+        reveal = self._randao.reveal_for(stake.randao_tip)
         timestamp = max(now_ms, head.timestamp_ms + self.params.min_block_interval_ms) + variant
         fresh = self.mempool.follows in (None, head.hash)
         txs = self.mempool.select(self.params.max_block_txs) if fresh else []
         posap = self.posap_section(state, now_ms)
-        kept = [e for e in evidence if self._punishable(e, state, height)]
+        kept = [e for e in evidence if self._punishable(e)]
         for _ in range(len(txs) + len(kept) + (len(posap.shares) if posap else 0) + 2):
             try:
                 block, _ = self.chain.propose(
@@ -151,11 +152,9 @@ class ChainLedger:
             return PosapSection(sv.sv_task_id, ())
         return None
 
-    def _punishable(self, evidence: DuplicateVoteEvidence, state: State, height: int) -> bool:
-        if (evidence.validator, evidence.height) in state.punished:
-            return False
+    def _punishable(self, evidence: DuplicateVoteEvidence) -> bool:
         try:
-            self._verify(evidence, state, height)
+            self.chain.check_evidence(evidence)
         except FedCoinError:
             return False
         return True
@@ -170,17 +169,5 @@ class ChainLedger:
         await self.link.commit(value, certificate)
 
     def verify_evidence(self, evidence: DuplicateVoteEvidence) -> None:
-        """Raise the rule ``evidence`` breaks for a block on our head (gossip checks this)."""
-        state = self.chain.head_state()
-        if (evidence.validator, evidence.height) in state.punished:
-            raise EvidenceAlreadyPunished(validator=evidence.validator, height=evidence.height)
-        self._verify(evidence, state, self.chain.head.height + 1)
-
-    def _verify(self, evidence: DuplicateVoteEvidence, state: State, height: int) -> None:
-        validators = set_at(state, evidence.height)
-        if validators is None:
-            raise EvidenceTooOld(height=evidence.height, current=height)
-        verify_evidence(
-            evidence, validators, self.chain_id, current_height=height,
-            max_age=self.params.evidence_max_age, check=self.vote_check,
-        )  # fmt: skip
+        """Raise the rule ``evidence`` breaks for the next block (gossip checks this)."""
+        self.chain.check_evidence(evidence)
