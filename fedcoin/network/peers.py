@@ -129,6 +129,8 @@ class Peer:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(limits.send_queue)
         self.sync_bucket = TokenBucket(limits.sync_bytes_per_second, limits.sync_burst_bytes, clock)
         self.syncing = False
+        #: The peer's committed height as we last learnt it (Hello, a Blocks answer).
+        self.height = 0
         self.pongs = 0
         self.connected_at = clock()
         #: When the peer last gave us something new and valid (gossip, sync blocks).
