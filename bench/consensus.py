@@ -46,6 +46,7 @@ from fedcoin.application.full_node import FullNode, FullNodeConfig  # noqa: E402
 from fedcoin.application.node_consensus import ConsensusConfig  # noqa: E402
 from fedcoin.application.sim_consensus import (  # noqa: E402
     CommitClock,
+    committed_height,
     height_records,
     percentile,
 )
@@ -108,7 +109,7 @@ async def network(n: int, root: Path) -> AsyncIterator[Net]:
                 consensus=consensus, vote_check=cache,
             )  # fmt: skip
             nodes.append(await stack.enter_async_context(FullNode(config)))
-            clocks[i].watch(lambda node=nodes[-1]: node.chain.head.height)
+            clocks[i].watch(committed_height(nodes[-1]))
         net = Net(nodes, clocks, notifier, senders)
         # Connected: every node has a peer, and gossip reaches everyone (a first height)
         await notifier.wait_for(lambda: all(len(x.p2p.peers) >= 1 for x in nodes), 120)
@@ -165,7 +166,8 @@ async def throughput(net: Net, count: int) -> tuple[float, float, int]:
     txs = []
     for i in range(count):
         sender = net.senders[i % SENDERS]
-        txs.append(make_tx(sender, CHAIN_ID, nonces[sender.address], Transfer(seeded("to").address, 1)))
+        body = Transfer(seeded("to").address, 1)
+        txs.append(make_tx(sender, CHAIN_ID, nonces[sender.address], body))
         nonces[sender.address] += 1
     verify = raw_verify_rate(txs)
     start_height = net.nodes[0].chain.head.height

@@ -20,6 +20,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from fedcoin.consensus.chain import Chain
 from fedcoin.data.keys import address_of, format_address
@@ -55,6 +56,11 @@ class CommitClock(Notifier):
         self.shared.notify()
 
 
+class HasChain(Protocol):
+    @property
+    def chain(self) -> Chain: ...
+
+
 @dataclass
 class HeightRecord:
     height: int
@@ -76,6 +82,11 @@ class HeightRecord:
             "finality_max_ms": self.finality_max_ms, "evidence": self.evidence,
             "slashed": self.slashed, "txs": self.txs,
         }  # fmt: skip
+
+
+def committed_height(node: HasChain) -> Callable[[], int]:
+    """``node``'s committed height, as ``CommitClock.watch`` reads it."""
+    return lambda: node.chain.head.height
 
 
 def staked(state: State, pubkey: bytes) -> int:
@@ -116,9 +127,7 @@ def height_records(
             for item in block.evidence:
                 record.evidence.append(format_address(address_of(item.validator)))
                 if before is not None and after is not None:
-                    record.slashed += staked(before, item.validator) - staked(
-                        after, item.validator
-                    )
+                    record.slashed += staked(before, item.validator) - staked(after, item.validator)
         records.append(record)
     return records
 

@@ -19,9 +19,10 @@ from rich.table import Table
 from fedcoin.application.fl_server import FLServer, RoundReport
 from fedcoin.application.full_node import FullNode
 from fedcoin.application.sim_kinds import Roster
+from fedcoin.consensus.chain import Chain
 from fedcoin.consensus.shapley import SV_SCALE
 from fedcoin.data.genesis import UNIT
-from fedcoin.data.keys import PrivateKey, format_address
+from fedcoin.data.keys import PrivateKey, address_of, format_address
 
 
 def build_report(
@@ -44,9 +45,11 @@ def build_report(
         })  # fmt: skip
     refund = sum(r.refund for r in reports)
     server_pay = sum(r.server for r in reports)
-    earned = [state.balance(n.key.address) for n in nodes]
+    income = pool_income(node.chain, reports)
+    earned = [income.get(n.key.address, 0) for n in nodes]
     validators = [
         {"address": format_address(n.key.address), "role": role, "earned": e,
+         "balance": state.balance(n.key.address),
          "bond": stake.bond if (stake := state.stakes.get(n.key.public)) else 0}
         for n, e, role in zip(nodes, earned, consensus["roles"], strict=True)
     ]  # fmt: skip
@@ -73,6 +76,23 @@ def build_report(
         "same_head": consensus["same_chain"],
         "blocks": blocks,
     }
+
+
+def pool_income(chain: Chain, reports: list[RoundReport]) -> dict[bytes, int]:
+    """What each validator earned from the rounds' miners' pools (its share, plus the remainder
+    when it created the settling block), read from the settling blocks' receipts. A validator's
+    balance may hold more: its part of the slashes in the blocks it created."""
+    income: dict[bytes, int] = {}
+    for height in sorted({r.block_height for r in reports}):  # one receipt per block
+        block = chain.store.block_at(height)
+        payout = chain.payout_of(block.hash) if block is not None else None
+        if block is None or payout is None:
+            continue
+        for address, paid in payout.miners:
+            income[address] = income.get(address, 0) + paid
+        creator = address_of(block.header.proposer_pubkey)
+        income[creator] = income.get(creator, 0) + payout.proposer
+    return income
 
 
 def write_outputs(out: Path, report: dict[str, Any]) -> None:
@@ -140,7 +160,7 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
     others = Table(title="Everyone else")
     others.add_column("who")
     others.add_column("address")
-    others.add_column("FC", justify="right")
+    others.add_column("earned FC", justify="right")
     others.add_column("bond FC", justify="right")
     others.add_row(
         "FL server", report["server"]["address"], f"{report['server']['earned'] / UNIT:.3f}", ""

@@ -30,7 +30,12 @@ from fedcoin.application.datasets import ClientKind, load_task_data
 from fedcoin.application.fl_server import FLServer, FLServerConfig, RoundReport
 from fedcoin.application.full_node import FullNode, FullNodeConfig
 from fedcoin.application.node_consensus import ConsensusConfig
-from fedcoin.application.sim_consensus import CommitClock, Roles, consensus_report
+from fedcoin.application.sim_consensus import (
+    CommitClock,
+    Roles,
+    committed_height,
+    consensus_report,
+)
 from fedcoin.application.sim_kinds import KindCounts, make_roster
 from fedcoin.application.sim_report import build_report, print_tables, write_outputs
 from fedcoin.consensus.stake import randao_tip_of
@@ -142,7 +147,9 @@ class SimConfig:
             equivocate=i in roles.byzantine,
             crash_at=(self.crash_at_height, 0) if i in roles.crashed else None,
         )
-        return ConsensusConfig(timeouts=self.timeouts, heartbeat_ms=self.heartbeat_ms, faults=faults)
+        return ConsensusConfig(
+            timeouts=self.timeouts, heartbeat_ms=self.heartbeat_ms, faults=faults
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -194,8 +201,9 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
                     bootstrap=(nodes[(i - 1) // 2].address,) if nodes else (),
                     consensus=cfg.consensus(i), vote_check=cache, clock_ms=wall_clock_ms,
                 )  # fmt: skip
-                nodes.append(await stack.enter_async_context(FullNode(config)))
-                clocks[i].watch(lambda node=nodes[-1]: node.chain.head.height)
+                node = await stack.enter_async_context(FullNode(config))
+                nodes.append(node)
+                clocks[i].watch(committed_height(node))
             await wait_connected(nodes, notifier, cfg.connect_seconds)
             console.print(f"validators up on {', '.join(n.address for n in nodes)}")
 
