@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,9 @@ class SimConfig:
     crash_at_height: int = 3
     heartbeat_ms: int = 2000
     """With nothing to include, the next height starts this long after a commit."""
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    """Tendermint's local timeouts (propose / prevote / precommit, growing per round)."""
+    timeouts: Timeouts | None = None
+    """Tendermint's local timeouts (propose / prevote / precommit, growing per round); None:
+    ``sim_timeouts`` for this many validators and clients."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SimConfig:
@@ -147,12 +148,31 @@ class SimConfig:
             equivocate=i in roles.byzantine,
             crash_at=(self.crash_at_height, 0) if i in roles.crashed else None,
         )
-        return ConsensusConfig(
-            timeouts=self.timeouts, heartbeat_ms=self.heartbeat_ms, faults=faults
-        )
+        timeouts = self.timeouts or sim_timeouts(self.miners, self.clients)
+        return ConsensusConfig(timeouts=timeouts, heartbeat_ms=self.heartbeat_ms, faults=faults)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        """The settings as run (the timeouts in effect included)."""
+        settings = asdict(replace(self, timeouts=sim_timeouts(self.miners, self.clients)))
+        if self.timeouts is not None:
+            settings["timeouts"] = asdict(self.timeouts)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}
+
+
+def sim_timeouts(validators: int, clients: int) -> Timeouts:
+    """Timeouts long enough for every validator of one process to check a settling block.
+
+    Such a block carries one share per validator, each a table of 2^clients utilities (up to
+    1 024), and all N validators check it on the same two cores: the work grows as
+    N² · 2^clients (measured: 32 validators, 10 clients, ~50 s until the round could commit).
+    A proposal that arrives checked after the propose timeout gets nil prevotes, the next
+    proposer's block must be checked again, and the height never ends; so the propose timeout
+    budgets ~50 µs per (validator, share, table entry) above the default 3 s.
+    """
+    entries = 2 ** min(clients, 10)
+    check_ms = validators * validators * entries // 20
+    return Timeouts(propose_ms=3000 + check_ms, prevote_ms=1000 + check_ms // 10,
+                    precommit_ms=1000 + check_ms // 10)  # fmt: skip
 
 
 def derived_key(seed: int, role: str) -> PrivateKey:
