@@ -342,8 +342,10 @@ class ConsensusDriver(Generic[V]):
             value = self.ledger.build(
                 height, now_ms=self.clock_ms(), evidence=tuple(self.evidence), variant=variant
             )
-        except FedCoinError as exc:
-            log.warning("cannot build a block for height %d: %s", height, exc)
+        except Exception as exc:  # noqa: BLE001 - no block this round; the next may do
+            level = logging.WARNING if isinstance(exc, FedCoinError) else logging.ERROR
+            log.log(level, "cannot build a block for height %d: %s", height, exc,
+                    exc_info=not isinstance(exc, FedCoinError))  # fmt: skip
             return None
         self.valid[self.ledger.value_id(value)] = True
         return value
