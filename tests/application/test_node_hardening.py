@@ -202,7 +202,7 @@ async def test_a_block_that_breaks_the_checker_is_a_rejected_message_not_a_dead_
 def ledger_of(chain: Chain, mempool: Mempool) -> ChainLedger:
     return ChainLedger(
         chain, ChainLink(chain), mempool, SharePools(), proposer=MINER.public,
-        randao_secret=randao_secret(MINER), vote_check=VOTE_CHECK,
+        randao_secret=randao_secret(MINER),
     )  # fmt: skip
 
 
