@@ -24,7 +24,7 @@ from fedcoin.application.miner import SharePools
 from fedcoin.consensus.chain import Chain
 from fedcoin.consensus.randao import RandaoChain
 from fedcoin.consensus.rules import select_shares
-from fedcoin.consensus.validators import ValidatorSet, VoteVerifier
+from fedcoin.consensus.validators import ValidatorSet
 from fedcoin.data.block import Block, PosapSection
 from fedcoin.data.state import State
 from fedcoin.data.vote import CommitCertificate, DuplicateVoteEvidence
@@ -53,7 +53,6 @@ class ChainLedger:
         *,
         proposer: bytes | None,
         randao_secret: bytes | None,
-        vote_check: VoteVerifier,
         prepare: Callable[[Block], Awaitable[None]] | None = None,
     ) -> None:
         self.chain = chain
@@ -62,7 +61,6 @@ class ChainLedger:
         self.shares = shares
         self.proposer = proposer
         self.randao_secret = randao_secret
-        self.vote_check = vote_check
         self.prepare = prepare
         self.params = chain.genesis.params
         self._randao: RandaoChain | None = None

@@ -90,7 +90,6 @@ class ConsensusDriver(Generic[V]):
         verifier: SignatureCache | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         faults: Faults | None = None,
-        on_commit: Callable[[int], None] | None = None,
         resend_ms: int = 2000,
     ) -> None:
         self.ledger = ledger
@@ -103,7 +102,6 @@ class ConsensusDriver(Generic[V]):
         self.faults = faults or Faults()
         if self.faults.equivocate and self.faults.raw_key is None:
             raise ValueError("equivocate needs the raw key")
-        self.on_commit = on_commit
         self.me = signer.public if signer is not None else None
         self.machine: Tendermint[V] = Tendermint(
             chain_id=ledger.chain_id, me=self.me, get_value=self._get_value,
@@ -128,6 +126,7 @@ class ConsensusDriver(Generic[V]):
         self.refusals = 0
         self._prebuilt: V | None = None
         self._committed_at = clock_ms()
+        self._poked = False
 
     # --- the loop ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -149,8 +148,9 @@ class ConsensusDriver(Generic[V]):
             log.warning("consensus inbox full; dropping %s", type(item).__name__)
 
     def poke(self) -> None:
-        """Work arrived (a transaction, a share): a waiting height may start sooner."""
-        if not self.running and not self.committing:
+        """Work arrived (a transaction, a share): a waiting height may start sooner (once)."""
+        if not self.running and not self.committing and not self._poked:
+            self._poked = True
             self.schedule_start()
 
     def poke_start(self, height: int) -> None:
@@ -224,6 +224,7 @@ class ConsensusDriver(Generic[V]):
 
     def _end_height(self) -> None:
         self.running = False
+        self._poked = False
         self.timers.cancel_all()
         self._committed_at = self.clock_ms()
 
@@ -319,8 +320,6 @@ class ConsensusDriver(Generic[V]):
             "committed height %d in round %d (%s)", decision.height, decision.certificate.round,
             decision.certificate.block_id.hex()[:12],
         )  # fmt: skip
-        if self.on_commit is not None:
-            self.on_commit(decision.height)
         self.schedule_start()
 
     async def check_value(self, height: int, round_: int, value: V) -> bool:
@@ -342,8 +341,10 @@ class ConsensusDriver(Generic[V]):
             value = self.ledger.build(
                 height, now_ms=self.clock_ms(), evidence=tuple(self.evidence), variant=variant
             )
-        except FedCoinError as exc:
-            log.warning("cannot build a block for height %d: %s", height, exc)
+        except Exception as exc:  # noqa: BLE001 - no block this round; the next may do
+            level = logging.WARNING if isinstance(exc, FedCoinError) else logging.ERROR
+            log.log(level, "cannot build a block for height %d: %s", height, exc,
+                    exc_info=not isinstance(exc, FedCoinError))  # fmt: skip
             return None
         self.valid[self.ledger.value_id(value)] = True
         return value

@@ -224,7 +224,6 @@ class FullNode:
             "address": self.address,
             "head": head.hash.hex(),
             "height": head.height,
-            "consensus": self.consensus.driver.position if self.consensus else None,
             "timestamp_ms": head.timestamp_ms,
             "peers": sorted(p.name for p in self.p2p.peers.values()),
             "mempool": len(self.mempool),

@@ -84,7 +84,7 @@ class NodeConsensus:
             chain, link, mempool, shares,
             proposer=key.public if validator else None,
             randao_secret=randao_secret(key) if validator else None,
-            vote_check=vote_check, prepare=prepare,
+            prepare=prepare,
         )  # fmt: skip
         faults = config.faults
         if faults.equivocate and faults.raw_key is None:

@@ -193,9 +193,7 @@ async def test_an_equivocating_validator_cannot_fork_and_is_slashed(tmp_path) ->
         bond = honest[0].chain.head_state().stakes[byzantine.public].bond
 
         def punished() -> bool:
-            return all(
-                n.chain.head_state().stakes[byzantine.public].bond < bond for n in honest
-            )
+            return all(n.chain.head_state().stakes[byzantine.public].bond < bond for n in honest)
 
         await net.notifier.wait_for(punished, WAIT)
         await net.wait_height(6)

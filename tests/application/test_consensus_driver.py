@@ -21,12 +21,13 @@ from fedcoin.application.consensus_gossip import ConsensusGossip
 from fedcoin.application.consensus_ports import Faults
 from fedcoin.application.timers import Cadence
 from fedcoin.consensus.evidence import verify_evidence
-from fedcoin.consensus.proposer import next_height_set
+from fedcoin.consensus.proposer import next_height_set, proposer_for_round
+from fedcoin.consensus.tendermint_io import VoteReceived
 from fedcoin.consensus.validators import SignatureCache, ValidatorSet, verify_commit
 from fedcoin.data.encoding import sha256
 from fedcoin.data.privval import FilePrivValidator, Step
 from fedcoin.data.vote import CommitCertificate, DuplicateVoteEvidence, Proposal, Vote
-from fedcoin.errors import BlockError, DoubleSignRefused, Ignore, Reject
+from fedcoin.errors import BlockError, DoubleSignRefused, Ignore, NeedsSync, Reject
 from tests.consensus.bft_helpers import CHAIN, KEYS, PRECOMMIT, PREVOTE, TIMEOUTS, make_set
 
 WAIT = 60.0
@@ -219,3 +220,37 @@ async def test_a_restarted_validator_refuses_to_sign_what_conflicts(tmp_path: Pa
             again.sign_vote(
                 CHAIN, Vote(last.height, last.round, type_, other, KEYS[0].public, NOSIG)
             )
+
+
+async def test_gossip_admission_rejects_forgeries_and_syncs_on_a_height_ahead(
+    tmp_path: Path,
+) -> None:
+    bus = Bus(4, tmp_path, {})
+    gossip = bus.gossip[0]
+    signer = FilePrivValidator(KEYS[1], tmp_path / "other")
+    vote = signer.sign_vote(CHAIN, Vote(1, 0, PREVOTE, None, KEYS[1].public, NOSIG))
+    # A vote whose signature does not verify, or by a key outside the set: Reject
+    with pytest.raises(Reject):
+        await gossip.on_vote(vote.with_signature(bytes(64)))
+    stranger = Vote(1, 0, PREVOTE, None, KEYS[9].public, NOSIG)
+    with pytest.raises(Reject):
+        await gossip.on_vote(FilePrivValidator(KEYS[9], tmp_path / "x").sign_vote(CHAIN, stranger))
+    # A proposal from a key that is not the round's proposer: Reject
+    block = bus.ledgers[0].build(1, now_ms=0, evidence=(), variant=0)
+    first = proposer_for_round(bus.ledgers[0].validator_set(), 0)
+    proposer = next(k for k in KEYS[:4] if k.public != first)
+    wrong = FilePrivValidator(proposer, tmp_path / "p").sign_proposal(
+        CHAIN, Proposal(1, 0, -1, sha256(block), proposer.public, NOSIG)
+    )
+    with pytest.raises(Reject):
+        await gossip.on_proposal(wrong, block)
+    # The next height is buffered for the driver; a height further ahead means we are behind
+    await gossip.on_vote(vote)
+    assert bus.drivers[0].buffer[1] == [VoteReceived(vote)]
+    ahead = signer.sign_vote(CHAIN, Vote(3, 0, PREVOTE, None, KEYS[1].public, NOSIG))
+    with pytest.raises(NeedsSync):
+        await gossip.on_vote(ahead)
+    # Late messages (a committed height) are dropped quietly
+    bus.ledgers[0].blocks.append(b"committed")
+    with pytest.raises(Ignore):
+        await gossip.on_vote(vote)
