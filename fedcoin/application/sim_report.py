@@ -198,9 +198,10 @@ def print_consensus(console: Console, consensus: dict[str, Any]) -> None:
     s = consensus["summary"]
     roles = consensus["roles"]
     table = Table(title="Consensus (Tendermint)")
-    for col in ("validators", "byzantine", "crashed", "heights", "finality p50 ms",
-                "finality p95 ms", "max round", "evidence", "slashed FC"):  # fmt: skip
+    for col in ("validators", "byzantine", "crashed", "heights", "p50 ms", "p95 ms",
+                "max round", "evidence", "slashed FC"):  # fmt: skip
         table.add_column(col, justify="right")
+    table.caption = "p50 / p95: time to finality, a block's proposal to each honest commit"
     table.add_row(
         str(len(roles)), str(roles.count("byzantine")),
         str(roles.count("crashed"))
