@@ -64,6 +64,8 @@ class Imported(enum.Enum):
 class ImportResult:
     outcome: Imported
     """What happened."""
+    applied: Applied | None = None
+    """For ``HEAD``: the block's execution (post-state, payout, slashes)."""
 
 
 class Chain:
@@ -206,7 +208,7 @@ class Chain:
         self.store.commit(block, applied.state, certificate, receipt=receipt)
         with self._lock:
             self._applied.clear()
-        return ImportResult(Imported.HEAD)
+        return ImportResult(Imported.HEAD, applied)
 
     def check_evidence(self, evidence: DuplicateVoteEvidence) -> None:
         """Raise unless ``evidence`` could go into the next block (valid, recent, unpunished):

@@ -320,7 +320,8 @@ def test_the_chain_tells_an_evidence_pool_what_the_next_block_may_carry() -> Non
     chain.check_evidence(fresh)
     with pytest.raises(BadEvidence):
         chain.check_evidence(equivocation(ALICE, 2))
-    commit_next(chain, MINER, evidence=[fresh])
+    _, result = commit_next(chain, MINER, evidence=[fresh])
+    assert result.applied is not None and result.applied.slashes[0].validator == MINER2.public
     with pytest.raises(EvidenceAlreadyPunished):
         chain.check_evidence(fresh)
     assert chain.head_state().punished == ((MINER2.public, 2),)
