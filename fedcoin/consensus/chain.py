@@ -49,6 +49,8 @@ from fedcoin.incentive.payouts import RoundPayout
 
 #: Proposals whose execution ``check_proposal`` keeps for ``commit`` (a height sees a few).
 APPLIED_CACHE = 16
+#: Validator sets kept by ``validator_set`` (the node asks for the next height's on every message).
+SET_CACHE = 16
 
 
 class Imported(enum.Enum):
@@ -62,6 +64,8 @@ class Imported(enum.Enum):
 class ImportResult:
     outcome: Imported
     """What happened."""
+    applied: Applied | None = None
+    """For ``HEAD``: the block's execution (post-state, payout, slashes)."""
 
 
 class Chain:
@@ -83,6 +87,8 @@ class Chain:
         if store.genesis_hash != genesis.block().hash:
             raise ValueError("store and genesis belong to different networks")
         self._applied: OrderedDict[bytes, tuple[Block, Applied]] = OrderedDict()
+        self._sets: OrderedDict[bytes, ValidatorSet] = OrderedDict()
+        """Sets by the hash of the block after which they decide (a committed block's is final)."""
         self._lock = threading.Lock()
 
     @property
@@ -96,20 +102,26 @@ class Chain:
         """The set, with proposer priorities, that decides ``height`` (default: the next one).
 
         It is in the state after block ``height - 1``: the head's for the next height, a stored
-        state for a committed one. ``StoreError`` for a height beyond the next.
+        state for a committed one. ``StoreError`` for a height beyond the next. Cached by the
+        hash of block ``height - 1``, which is final once committed.
         """
         head = self.head
         target = head.height + 1 if height is None else height
         if target < 1 or target > head.height + 1:
             raise StoreError(f"no validator set known for height {target}")
-        if target == head.height + 1:
-            state = self.store.head_state()
-        else:
-            before = self.store.canonical_hash(target - 1)
-            if before is None:
-                raise StoreError(f"committed block {target - 1} missing from store")
-            state = self.store.get_state(before)
-        return validator_set(state.validators)
+        before = head.hash if target == head.height + 1 else self.store.canonical_hash(target - 1)
+        if before is None:
+            raise StoreError(f"committed block {target - 1} missing from store")
+        with self._lock:
+            cached = self._sets.get(before)
+        if cached is not None:
+            return cached
+        found = validator_set(self.store.get_state(before).validators)
+        with self._lock:
+            self._sets[before] = found
+            while len(self._sets) > SET_CACHE:
+                self._sets.popitem(last=False)
+        return found
 
     def propose(
         self,
@@ -196,7 +208,7 @@ class Chain:
         self.store.commit(block, applied.state, certificate, receipt=receipt)
         with self._lock:
             self._applied.clear()
-        return ImportResult(Imported.HEAD)
+        return ImportResult(Imported.HEAD, applied)
 
     def check_evidence(self, evidence: DuplicateVoteEvidence) -> None:
         """Raise unless ``evidence`` could go into the next block (valid, recent, unpunished):

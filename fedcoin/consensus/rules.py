@@ -18,14 +18,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedcoin.consensus.randao import next_mix, reveal_ok
-from fedcoin.consensus.settlement import (
+from fedcoin.consensus.posap_section import (
     ShareVerifier,
     WorkVerifier,
     apply_posap,
     check_shares,
     select_shares,
 )
+from fedcoin.consensus.randao import next_mix, reveal_ok
 from fedcoin.consensus.slashing import Slash, apply_evidence
 from fedcoin.consensus.stake import end_block_stake
 from fedcoin.consensus.transactions import TxContext, apply_transaction

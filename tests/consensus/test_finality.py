@@ -320,8 +320,37 @@ def test_the_chain_tells_an_evidence_pool_what_the_next_block_may_carry() -> Non
     chain.check_evidence(fresh)
     with pytest.raises(BadEvidence):
         chain.check_evidence(equivocation(ALICE, 2))
-    commit_next(chain, MINER, evidence=[fresh])
+    _, result = commit_next(chain, MINER, evidence=[fresh])
+    assert result.applied is not None and result.applied.slashes[0].validator == MINER2.public
     with pytest.raises(EvidenceAlreadyPunished):
         chain.check_evidence(fresh)
     assert chain.head_state().punished == ((MINER2.public, 2),)
     assert conserved(chain.head_state())
+
+
+def test_exactly_the_signer_sets_above_two_thirds_of_the_power_commit() -> None:
+    """Unequal powers 1, 2, 3, 4 FC (total 10): a certificate commits iff 3·power > 20."""
+    powers = {k.public: p for k, p in zip(VALIDATORS, (1, 2, 3, 4), strict=True)}
+    genesis = make_genesis({ALICE: 1_000 * FC}, PARAMS, validators=VALIDATORS)
+    genesis = replace(
+        genesis,
+        validators=tuple(replace(v, bond=powers[v.pubkey] * FC) for v in genesis.validators),
+    )
+    committed = []
+    for mask in range(1, 16):
+        signers = [k for i, k in enumerate(VALIDATORS) if mask >> i & 1]
+        chain = Chain(MemoryChainStore(genesis), genesis, TableVerifier(), vote_check=VOTE_CHECK)
+        state = chain.head_state()
+        block, _ = chain.propose(
+            MINER.public, reveal_of(MINER, state), timestamp_ms=chain.head.timestamp_ms + 1_000
+        )
+        certificate = certify(block, state, signers=signers)
+        power = sum(powers[k.public] for k in signers)
+        if 3 * power > 2 * 10:
+            chain.commit(block, certificate)
+            committed.append(power)
+        else:
+            with pytest.raises(InsufficientPower):
+                chain.commit(block, certificate)
+            assert chain.head.height == 0
+    assert sorted(committed) == [7, 7, 8, 9, 10]

@@ -22,6 +22,7 @@ from typing import Any
 
 from fedcoin.application.chain_link import ChainLink
 from fedcoin.consensus.chain import Chain, Imported
+from fedcoin.consensus.validators import SignatureCache
 from fedcoin.data.block import Block
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.keys import TAG_HELLO
@@ -61,13 +62,15 @@ class NetNode:
         max_message_bytes: int = 4 * 1024 * 1024,
         bootstrap: Sequence[str] = (),
         discover: bool = False,
+        vote_check: SignatureCache | None = None,
         **config: Any,
     ) -> None:
         self.name = name
         self.key = key(f"node-{name}")
         self.genesis = genesis
         self.store = MemoryChainStore(genesis)
-        self.chain = Chain(self.store, genesis, TableVerifier(), vote_check=VOTE_CHECK)
+        check = VOTE_CHECK if vote_check is None else vote_check
+        self.chain = Chain(self.store, genesis, TableVerifier(), vote_check=check)
         self.link = ChainLink(self.chain, clock_ms=lambda: 2_000_000_000_000)
         config = NetConfig(
             chain_id=genesis.chain_id,

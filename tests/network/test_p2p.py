@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 
+from fedcoin.consensus.validators import SignatureCache
 from fedcoin.data.keys import TAG_HELLO
 from fedcoin.data.tx import Transfer, make_tx
 from fedcoin.network.messages import (
@@ -84,6 +85,29 @@ async def test_late_node_catches_up_from_genesis() -> None:
         await net.link(late, b)
         await net.wait_until(lambda: late.head == a.head, timeout=60)
         assert late.chain.head.height == 150
+        assert late.chain.head_state() == a.chain.head_state()
+
+
+@pytest.mark.slow
+async def test_a_late_node_syncs_a_thousand_blocks_verifying_every_certificate() -> None:
+    async with Network() as net:
+        (a,) = await make_nodes(net, 1)
+        for _ in range(1000):
+            await a.produce(gossip=False)
+        # The late node verifies signatures itself (not through the producer's cache)
+        checked = SignatureCache()
+        late = await net.add(NetNode("z", GENESIS, vote_check=checked))
+        await net.link(late, a)
+        await net.wait_until(lambda: late.head == a.head, timeout=300)
+        store = late.chain.store
+        signatures = 0
+        for height in range(1, 1001):
+            certificate = late.chain.certificate(height)
+            assert certificate is not None and certificate == a.chain.certificate(height)
+            assert certificate.block_id == store.canonical_hash(height)
+            signatures += len(certificate.signatures)
+        # Every precommit of every certificate was verified once (LastCommit repeats hit)
+        assert checked.misses >= signatures
         assert late.chain.head_state() == a.chain.head_state()
 
 
