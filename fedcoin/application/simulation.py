@@ -183,7 +183,8 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
     cfg.check()
     for name in ("fedcoin", "aiohttp"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("fedcoin.consensus").setLevel(logging.ERROR)  # equivocations are expected
+    if cfg.byzantine:  # their equivocations are expected: one warning each would flood
+        logging.getLogger("fedcoin.consensus").setLevel(logging.ERROR)
     train, val = load_task_data(cfg.dataset, cfg.mnist_path, cfg.seed)
     roster = make_roster(train, cfg.clients, cfg.kind_counts(), cfg.non_iid, cfg.seed)
     server_key = derived_key(cfg.seed, "server")

@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
+from fedcoin.application.sim_consensus import agreement, percentile
 from fedcoin.application.simulation import SimConfig, simulate
 from fedcoin.consensus.tendermint_io import Timeouts
 from fedcoin.data.genesis import DEFAULT_PARAMS
@@ -90,3 +91,19 @@ async def test_one_crashed_validator_of_four_leaves_every_round_settling(tmp_pat
     assert consensus["summary"]["max_round"] >= 1
     late = [h for h in consensus["heights"] if h["round"] > 0]
     assert late and all(h["height"] >= cfg.crash_at_height for h in late)
+
+
+def test_agreement_names_every_height_where_two_honest_chains_differ() -> None:
+    chains = {
+        "a": {1: b"x", 2: b"y", 3: b"z"},
+        "b": {1: b"x", 2: b"Y", 3: b"z"},
+        "c": {1: b"x"},  # behind: compared only where it has committed
+    }
+    assert agreement([c.get for c in chains.values()], 3) == [2]
+    assert agreement([chains["a"].get, chains["c"].get], 3) == []
+
+
+def test_percentile_is_the_nearest_rank() -> None:
+    values = [40, 10, 30, 20]
+    assert [percentile(values, q) for q in (0.25, 0.5, 0.95, 1.0)] == [10, 20, 40, 40]
+    assert percentile([], 0.5) is None
