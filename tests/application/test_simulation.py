@@ -89,8 +89,7 @@ async def test_one_crashed_validator_of_four_leaves_every_round_settling(tmp_pat
     assert consensus["summary"]["evidence"] == 0
     # The crash was real: the crashed validator's turns to propose went to a later round
     assert consensus["summary"]["max_round"] >= 1
-    late = [h for h in consensus["heights"] if h["round"] > 0]
-    assert late and all(h["height"] >= cfg.crash_at_height for h in late)
+    assert any(h["round"] > 0 and h["height"] >= cfg.crash_at_height for h in consensus["heights"])
 
 
 def test_agreement_names_every_height_where_two_honest_chains_differ() -> None:
