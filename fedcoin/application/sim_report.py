@@ -197,18 +197,27 @@ def print_consensus(console: Console, consensus: dict[str, Any]) -> None:
     evidence), at most ten of them."""
     s = consensus["summary"]
     roles = consensus["roles"]
-    table = Table(title="Consensus (Tendermint)")
-    for col in ("validators", "byzantine", "crashed", "heights", "p50 ms", "p95 ms",
-                "max round", "evidence", "slashed FC"):  # fmt: skip
-        table.add_column(col, justify="right")
-    table.caption = "p50 / p95: time to finality, a block's proposal to each honest commit"
-    table.add_row(
-        str(len(roles)), str(roles.count("byzantine")),
-        str(roles.count("crashed"))
-        + (f" at h{consensus['crash_at_height']}" if roles.count("crashed") else ""),
-        str(s["heights"]), _ms(s["finality_p50_ms"]), _ms(s["finality_p95_ms"]),
-        _ms(s["max_round"]), str(s["evidence"]), f"{s['slashed'] / UNIT:g}",
-    )  # fmt: skip
+    table = Table(title="Consensus (Tendermint)", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    crashed = roles.count("crashed")
+    summary_rows = (
+        ("validators", str(len(roles))),
+        ("byzantine (equivocating)", str(roles.count("byzantine"))),
+        ("crashed", f"{crashed} at height {consensus['crash_at_height']}" if crashed else "0"),
+        ("heights committed", str(s["heights"])),
+        (
+            "time to finality p50 / p95",
+            f"{_ms(s['finality_p50_ms'])} / {_ms(s['finality_p95_ms'])} ms",
+        ),
+        ("highest round", _ms(s["max_round"])),
+        ("heights after round 0", str(s["heights_after_round_0"])),
+        ("evidence included", str(s["evidence"])),
+        ("stake slashed", f"{s['slashed'] / UNIT:g} FC"),
+    )
+    for what, value in summary_rows:
+        table.add_row(what, value)
+    table.caption = "finality: a block's proposal to each honest validator's commit"
     console.print(table)
     notable = [h for h in consensus["heights"] if h["evidence"] or (h["round"] or 0) > 0]
     if notable:
