@@ -1,5 +1,5 @@
-"""The null-player game (DESIGN §5): clip at the smallest count, apportioned round weights, coalition
-coefficients, exact null players, batch independence, and the bit-exact FedAvg of §4."""
+"""The null-player game (DESIGN §5): clip at the smallest count, apportioned round weights,
+coalition coefficients, exact null players, batch independence, and the bit-exact FedAvg of §4."""
 
 from __future__ import annotations
 
