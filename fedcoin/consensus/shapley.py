@@ -111,23 +111,15 @@ def _combinations(n: int, k: int) -> Iterable[tuple[int, ...]]:
     return combinations(range(n), k)
 
 
-def stratified_schedule(n: int, budget: int, seed: bytes) -> list[int]:
-    """The coalitions a stratified estimate with ``budget`` evaluations uses, in order.
-
-    All ``2**n`` (ascending) when the budget allows; otherwise complete outer strata followed
-    by samples of the middle sizes. A pure function of its arguments.
-    """
-    if n < 1:
-        raise ValueError("a game needs at least one player")
-    total = 1 << n
-    if budget >= total:
-        return list(range(total))
+def _outer_strata(n: int, budget: int) -> tuple[list[int], list[int], int]:
+    """The evaluated-for-sure part of a sampled schedule: the border, then complete strata from
+    the outside in while each costs at most a quarter of what is left (measured on FL games: a
+    quarter beats a half or all-sampled, bench/shapley.py). Returns (masks, middle sizes in
+    outside-in order, evaluations left)."""
     chosen = border(n)
     if budget < len(chosen):
         raise ValueError(f"budget {budget} is below the {len(chosen)} border coalitions")
     left = budget - len(chosen)
-    # Complete further strata from the outside in while each costs at most a quarter of what is
-    # left (measured on FL games: a quarter beats a half or all-sampled, bench/shapley.py).
     complete = {0, 1, n - 1, n}
     lo, hi = 2, n - 2
     order: list[int] = []
@@ -143,7 +135,21 @@ def stratified_schedule(n: int, budget: int, seed: bytes) -> list[int]:
         chosen += _all_of_size(n, size)
         complete.add(size)
         left -= cost
-    middle = [k for k in order if k not in complete]
+    return chosen, [k for k in order if k not in complete], left
+
+
+def stratified_schedule(n: int, budget: int, seed: bytes) -> list[int]:
+    """The coalitions a stratified estimate with ``budget`` evaluations uses, in order.
+
+    All ``2**n`` (ascending) when the budget allows; otherwise complete outer strata followed
+    by samples of the middle sizes. A pure function of its arguments.
+    """
+    if n < 1:
+        raise ValueError("a game needs at least one player")
+    total = 1 << n
+    if budget >= total:
+        return list(range(total))
+    chosen, middle, left = _outer_strata(n, budget)
     if not middle or left == 0:
         return chosen
     # Spread what is left evenly over the middle sizes, the outermost first for the remainder.
@@ -157,6 +163,46 @@ def stratified_schedule(n: int, budget: int, seed: bytes) -> list[int]:
             if mask not in picked:
                 picked.add(mask)
                 chosen.append(mask)
+    return chosen
+
+
+def paired_schedule(n: int, budget: int, seed: bytes) -> list[int]:
+    """Like ``stratified_schedule``, but the middle sizes are sampled in complementary pairs
+    (antithetic sampling): each drawn coalition S is followed by ``N \\ S``.
+
+    On FL games ``U(S)`` and ``U(N \\ S)`` move against each other (a client helps one side
+    or the other), so a pair's errors largely cancel in the stratified means; measured at
+    n = 20: 0.096 → 0.06 median relative error at 1 024 evaluations (bench/shapley.py).
+    Draws go round-robin over the lower middle sizes ``k < n − k`` (and ``k = n/2``) in
+    ascending order — one uniform draw of size k, unseen, then its complement if unseen —
+    skipping a size whose coalitions are all taken, until ``budget`` masks are chosen.
+    """
+    if n < 1:
+        raise ValueError("a game needs at least one player")
+    total = 1 << n
+    if budget >= total:
+        return list(range(total))
+    chosen, middle, _ = _outer_strata(n, budget)
+    full = total - 1
+    seen = set(chosen)
+    lower = sorted(k for k in middle if 2 * k <= n)
+    taken = dict.fromkeys(range(n + 1), 0)
+    rng = SeededRng(seed)
+    while len(chosen) < budget:
+        open_sizes = [k for k in lower if taken[k] < math.comb(n, k)]
+        if not open_sizes:
+            break
+        for size in open_sizes:
+            if len(chosen) >= budget:
+                break
+            mask = _random_subset(n, size, rng)
+            while mask in seen:
+                mask = _random_subset(n, size, rng)
+            for member in (mask, full ^ mask):
+                if member not in seen and len(chosen) < budget:
+                    seen.add(member)
+                    chosen.append(member)
+                    taken[member.bit_count()] += 1
     return chosen
 
 

@@ -17,7 +17,7 @@ from fedcoin.consensus.schedule import (
     schedule_length,
     schedule_seed,
 )
-from fedcoin.consensus.shapley import border, stratified_schedule
+from fedcoin.consensus.shapley import border, paired_schedule
 from fedcoin.errors import InvalidSchedule
 
 TASK = b"\x11" * 32
@@ -40,12 +40,26 @@ def test_a_lower_n_exact_max_samples_smaller_rounds():
     assert len(schedule) == 100 and not is_exact(8, 100, n_exact_max=6)
 
 
-def test_beyond_n_exact_max_the_schedule_is_the_stratified_sample_of_the_seed():
+def test_beyond_n_exact_max_the_schedule_is_the_paired_sample_of_the_seed():
     schedule = common_schedule(16, 1024, TASK, MIX)
-    assert schedule == tuple(stratified_schedule(16, 1024, schedule_seed(TASK, MIX)))
+    assert schedule == tuple(paired_schedule(16, 1024, schedule_seed(TASK, MIX)))
     assert len(schedule) == len(set(schedule)) == 1024 == schedule_length(16, 1024)
     assert list(schedule[: len(border(16))]) == border(16)
     assert all(0 <= mask < 1 << 16 for mask in schedule)
+
+
+def test_middle_coalitions_come_in_complementary_pairs():
+    n, full = 20, (1 << 20) - 1
+    schedule = common_schedule(n, 4096, TASK, MIX)
+    sizes = [mask.bit_count() for mask in schedule]
+    # complete strata: border and sizes 2 and 18; everything after is sampled in pairs
+    sampled = [m for m, k in zip(schedule, sizes, strict=True) if 3 <= k <= n - 3]
+    assert len(sampled) == 4096 - 42 - 2 * 190
+    chosen = set(schedule)
+    assert all(full ^ mask in chosen for mask in sampled)
+    for k in range(3, 10):  # each lower size and its mirror drawn equally (± one round)
+        assert sizes.count(k) == sizes.count(n - k)
+        assert abs(sizes.count(k) - sizes.count(3)) <= 1
 
 
 def test_the_mix_and_the_task_id_change_the_sample():
