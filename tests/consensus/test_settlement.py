@@ -299,3 +299,57 @@ def test_settlement_then_fraud_proof_end_to_end_on_a_random_forgery():
     bonds = {p.validator: 10_000 for p in outcome.payouts}
     verdict = adjudicate_fraud(position, forged, bonds, Oracle(HONEST), slash_bps=1000, deposit=5)
     assert verdict.proven and {s.validator for s in verdict.slashed} == {key(0), key(1)}
+
+
+def test_life_cycle_on_the_exact_game_of_a_round():
+    # Schedule → tables → commitments → reveals → settlement → estimate, with the evaluator's
+    # null-player game of a 12-client round (sampled schedule): honest members agree bit for bit,
+    # a member that shifts the table by the tolerance is slashed, and a copier's reveal fails.
+    from fedcoin.consensus.game import NullPlayerGame
+    from fedcoin.consensus.quantize import quantize_validation
+    from fedcoin.consensus.schedule import common_schedule
+    from fedcoin.consensus.table import check_reveal, share_commitment, table_estimate
+    from fedcoin.errors import CommitmentMismatch
+    from tests.consensus.test_game import MLP, make_round
+
+    n = 12
+    program, g, clients, samples, x, y = make_round(MLP, n, seed=3, free_riders=(4,))
+    validation = quantize_validation(program, x, y)
+    schedule = common_schedule(n, 200, TASK, b"\x44" * 32)
+
+    def fresh_game():
+        return NullPlayerGame(program, validation, g, clients, samples)
+
+    honest = [fresh_game().utilities(list(schedule)) for _ in range(3)]
+    assert honest[0] == honest[1] == honest[2]  # each member's own evaluation, identical
+    forged = [u + 1 if m & 1 else max(u - 1, 0) for m, u in zip(schedule, honest[0], strict=True)]
+    tables = [honest[0], honest[1], honest[2], forged]
+    powers = committee(10, 10, 10, 10)
+    salts = [bytes([0x70 + i]) * 32 for i in range(4)]
+    commits = {
+        key(i): share_commitment(TASK, key(i), table_root(TASK, t), salts[i])
+        for i, t in enumerate(tables)
+    }
+    reveals = {
+        key(i): check_reveal(TASK, key(i), commits[key(i)], salts[i], t, len(schedule), len(y))
+        for i, t in enumerate(tables)
+    }
+    with pytest.raises(CommitmentMismatch):  # key 3 replays key 0's salt and table
+        check_reveal(TASK, key(3), commits[key(0)], salts[0], honest[0], len(schedule), len(y))
+    game = fresh_game()
+    outcome = settle(
+        TASK,
+        powers,
+        reveals,
+        {table_root(TASK, t): t for t in tables},
+        lambda p: game.utility(schedule[p]),
+        first_attempt=True,
+        pool=POOL,
+    )
+    assert outcome.status is Status.SETTLED and outcome.root == table_root(TASK, honest[0])
+    assert [s.validator for s in outcome.slashed] == [key(3)] and len(outcome.evaluated) == 1
+    estimate = table_estimate(n, schedule, honest[0])
+    assert len(estimate) == n and estimate == table_estimate(n, schedule, honest[1])
+    # The free rider (update = g) is a null player: exactly 0 on a complete table, but a sampled
+    # table's strata hold different coalitions with and without it, so only close to 0 here
+    assert abs(estimate[4]) < max(abs(v) for v in estimate) // 4
