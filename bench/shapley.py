@@ -397,7 +397,7 @@ def bench_t_ref() -> None:
     slowest = min(rates.values())
     t_ref = MAX_BUDGET * MAX_EVALUATION_MACS / slowest
     print(f"   T_ref = {MAX_BUDGET} x 2^{MAX_EVALUATION_MACS.bit_length() - 1} MACs at the slower "
-          f"rate = {t_ref:,.0f} s ({t_ref / 60:.0f} min) on one core")  # fmt: skip
+          f"rate = {t_ref:,.0f} s ({t_ref / 60:.0f} min) on this machine")  # fmt: skip
 
 
 def main() -> None:
