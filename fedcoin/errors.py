@@ -157,6 +157,10 @@ class InvalidUpdate(ContractError):
     """an update's sample count must be positive"""
 
 
+class TooManySamples(ContractError):
+    """an update's sample count must not exceed the task's max_samples"""
+
+
 class TaskNotClosable(ContractError):
     """a task closes when all rounds are done or its deadline has passed, with no round pending"""
 
