@@ -2,7 +2,8 @@
 binds a validator to it, the check of a reveal, and the Shapley estimate it yields.
 
 A validator evaluates ``U`` on the common schedule (``schedule.py``) and gets the *table*: the
-list of ``U(mask)`` in schedule order, each an integer from 0 to the validation size. Honest
+list of ``U(mask)`` in schedule order, each an integer from 0 to ``game.max_utility(N)`` (N
+validation samples times ``MARGIN_CAP``). Honest
 validators get the same table, so it is named by its root:
 
     root = sha256("fedcoin/posap/table/v1" ‖ sv_task_id ‖ encode(table))
@@ -42,7 +43,7 @@ COMMIT_TAG = b"fedcoin/posap/commit/v1"
 SALT_BYTES = 32
 """Length of a commitment's secret salt."""
 U32_MAX = 2**32 - 1
-"""Table entries are u32 (a validation set holds at most 10 000 samples)."""
+"""Table entries are u32 (``max_utility`` of the largest validation set is below 2^32)."""
 
 Table = Sequence[int]
 
@@ -60,14 +61,15 @@ def share_commitment(sv_task_id: bytes, validator_pubkey: bytes, root: bytes, sa
     return hashlib.sha256(COMMIT_TAG + sv_task_id + validator_pubkey + root + salt).digest()
 
 
-def check_table(table: Table, length: int, validation_size: int) -> None:
-    """A revealed table is well formed: one entry per schedule position, each a count of
-    validation samples. Nothing is evaluated here (DESIGN §5 step 3)."""
+def check_table(table: Table, length: int, max_entry: int) -> None:
+    """A revealed table is well formed: one entry per schedule position, each a possible ``U``
+    (``max_entry`` = ``game.max_utility`` of the validation set). Nothing is evaluated here
+    (DESIGN §5 step 3)."""
     # The table must have one entry per schedule position
     if len(table) != length:
         raise TableLengthMismatch(expected=length, got=len(table))
-    # Every entry must count validation samples: an integer from 0 to the validation size
-    bound = min(validation_size, U32_MAX)
+    # Every entry must be a possible U: an integer from 0 to the game's maximum utility
+    bound = min(max_entry, U32_MAX)
     for position, value in enumerate(table):
         if type(value) is not int or not 0 <= value <= bound:
             raise TableEntryOutOfRange(position=position, value=value, bound=bound)
@@ -80,11 +82,11 @@ def check_reveal(
     salt: bytes,
     table: Table,
     length: int,
-    validation_size: int,
+    max_entry: int,
 ) -> bytes:
     """Check a ``Share(sv_task_id, salt, table)`` against its member's recorded commitment;
     return the table's root. Cheapest check first: shape and range, then one hash of the table."""
-    check_table(table, length, validation_size)
+    check_table(table, length, max_entry)
     root = table_root(sv_task_id, table)
     check_root_reveal(sv_task_id, validator_pubkey, commitment, salt, root)
     return root

@@ -305,7 +305,7 @@ def test_life_cycle_on_the_exact_game_of_a_round():
     # Schedule → tables → commitments → reveals → settlement → estimate, with the evaluator's
     # null-player game of a 12-client round (sampled schedule): honest members agree bit for bit,
     # a member that shifts the table by the tolerance is slashed, and a copier's reveal fails.
-    from fedcoin.consensus.game import NullPlayerGame
+    from fedcoin.consensus.game import NullPlayerGame, max_utility
     from fedcoin.consensus.quantize import quantize_validation
     from fedcoin.consensus.schedule import common_schedule
     from fedcoin.consensus.table import check_reveal, share_commitment, table_estimate
@@ -323,6 +323,7 @@ def test_life_cycle_on_the_exact_game_of_a_round():
     honest = [fresh_game().utilities(list(schedule)) for _ in range(3)]
     assert honest[0] == honest[1] == honest[2]  # each member's own evaluation, identical
     forged = [u + 1 if m & 1 else max(u - 1, 0) for m, u in zip(schedule, honest[0], strict=True)]
+    top = max_utility(len(y))
     tables = [honest[0], honest[1], honest[2], forged]
     powers = committee(10, 10, 10, 10)
     salts = [bytes([0x70 + i]) * 32 for i in range(4)]
@@ -331,11 +332,11 @@ def test_life_cycle_on_the_exact_game_of_a_round():
         for i, t in enumerate(tables)
     }
     reveals = {
-        key(i): check_reveal(TASK, key(i), commits[key(i)], salts[i], t, len(schedule), len(y))
+        key(i): check_reveal(TASK, key(i), commits[key(i)], salts[i], t, len(schedule), top)
         for i, t in enumerate(tables)
     }
     with pytest.raises(CommitmentMismatch):  # key 3 replays key 0's salt and table
-        check_reveal(TASK, key(3), commits[key(0)], salts[0], honest[0], len(schedule), len(y))
+        check_reveal(TASK, key(3), commits[key(0)], salts[0], honest[0], len(schedule), top)
     game = fresh_game()
     outcome = settle(
         TASK,

@@ -99,7 +99,7 @@ def test_a_reveal_with_another_salt_or_table_fails_its_commitment():
     [
         (TABLE[:-1], TableLengthMismatch),
         ([*TABLE, 1], TableLengthMismatch),
-        ([*TABLE[:-1], 11], TableEntryOutOfRange),  # more correct samples than exist
+        ([*TABLE[:-1], 11], TableEntryOutOfRange),  # above the game's maximum utility
         ([*TABLE[:-1], -1], TableEntryOutOfRange),
         ([*TABLE[:-1], True], TableEntryOutOfRange),
         ([*TABLE[:-1], 2.0], TableEntryOutOfRange),
