@@ -55,6 +55,7 @@ from fedcoin.application.datasets import (  # noqa: E402
     split_validation,
 )
 from fedcoin.application.training import Trainer, build_mlp  # noqa: E402
+from fedcoin.consensus.game import max_utility  # noqa: E402
 from fedcoin.consensus.schedule import common_schedule  # noqa: E402
 from fedcoin.consensus.settlement import adjudicate_fraud, settle  # noqa: E402
 from fedcoin.consensus.shapley import (  # noqa: E402
@@ -174,7 +175,7 @@ def bench_accuracy(seeds: int, pydvl_python: Path | None) -> None:
         budgets = [int(f * (1 << n)) for f in FRACTIONS]
         seed_list = list(range(seeds))
         dvl = pydvl_estimates(pydvl_python, n, values, budgets, seed_list) if pydvl_python else None
-        print(f"   n = {n}: U(∅) = {values[0]}, U(N) = {values[-1]} of {len(val)}")
+        print(f"   n = {n}: U(∅) = {values[0]}, U(N) = {values[-1]} of {max_utility(len(val))}")
         print("   budget      ours   permutation   pyDVL perm.   pyDVL/ours   calls(pyDVL)")
         for frac, budget in zip(FRACTIONS, budgets, strict=True):
             seeds_b = [s.to_bytes(4, "big") for s in seed_list]
