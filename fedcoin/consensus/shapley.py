@@ -19,6 +19,9 @@ without replacement within a size. On a full table the same formula *is* the exa
 value, so one code path serves both, and on integer utilities the estimate is recomputed with
 exact rational arithmetic (``fixed_point_estimate``): the basis of verifiable PoSap shares.
 
+``paired_schedule`` keeps the same outer strata and samples the middle sizes in complementary
+pairs (S, then N \\ S): the common schedule of PoSap v2 (``consensus/schedule.py``).
+
 The schedule is a pure function of ``(n, budget, seed)`` through a SHA-256 counter generator:
 no global random state, identical on every machine and Python version.
 """
