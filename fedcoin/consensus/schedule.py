@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 
-from fedcoin.consensus.shapley import border, paired_schedule
+from fedcoin.consensus.sampling import border, paired_schedule
 from fedcoin.contract.limits import MAX_BUDGET, MAX_EXACT_CLIENTS
 from fedcoin.errors import InvalidSchedule
 
