@@ -2,7 +2,7 @@
 
 ``U(S)`` is ``game.NullPlayerGame``'s integer: the summed clipped margin of the true class
 (``evaluator.MARGIN_CAP``) of the null-player mixture
-``model(S) = Σ_{i∈S} λ_i·w_i + (1 − Σ_{i∈S} λ_i)·g`` (fixed round weights from median-clipped
+``model(S) = Σ_{i∈S} λ_i·w_i + (1 − Σ_{i∈S} λ_i)·g`` (fixed round weights from clipped
 counts) on the validation set under evaluator v1. It is computed with integer
 fixed-point arithmetic only, so every node gets the same value bit for bit, whatever the CPU,
 BLAS kernel or batch a coalition falls in. There is no float path and no Keras fallback: an
@@ -29,7 +29,7 @@ Weights = list[np.ndarray]
 __all__ = ["CoalitionGame", "Weights", "fedavg", "same_shapes"]
 
 fedavg = exact_fedavg
-"""The global model a round must submit: ``game.exact_fedavg`` (median-clipped counts)."""
+"""The global model a round must submit: ``game.exact_fedavg`` (counts clipped at the smallest)."""
 
 
 def same_shapes(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> bool:

@@ -60,7 +60,7 @@ class RoundChecker(Protocol):
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
         """Raise ``RoundContentUnavailable``, ``WrongTensorShapes`` or ``NotFedAvg`` (the global
-        model is not bit for bit the FedAvg with median-clipped counts); return when sound."""
+        model is not bit for bit the FedAvg with counts clipped at the smallest); return when sound."""
 
 
 def validate_spec(spec: TaskSpec, height: int) -> None:

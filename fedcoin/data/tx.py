@@ -114,7 +114,7 @@ class TaskSpec(Record):
     """Consortium tasks: the only client keys whose updates a round may carry; empty = open."""
     max_samples: int = field(default=DEFAULT_MAX_SAMPLES, metadata={"codec": U64})
     """The largest sample count one client update may claim (its FedAvg weight before the
-    median clip); at most ``contract.limits.MAX_SAMPLES``."""
+    clip at the round's smallest count); at most ``contract.limits.MAX_SAMPLES``."""
 
     @property
     def escrow(self) -> int:

@@ -1,4 +1,4 @@
-"""The null-player game (DESIGN §5): median clip, apportioned round weights, coalition
+"""The null-player game (DESIGN §5): clip at the smallest count, apportioned round weights, coalition
 coefficients, exact null players, batch independence, and the bit-exact FedAvg of §4."""
 
 from __future__ import annotations
@@ -54,16 +54,18 @@ def game_of(arch, n, seed, **kw):
 
 
 # --- round weights ---------------------------------------------------------------------------
-def test_clip_at_lower_median():
-    assert clip_samples([10, 20, 30]) == (10, 20, 20)
-    assert clip_samples([40, 10, 30, 20]) == (20, 10, 20, 20)  # lower median of 4: index 1
+def test_clip_at_the_smallest_count():
+    assert clip_samples([10, 20, 30]) == (10, 10, 10)
+    assert clip_samples([40, 10, 30, 20]) == (10, 10, 10, 10)
     assert clip_samples([7]) == (7,)
 
 
-def test_inflating_samples_gains_nothing_beyond_the_median():
+def test_inflating_samples_gains_nothing():
     honest = round_weights([100, 100, 100, 100])
     inflated = round_weights([1000, 100, 100, 100])
     assert inflated == honest == (1024, 1024, 1024, 1024)
+    # A client below the others cannot raise its weight by claiming their count either
+    assert round_weights([50, 100, 100, 100]) == round_weights([100, 100, 100, 100])
 
 
 @pytest.mark.parametrize("bad", [[], [0, 5], [-1], [1.5], [True]])
@@ -176,11 +178,11 @@ def test_game_rejects_updates_outside_the_evaluators_bounds():
 # --- the submitted global model ---------------------------------------------------------------
 def test_exact_fedavg_accumulates_clipped_counts_in_client_order():
     a, b, c = (np.array([v], np.float32) for v in (0.1, 0.2, 0.7))
-    got = exact_fedavg([[a], [b], [c]], [1, 3, 100])  # 100 clipped to the median 3
+    got = exact_fedavg([[a], [b], [c]], [2, 3, 100])  # every count clipped to the smallest, 2
     acc = np.float64(0.0)
-    for t, s in ((a, 1), (b, 3), (c, 3)):
+    for t, s in ((a, 2), (b, 2), (c, 2)):
         acc = acc + np.float64(t[0]) * s
-    assert got[0].dtype == np.float32 and got[0][0] == np.float32(acc / 7)
+    assert got[0].dtype == np.float32 and got[0][0] == np.float32(acc / 6)
 
 
 def test_is_exact_fedavg_is_bitwise():
