@@ -196,6 +196,10 @@ def test_property_proposer_choice_of_reveals_never_pays_a_wrong_table(data):
     if 3 * honest_weight > sum(powers.values()):
         assert outcome.status is Status.SETTLED and outcome.root == table_root(TASK, HONEST)
         assert slashed_keys(outcome) == {v for v in revealed if v in faulty}
+        # the pool is paid in full: to the honest revealers by power, the rest to the creator
+        paid = {p.validator: p.amount for p in outcome.payouts}
+        assert set(paid) == {v for v in revealed if v not in faulty}
+        assert sum(paid.values()) + outcome.remainder == POOL and outcome.remainder >= 0
     else:
         assert outcome.status is Status.RETRY
     assert not slashed_keys(outcome) - faulty
