@@ -55,25 +55,21 @@ from tests.helpers import (  # noqa: E402
 def build_chain(folder: Path, blocks: int) -> bytes:
     """A node's chain.sqlite: a task with 3 settled rounds, then one transfer per block."""
     genesis = make_genesis()
-    builder = ChainBuilder(genesis)
     store = SqliteChainStore(folder / "chain.sqlite", genesis)
-    chain = Chain(store, genesis, builder.verifier)
+    builder = ChainBuilder(genesis)
+    builder.chain = Chain(store, genesis, builder.verifier)  # every block is committed to it
     publish = make_publish(ALICE, 0)
     builder.add([publish])
-    chain.import_block(builder.block)
     for r in (1, 2, 3):
         submit = make_submit(publish.id, r, r - 1)
         builder.verifier.true_sv[submit.id] = (3, 2, 1)
         builder.add([submit])
-        chain.import_block(builder.block)
         shares = tuple(make_share(m, submit.id, (3, 2, 1)) for m in (MINER2, MINER3))
         builder.add(posap=PosapSection(submit.id, shares))
-        chain.import_block(builder.block)
     started = time.monotonic()
     nonce = 0
     while builder.block.height < blocks:
-        builder.add([make_transfer(BOB, CAROL, 1, nonce)])  # a block needs a transaction
-        chain.import_block(builder.block)
+        builder.add([make_transfer(BOB, CAROL, 1, nonce)])
         nonce += 1
     print(f"built {blocks} blocks in {time.monotonic() - started:.0f} s", file=sys.stderr)
     store.close()

@@ -548,3 +548,44 @@ class UnknownRoot(PosapError):
 
 class FraudPositionOutOfRange(PosapError):
     """a fraud proof must name a position of the schedule"""
+
+
+# --- finality (issue 10: committed blocks, LastCommit, randao, evidence) --------------------
+class ConflictingCommit(BlockError):
+    """a height already committed cannot commit another block (committed blocks are final)"""
+
+
+class LastCommitMissing(BlockError):
+    """every block after height 1 carries its parent's commit certificate (and height 1 none)"""
+
+
+class LastCommitHashMismatch(BlockError):
+    """last_commit_hash is the hash of the block's LastCommit"""
+
+
+class ValidatorsHashMismatch(BlockError):
+    """validators_hash and next_validators_hash name this height's and the next height's sets"""
+
+
+class BadRandaoReveal(BlockError):
+    """the randao_reveal must hash to its creator's current randao tip"""
+
+
+class EvidenceRootMismatch(BlockError):
+    """evidence_root is the Merkle root of the block's evidence"""
+
+
+class TooMuchEvidence(BlockError):
+    """a block carries at most MAX_EVIDENCE evidence items"""
+
+
+class BadEvidence(BlockError):
+    """every evidence item proves an equivocation by a member of its height's set"""
+
+
+class EvidenceAlreadyPunished(BlockError):
+    """an equivocation (validator, height) is slashed once"""
+
+
+class RandaoExhausted(FedCoinError):
+    """the registered randao hash chain has no preimage left for this tip"""

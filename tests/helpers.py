@@ -7,7 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fedcoin.consensus.rules import Applied, build_block
+from fedcoin.consensus.chain import Chain, ImportResult
+from fedcoin.consensus.randao import randao_reveal_for
+from fedcoin.consensus.rules import Applied, Body, build_block
+from fedcoin.consensus.stake import randao_secret
+from fedcoin.consensus.stake import randao_tip as randao_chain_tip
+from fedcoin.consensus.validators import SignatureCache
 from fedcoin.data.block import Block, BlockHeader, PosapSection, Share
 from fedcoin.data.genesis import DEFAULT_PARAMS, ChainParams, Genesis, GenesisValidator
 from fedcoin.data.keys import PrivateKey
@@ -26,6 +31,7 @@ from fedcoin.data.tx import (
     TxBody,
     make_tx,
 )
+from fedcoin.data.vote import TAG_VOTE, CommitCertificate, DuplicateVoteEvidence, Vote, VoteType
 from fedcoin.errors import (
     EstimateMismatch,
     NotFedAvg,
@@ -39,9 +45,15 @@ FC = 1_000_000
 T0 = 1_700_000_000_000
 
 
+KEYS: dict[bytes, PrivateKey] = {}
+"""Every key ``key`` made, by public key: the signers of test certificates."""
+
+
 def key(name: str) -> PrivateKey:
     """A deterministic key per name, so tests are reproducible."""
-    return PrivateKey.from_seed(hashlib.sha256(name.encode()).digest())
+    made = PrivateKey.from_seed(hashlib.sha256(name.encode()).digest())
+    KEYS.setdefault(made.public, made)
+    return made
 
 
 ALICE, BOB, CAROL = key("alice"), key("bob"), key("carol")
@@ -53,9 +65,77 @@ MINERS = [MINER, MINER2, MINER3, *(key(f"validator-{i}") for i in range(40))]
 """Keys the tests propose blocks and write shares with: the default genesis validators."""
 
 
+TEST_RANDAO_LENGTH = 1_000
+"""Test hash chains are short (1 000 reveals) so a genesis of 46 validators is cheap to make; a
+node's ``randao_reveal_for`` walks up to ``RANDAO_LENGTH`` and finds these tips all the same."""
+
+_TIPS: dict[bytes, bytes] = {}
+
+
 def randao_tip(k: PrivateKey) -> bytes:
-    """A deterministic randao tip per key (the beacon is not wired yet)."""
-    return hashlib.sha256(b"randao-tip" + k.public).digest()
+    """The tip of ``k``'s (short) randao hash chain, registered in test geneses."""
+    if k.public not in _TIPS:
+        _TIPS[k.public] = randao_chain_tip(randao_secret(k), TEST_RANDAO_LENGTH)
+    return _TIPS[k.public]
+
+
+def reveal_of(k: PrivateKey, state: State) -> bytes:
+    """The randao reveal ``k`` puts in the next block it creates on ``state``."""
+    stake = state.stakes.get(k.public)
+    if stake is None:
+        return bytes(32)  # not bonded: the block is refused, as it must be
+    return randao_reveal_for(randao_secret(k), stake.randao_tip)
+
+
+#: One process-wide cache of verified vote signatures, as a node has.
+VOTE_CHECK = SignatureCache()
+
+
+def precommit(k: PrivateKey, height: int, round_: int, block_id: bytes | None) -> Vote:
+    """``k``'s signed precommit (use ``VoteType`` and ``Vote`` directly for other types)."""
+    return signed_vote(k, Vote(height, round_, VoteType.PRECOMMIT, block_id, k.public, bytes(64)))
+
+
+def signed_vote(k: PrivateKey, vote: Vote) -> Vote:
+    return vote.with_signature(k.sign(TAG_VOTE, vote.digest(CHAIN_ID)))
+
+
+def certify(
+    block: Block,
+    before: State,
+    *,
+    round_: int = 0,
+    signers: Sequence[PrivateKey] | None = None,
+) -> CommitCertificate:
+    """A real certificate for ``block``: precommits of the smallest prefix of the height's
+    members (by power, then key) holding more than 2/3 of the power, or of ``signers``.
+    ``before`` is the parent's post-state, whose set decides the block's height."""
+    members = sorted(before.validators, key=lambda m: (-m[1], m[0]))
+    if signers is None:
+        total = sum(power for _, power, _ in members)
+        chosen: list[PrivateKey] = []
+        power = 0
+        for pk, member_power, _ in members:
+            if 3 * power > 2 * total:
+                break
+            chosen.append(KEYS[pk])
+            power += member_power
+        signers = chosen
+    votes = [precommit(k, block.height, round_, block.hash) for k in signers]
+    return CommitCertificate.from_votes(votes)
+
+
+def equivocation(k: PrivateKey, height: int, round_: int = 0) -> DuplicateVoteEvidence:
+    """Evidence that ``k`` prevoted two different blocks at ``height``."""
+    from fedcoin.consensus.evidence import detect
+
+    a, b = (
+        signed_vote(k, Vote(height, round_, VoteType.PREVOTE, bytes([i]) * 32, k.public, bytes(64)))
+        for i in (1, 2)
+    )
+    found = detect(a, b)
+    assert found is not None
+    return found
 
 
 def validators_of(keys: Sequence[PrivateKey], bond: int = FC) -> tuple[GenesisValidator, ...]:
@@ -176,26 +256,47 @@ def make_share(miner: PrivateKey, sv_task_id: bytes, estimate: Sequence[int]) ->
 
 @dataclass
 class ChainBuilder:
-    """Builds valid blocks on top of each other, tracking head header and state."""
+    """Builds valid blocks on top of each other, each committed by a real certificate, tracking
+    the head header and state. ``chain`` (optional) receives every block through ``commit``."""
 
     genesis: Genesis
     verifier: TableVerifier = field(default_factory=TableVerifier)
     proposer: PrivateKey = MINER
+    chain: Chain | None = None
 
     def __post_init__(self) -> None:
         self.block: Block = self.genesis.block()
         self.state: State = self.genesis.state()
         self.blocks: list[Block] = [self.block]
+        self.states: list[State] = [self.state]
+        self.certificates: dict[int, CommitCertificate] = {}
         self.now = T0
 
     @property
     def header(self) -> BlockHeader:
         return self.block.header
 
+    @property
+    def last_commit(self) -> CommitCertificate | None:
+        return self.certificates.get(self.header.height)
+
     def next_time(self, gap: int | None = None) -> int:
         step = gap if gap is not None else self.genesis.params.min_block_interval_ms
         self.now += step
         return self.now
+
+    def body(
+        self,
+        txs: Sequence[Transaction] = (),
+        posap: PosapSection | None = None,
+        *,
+        gap: int | None = None,
+        proposer: PrivateKey | None = None,
+        evidence: Sequence[DuplicateVoteEvidence] = (),
+    ) -> Body:
+        creator = proposer or self.proposer
+        reveal = reveal_of(creator, self.state)
+        return Body(self.next_time(gap), creator.public, reveal, txs, posap, evidence)
 
     def make(
         self,
@@ -204,23 +305,70 @@ class ChainBuilder:
         *,
         gap: int | None = None,
         proposer: PrivateKey | None = None,
+        evidence: Sequence[DuplicateVoteEvidence] = (),
     ) -> tuple[Block, Applied]:
+        """Build the next block (not yet committed)."""
+        body = self.body(txs, posap, gap=gap, proposer=proposer, evidence=evidence)
         return build_block(
             self.state,
             self.header,
             self.genesis,
             self.verifier,
-            proposer or self.proposer,
-            timestamp_ms=self.next_time(gap),
-            txs=txs,
-            posap=posap,
+            body,
+            self.last_commit,
+            check=VOTE_CHECK,
         )
+
+    def commit(self, block: Block, applied: Applied) -> CommitCertificate:
+        """Certify ``block`` (built on the head) and make it the head."""
+        certificate = certify(block, self.state)
+        if self.chain is not None:
+            self.chain.commit(block, certificate)
+        self.block, self.state = block, applied.state
+        self.blocks.append(block)
+        self.states.append(applied.state)
+        self.certificates[block.height] = certificate
+        return certificate
 
     def add(self, *args: object, **kwargs: object) -> Applied:
         block, applied = self.make(*args, **kwargs)  # type: ignore[arg-type]
-        self.block, self.state = block, applied.state
-        self.blocks.append(block)
+        self.commit(block, applied)
         return applied
+
+
+def make_chain(genesis: Genesis, store: ChainStore | None = None, **kwargs: object) -> Chain:
+    """A ``Chain`` over ``store`` (in memory by default) with the table verifier."""
+    verifier = kwargs.pop("verifier", None) or TableVerifier()
+    return Chain(
+        store or MemoryChainStore(genesis),
+        genesis,
+        verifier,  # type: ignore[arg-type]
+        vote_check=VOTE_CHECK,
+    )
+
+
+def commit_next(
+    chain: Chain,
+    proposer: PrivateKey = MINER,
+    txs: Sequence[Transaction] = (),
+    *,
+    gap: int | None = None,
+    posap: PosapSection | None = None,
+    evidence: Sequence[DuplicateVoteEvidence] = (),
+) -> tuple[Block, ImportResult]:
+    """Propose the next block on ``chain`` as ``proposer`` and commit it with a certificate."""
+    head = chain.head
+    state = chain.head_state()
+    step = gap if gap is not None else chain.genesis.params.min_block_interval_ms
+    block, _ = chain.propose(
+        proposer.public,
+        reveal_of(proposer, state),
+        timestamp_ms=head.timestamp_ms + step,
+        txs=txs,
+        posap=posap,
+        evidence=evidence,
+    )
+    return block, chain.commit(block, certify(block, state))
 
 
 def apply_tx(

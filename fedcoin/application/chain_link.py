@@ -1,10 +1,11 @@
-"""The link between a node's chain and its P2P service.
+"""The link between a node's committed chain and its P2P service.
 
-It shows the chain to the network (``ChainView``: head, locator, blocks after a locator) and
-is the handler for gossiped and synced blocks: every block, from gossip or from sync, is
-imported through ``Chain.import_block``, one at a time, off the event loop. Rule violations
-become ``Reject`` (the peer is penalised), as does any unexpected error checking the block
-(logged with its traceback); an unknown parent becomes ``NeedsSync``, a known block ``Ignore``.
+It shows the chain to the network (``ChainView``: the last committed block, committed blocks
+with their certificates from a height on) and is the one path by which a block joins this
+node's chain, whether the node's own consensus decided it or sync fetched it: fetch what the
+block references, then ``Chain.commit`` (which checks the certificate against the validator
+set of the block's height) off the event loop, one block at a time, then tell every listener.
+There is no fork choice and no weight anywhere: a certificate is the only way in.
 """
 
 from __future__ import annotations
@@ -15,18 +16,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from fedcoin.consensus.chain import Chain, Imported, ImportResult
-from fedcoin.consensus.rules import Applied
 from fedcoin.data.block import Block
-from fedcoin.errors import (
-    ContentMissing,
-    FedCoinError,
-    Ignore,
-    NeedsSync,
-    Reject,
-    RuleViolation,
-    UnknownParent,
-)
-from fedcoin.network.messages import BlockMessage, Message
+from fedcoin.data.vote import CommitCertificate
+from fedcoin.errors import ContentMissing, FedCoinError, Ignore, NeedsSync, Reject, UnknownParent
+from fedcoin.network.messages import CommittedBlock
 
 log = logging.getLogger("fedcoin.chain")
 
@@ -42,85 +35,68 @@ class ChainLink:
         clock_ms: Callable[[], int] = wall_clock_ms,
         *,
         prepare: Callable[[Block], Awaitable[None]] | None = None,
-        on_imported: Sequence[Callable[[Block, ImportResult], None]] = (),
+        on_committed: Sequence[Callable[[Block, bool], None]] = (),
     ) -> None:
-        """``prepare`` fetches what a block's validation will read (weights, datasets) before
-        importing it; ``on_imported`` callbacks hear of every block stored."""
+        """``prepare`` fetches what a block's execution will read (weights, datasets) before
+        it is checked; ``on_committed(block, synced)`` callbacks hear of every block committed
+        (``synced``: it came from sync, not from this node's consensus)."""
         self.chain = chain
         self.clock_ms = clock_ms
         self.lock = asyncio.Lock()
         self.prepare = prepare
-        self.on_imported = tuple(on_imported)
+        self.on_committed = tuple(on_committed)
 
     # ChainView ----------------------------------------------------------------------------
-    def status(self) -> tuple[bytes, int, int]:
+    def status(self) -> tuple[bytes, int]:
         head = self.chain.head
-        return head.hash, head.height, head.weight
+        return head.hash, head.height
 
-    def locator(self) -> list[bytes]:
-        return self.chain.store.locator()
+    def committed_from(self, height: int, limit: int) -> list[CommittedBlock]:
+        """Up to ``limit`` committed blocks from ``height`` on, each with its certificate."""
+        return [
+            CommittedBlock(block, cert) for block, cert in self.chain.committed(height - 1, limit)
+        ]
 
-    def blocks_after(self, locator: Sequence[bytes], limit: int) -> list[Block]:
-        store = self.chain.store
-        start = 1
-        for block_hash in locator:
-            header = store.get_header(block_hash)
-            if header is not None and store.canonical_hash(header.height) == block_hash:
-                start = header.height + 1
-                break
-        head = store.head().height
-        out = []
-        for height in range(start, min(start + limit, head + 1)):
-            block = store.block_at(height)
-            if block is None:
-                break
-            out.append(block)
-        return out
+    async def import_committed(self, item: CommittedBlock) -> bool:
+        """A synced block: commit it if its certificate holds; True if it is new here.
 
-    # Block handler ------------------------------------------------------------------------
-    async def import_block(self, block: Block) -> ImportResult:
-        """Validate and store a block; raise the rule it breaks."""
-        if self.prepare is not None and not self.chain.store.has_block(block.hash):
+        ``Reject`` for a block or certificate that breaks a rule, ``NeedsSync`` when it does not
+        extend our chain, ``Ignore`` when its content cannot be fetched now."""
+        try:
+            result = await self.commit(item.block, item.certificate, synced=True)
+        except ContentMissing as exc:
+            raise Ignore(f"cannot check synced block yet: {exc}") from None
+        except UnknownParent:
+            raise NeedsSync(f"block {item.block.height} does not extend our chain") from None
+        except FedCoinError as exc:
+            raise Reject(f"synced block {item.block.height}: {exc}") from None
+        return result.outcome is Imported.HEAD
+
+    # Committing ---------------------------------------------------------------------------
+    async def commit(
+        self, block: Block, certificate: CommitCertificate, *, synced: bool = False
+    ) -> ImportResult:
+        """Fetch what ``block`` references, then commit it; raise the rule it breaks."""
+        if block.height <= self.chain.head.height:
+            # Committed already (or a conflicting block, which commit refuses)
+            return await asyncio.to_thread(self.chain.commit, block, certificate)
+        if self.prepare is not None:
             await self.prepare(block)
         async with self.lock:
-            result = await asyncio.to_thread(self.chain.import_block, block, now_ms=self.clock_ms())
-        self._announce(block, result)
+            try:
+                result = await asyncio.to_thread(self.chain.commit, block, certificate)
+            except FedCoinError:
+                raise
+            except Exception as exc:
+                # Consensus code ran numpy and codecs on a peer's content and failed in a way
+                # no rule names: the block is not one this node can commit.
+                log.exception("block %s could not be checked", block.hash.hex()[:12])
+                raise Reject(f"block could not be checked: {type(exc).__name__}") from None
+        if result.outcome is Imported.HEAD:
+            log.info(
+                "committed %s at height %d%s", block.hash.hex()[:12], block.height,
+                " (synced)" if synced else "",
+            )  # fmt: skip
+            for callback in self.on_committed:
+                callback(block, synced)
         return result
-
-    async def adopt(self, block: Block, applied: Applied) -> ImportResult:
-        """Store a block this node built (already validated by building it)."""
-        async with self.lock:
-            result = self.chain.store_applied(block, applied)
-        self._announce(block, result)
-        return result
-
-    def _announce(self, block: Block, result: ImportResult) -> None:
-        if result.outcome is not Imported.KNOWN:
-            if result.outcome is Imported.HEAD:
-                log.info(
-                    "head %s at height %d%s", block.hash.hex()[:12], block.height,
-                    f" (reorg of {result.reorg_depth})" if result.reorg_depth else "",
-                )  # fmt: skip
-            for callback in self.on_imported:
-                callback(block, result)
-
-    async def on_block(self, message: Message, peer: object) -> None:
-        if not isinstance(message, BlockMessage):
-            raise Reject("not a block")
-        try:
-            result = await self.import_block(message.block)
-        except ContentMissing as exc:
-            raise Ignore(f"cannot check block yet: {exc}") from None
-        except UnknownParent:
-            raise NeedsSync(f"parent of {message.block.hash.hex()[:12]} unknown") from None
-        except RuleViolation as exc:
-            raise Reject(str(exc)) from None
-        except FedCoinError:
-            raise
-        except Exception as exc:
-            # Consensus code ran numpy and codecs on the peer's content and failed in a way no
-            # rule names: the block is not one we can accept, and the peer sent it.
-            log.exception("block %s could not be checked", message.block.hash.hex()[:12])
-            raise Reject(f"block could not be checked: {type(exc).__name__}: {exc}") from None
-        if result.outcome is Imported.KNOWN:
-            raise Ignore("known block")

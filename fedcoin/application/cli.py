@@ -76,6 +76,9 @@ def cmd_genesis(args: argparse.Namespace) -> int:
         epoch_blocks=args.epoch_blocks,
         unbonding_blocks=args.unbonding_blocks,
         jail_blocks=args.jail_blocks,
+        evidence_max_age=args.evidence_max_age,
+        slash_bps=args.slash_bps,
+        slash_reward_bps=args.slash_reward_bps,
     )
     genesis = Genesis.from_json(
         {
@@ -120,6 +123,23 @@ async def run_until_signalled(coro_factory: Any) -> None:
     await coro_factory(stop)
 
 
+def consensus_config(args: argparse.Namespace) -> Any:
+    """The node's local consensus settings from ``full``'s flags (and the test-only env hook
+    ``FEDCOIN_TEST_KILL_AFTER_SIGN=HEIGHT``: SIGKILL after persisting a vote, before sending)."""
+    from fedcoin.application.node_consensus import ConsensusConfig
+    from fedcoin.consensus.tendermint_io import Timeouts
+
+    timeouts = Timeouts(
+        args.timeout_propose_ms, args.timeout_propose_delta_ms, args.timeout_prevote_ms,
+        args.timeout_prevote_delta_ms, args.timeout_precommit_ms, args.timeout_precommit_delta_ms,
+    )  # fmt: skip
+    kill = os.environ.get("FEDCOIN_TEST_KILL_AFTER_SIGN")
+    return ConsensusConfig(
+        timeouts=timeouts, heartbeat_ms=args.heartbeat_ms,
+        kill_after_sign_height=int(kill) if kill else None,
+    )  # fmt: skip
+
+
 def cmd_full(args: argparse.Namespace) -> int:
     from fedcoin.application.full_node import FullNode, FullNodeConfig
 
@@ -135,7 +155,7 @@ def cmd_full(args: argparse.Namespace) -> int:
     config = FullNodeConfig(
         data_dir=args.data_dir, genesis=genesis, key=key, host=host, port=int(port),
         advertise=advertise, bootstrap=tuple(args.bootstrap), discover=not args.no_discover,
-        ipfs_api=args.ipfs_api, mine=not args.no_mine,
+        ipfs_api=args.ipfs_api, mine=not args.no_mine, consensus=consensus_config(args),
     )  # fmt: skip
 
     async def serve(stop: asyncio.Event) -> None:

@@ -100,13 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
         "epoch_blocks",
         "unbonding_blocks",
         "jail_blocks",
+        "evidence_max_age",
+        "slash_bps",
+        "slash_reward_bps",
     ):
         p.add_argument(
             "--" + name.replace("_", "-"), type=int, default=getattr(DEFAULT_PARAMS, name),
             help="chain parameter (default %(default)s)",
         )  # fmt: skip
 
-    p = sub.add_parser("full", help="run a full node (miner)")
+    p = sub.add_parser("full", help="run a full node (a validator if its key is bonded)")
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -144,8 +147,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="IPFS HTTP API multiaddr, e.g. /ip4/127.0.0.1/tcp/5001 (env FEDCOIN_IPFS_API)",
     )
     p.add_argument(
-        "--no-mine", action="store_true", help="validate and serve only; make no shares or blocks"
-    )
+        "--no-mine", action="store_true",
+        help="follow only: never sign votes or proposals nor write shares, even if the key is "
+        "a validator",
+    )  # fmt: skip
+    t = p.add_argument_group(
+        "consensus timeouts",
+        "Local Tendermint settings (not consensus parameters): a round waits PROPOSE ms for the "
+        "proposal, then PREVOTE / PRECOMMIT ms once 2/3 of the votes are in but undecided; each "
+        "grows by its DELTA per round so that a round eventually outlasts any network delay. The "
+        "private validator's state (last height/round/step signed) is DATA_DIR/privval_state.bin.",
+    )  # fmt: skip
+    for name, default in (
+        ("propose", 3000), ("propose-delta", 500), ("prevote", 1000), ("prevote-delta", 500),
+        ("precommit", 1000), ("precommit-delta", 500),
+    ):  # fmt: skip
+        t.add_argument(
+            f"--timeout-{name}-ms", type=int, default=default, metavar="MS",
+            help="(default %(default)s)",
+        )  # fmt: skip
+    t.add_argument(
+        "--heartbeat-ms", type=int, default=5000, metavar="MS",
+        help="with no transaction pending and no SV task open, start the next height this long "
+        "after a commit (default %(default)s); a transaction arriving earlier starts it",
+    )  # fmt: skip
 
     p = sub.add_parser("light", help="run a lightweight FL server against a full node")
     add_light_arguments(p, default_home(), DEFAULT_NODE, fc_amount)

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fedcoin.consensus.chain import Chain
-from fedcoin.consensus.rules import build_block
-from fedcoin.consensus.stake import randao_tip_of
+from fedcoin.consensus.randao import randao_reveal_for
+from fedcoin.consensus.stake import randao_secret, randao_tip_of
 from fedcoin.contract.task import RoundChecker
 from fedcoin.data.block import Block
 from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT, Genesis, GenesisValidator
@@ -32,6 +32,7 @@ from fedcoin.data.tx import (
     Transfer,
     make_tx,
 )
+from fedcoin.data.vote import TAG_VOTE, CommitCertificate, Vote, VoteType
 from fedcoin.errors import RoundContentUnavailable, ShareContentUnavailable
 
 
@@ -84,12 +85,16 @@ def run_demo(data_dir: Path | None = None, console: Console | None = None) -> in
             table.add_column(col, justify="left" if col == "block" else "right")
         for label, txs in steps:
             parent = chain.head
-            state = chain.head_state()
-            block, _ = build_block(
-                state, parent, genesis, chain.verifier, miner,
+            tip = chain.head_state().stakes[miner.public].randao_tip
+            block, _ = chain.propose(
+                miner.public, randao_reveal_for(randao_secret(miner), tip),
                 timestamp_ms=parent.timestamp_ms + DEFAULT_PARAMS.min_block_interval_ms, txs=txs,
             )  # fmt: skip
-            chain.import_block(Block.decode(block.encode()))  # re-validated like a peer's block
+            # The only validator precommits it: a certificate of the whole power
+            unsigned = Vote(block.height, 0, VoteType.PRECOMMIT, block.hash, miner.public, b"")
+            vote = unsigned.with_signature(miner.sign(TAG_VOTE, unsigned.digest(chain_id)))
+            received = Block.decode(block.encode())  # committed like a peer's block
+            chain.commit(received, CommitCertificate.from_votes([vote]))
             after = chain.head_state()
             if after.total_held() != after.supply:
                 console.print("[red]conservation violated[/red]")

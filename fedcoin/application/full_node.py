@@ -1,12 +1,14 @@
-"""The full node (a miner): chain store, content, P2P, HTTP API, mempool and the PoSap loop.
+"""The full node: chain store, content, P2P, HTTP API, mempool, consensus and the share worker.
 
 ``async with FullNode(config) as node`` opens the SQLite store and content store under the
-data directory, serves peers and the API on one port, and runs the mining loop; leaving the
-block (or SIGINT/SIGTERM in ``main.py full``) stops everything. Each block is one SQLite
-transaction, so stopping at any moment loses no block that was acknowledged.
+data directory, serves peers and the API on one port, and runs Tendermint (``node_consensus``:
+the driver, its private validator and its gossip handlers) and, on a validator, the PoSap
+share worker (``miner``); leaving the block (or SIGINT/SIGTERM in ``main.py full``) stops
+everything. Each committed block is one SQLite transaction, so stopping at any moment loses no
+block that was committed. A node whose key is not in the validator set follows: it commits
+what the validators decide (or syncs it, with certificates) and serves the API.
 
-Mining (``miner.Miner``) runs under ``supervised``: no error ends it. Transactions are
-admitted signatures first (off the event loop), before any content fetch or other I/O.
+Transactions are admitted signatures first (off the event loop), before any content fetch.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,10 @@ from fedcoin.application.chain_link import ChainLink, wall_clock_ms
 from fedcoin.application.content import ContentResolver, IpfsClient
 from fedcoin.application.mempool import Mempool, check_signatures
 from fedcoin.application.miner import Miner, SharePools, sv_refs
-from fedcoin.consensus.chain import Chain, Imported, ImportResult
+from fedcoin.application.node_consensus import ConsensusConfig, NodeConsensus
+from fedcoin.consensus.chain import Chain
 from fedcoin.consensus.posap import PosapVerifier
+from fedcoin.consensus.validators import SignatureCache
 from fedcoin.contract.task import validate_spec
 from fedcoin.data.block import Block
 from fedcoin.data.content import DEFAULT_MAX_BLOB, ContentStore
@@ -46,7 +50,7 @@ from fedcoin.errors import (
     ShareError,
     StartupError,
 )
-from fedcoin.network.messages import BlockMessage, Message, ShareMessage, TxMessage
+from fedcoin.network.messages import Message, ShareMessage, TxMessage
 from fedcoin.network.node import NetConfig, Notifier, P2PNode
 
 log = logging.getLogger("fedcoin.node")
@@ -75,7 +79,12 @@ class FullNodeConfig:
     max_content_bytes: int = DEFAULT_MAX_BLOB
     """Largest blob accepted (uploads, fetches)."""
     mine: bool = True
-    """Compute shares and propose blocks (False: a validating node only)."""
+    """Sign as a validator and compute shares when the key is in the set (False: follow only,
+    never sign)."""
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    """Local consensus timeouts, heartbeat and test hooks."""
+    vote_check: SignatureCache | None = None
+    """Verified vote signatures; nodes of one process (a simulation) share one."""
     clock_ms: Callable[[], int] = wall_clock_ms
     """Milliseconds since the epoch."""
     notifier: Notifier | None = None
@@ -110,6 +119,7 @@ class FullNode:
         self.shares = SharePools()
         self._stack = contextlib.AsyncExitStack()
         self._mining: asyncio.Task[None] | None = None
+        self.consensus: NodeConsensus | None = None
 
     # --- lifetime ---------------------------------------------------------------------------
     async def __aenter__(self) -> FullNode:
@@ -130,12 +140,13 @@ class FullNode:
         self.resolver = ContentResolver(self.content, self._peer_addresses, ipfs)
         self._stack.push_async_callback(self.resolver.close)
         self.verifier = PosapVerifier(self.resolver)
-        self.chain = Chain(self.store, self.genesis, self.verifier)
+        vote_check = cfg.vote_check if cfg.vote_check is not None else SignatureCache()
+        self.chain = Chain(self.store, self.genesis, self.verifier, vote_check=vote_check)
         self.mempool = Mempool(
             self.genesis, self.verifier, on_change=self._poke, follows=self.chain.head.hash
         )
         self.link = ChainLink(
-            self.chain, cfg.clock_ms, prepare=self._prefetch, on_imported=[self._on_imported]
+            self.chain, cfg.clock_ms, prepare=self._prefetch, on_committed=[self._on_committed]
         )
         app = web.Application(client_max_size=cfg.max_content_bytes + 64 * 1024)
         add_api_routes(app, self, max_content=cfg.max_content_bytes)
@@ -150,7 +161,6 @@ class FullNode:
             max_message_bytes=max(16 * 1024 * 1024, 2 * cfg.max_content_bytes),
         )
         self.p2p = P2PNode(net, self.link, self.key, app=app, notifier=self.notifier)
-        self.p2p.register(BlockMessage, self._on_block)
         self.p2p.register(TxMessage, self._on_tx)
         self.p2p.register(ShareMessage, self._on_share)
         try:
@@ -158,12 +168,20 @@ class FullNode:
         except OSError as exc:
             where = f"{cfg.host}:{cfg.port}"
             raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        self.consensus = NodeConsensus(
+            chain=self.chain, link=self.link, mempool=self.mempool, shares=self.shares,
+            p2p=self.p2p, key=self.key, validator=cfg.mine, data_dir=cfg.data_dir,
+            config=cfg.consensus, vote_check=vote_check, prepare=self._prefetch,
+            clock_ms=cfg.clock_ms,
+        )  # fmt: skip
+        self._stack.push_async_callback(self.consensus.stop)
+        self.consensus.start()
         if cfg.mine:
             miner = Miner(
-                self.key, self.genesis, self.chain, self.link, self.mempool, self.verifier,
-                self.resolver, self.shares, self.p2p.broadcast, cfg.clock_ms, self.wake,
+                self.key, self.chain, self.verifier, self.resolver, self.shares,
+                self.p2p.broadcast, cfg.clock_ms, self.wake,
             )  # fmt: skip
-            self._mining = asyncio.create_task(miner.run(), name="mining")
+            self._mining = asyncio.create_task(miner.run(), name="shares")
         head = self.chain.head
         log.info(
             "full node %s serving on %s, head %s at height %d",
@@ -194,6 +212,8 @@ class FullNode:
     def _poke(self) -> None:
         self.wake.set()
         self.notifier.notify()
+        if self.consensus is not None:
+            self.consensus.driver.poke()
 
     def status(self) -> dict[str, Any]:
         head = self.chain.head
@@ -204,7 +224,6 @@ class FullNode:
             "address": self.address,
             "head": head.hash.hex(),
             "height": head.height,
-            "weight": head.weight,
             "timestamp_ms": head.timestamp_ms,
             "peers": sorted(p.name for p in self.p2p.peers.values()),
             "mempool": len(self.mempool),
@@ -243,17 +262,12 @@ class FullNode:
         await self.resolver.ensure(refs)
 
     # --- gossip handlers --------------------------------------------------------------------
-    async def _on_block(self, message: Message, peer: object) -> None:
-        await self.link.on_block(message, peer)
-
-    def _on_imported(self, block: Block, result: ImportResult) -> None:
-        if result.outcome is Imported.HEAD:
-            state = self.chain.head_state()
-            returned = [tx for gone in result.left for tx in gone.txs]
-            self.mempool.refresh(
-                state, block.height, self.config.clock_ms(), returned, head=block.hash
-            )
-            self.shares.keep_only(sv.sv_task_id for sv in state.queue)
+    def _on_committed(self, block: Block, synced: bool) -> None:
+        state = self.chain.head_state()
+        self.mempool.refresh(state, block.height, self.config.clock_ms(), head=block.hash)
+        self.shares.keep_only(sv.sv_task_id for sv in state.queue)
+        if synced and self.consensus is not None:
+            self.consensus.driver.chain_moved()
         self._poke()
 
     async def _admit(self, tx: Transaction) -> None:

@@ -57,6 +57,10 @@ class View:
         return out
 
 
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def _load(cls: type[V], data: Any, build: Any) -> V:
     """Run ``build(data)``, turning a missing key or a wrong type into ``DecodeError``."""
     if not isinstance(data, dict):
@@ -257,7 +261,7 @@ class BlockView(View):
     parent: str
     timestamp_ms: int
     proposer: str
-    weight: int
+    commit_round: int | None
     state_root: str
     txs: list[TxView]
     posap: PosapView | None
@@ -268,7 +272,7 @@ class BlockView(View):
         def build(d: JSON) -> Any:
             return cls(
                 str(d["hash"]), int(d["height"]), str(d["parent"]), int(d["timestamp_ms"]),
-                str(d["proposer"]), int(d["weight"]), str(d["state_root"]),
+                str(d["proposer"]), _opt_int(d["commit_round"]), str(d["state_root"]),
                 [TxView.from_json(t) for t in d["txs"]],
                 None if d["posap"] is None else PosapView.from_json(d["posap"]),
                 None if d["payout"] is None else PayoutView.from_json(d["payout"]),
@@ -280,13 +284,15 @@ class BlockView(View):
 def block_view(block: Block, chain: Chain) -> BlockView:
     h = block.header
     payout = chain.payout_of(block.hash)
+    certificate = chain.certificate(h.height)
+    commit_round = None if certificate is None else certificate.round
     posap = None
     if block.posap is not None:
         shares = [ShareView.of(s) for s in block.posap.shares]
         posap = PosapView(block.posap.sv_task_id.hex(), block.posap.voids, shares)
     return BlockView(
         h.hash.hex(), h.height, h.parent.hex(), h.timestamp_ms, key_text(h.proposer_pubkey),
-        h.weight, h.state_root.hex(), [TxView.of(t) for t in block.txs], posap,
+        commit_round, h.state_root.hex(), [TxView.of(t) for t in block.txs], posap,
         PayoutView.of(payout) if payout else None,
     )  # fmt: skip
 
@@ -300,7 +306,6 @@ class StatusView(View):
     address: str
     head: str
     height: int
-    weight: int
     timestamp_ms: int
     peers: list[str]
     mempool: int
@@ -462,11 +467,11 @@ def validators_json(state: State, params: ChainParams, height: int) -> JSON:
         "height": height,
         "epoch_blocks": epoch,
         "next_epoch_at": (height // epoch + 1) * epoch,
-        "total_power": sum(power for _, power in state.validators),
+        "total_power": sum(power for _, power, _ in state.validators),
         "validators": [
             {"pubkey": pk.hex(), "address": key_text(pk), "power": power,
-             "bond": state.bond_of(pk)}
-            for pk, power in state.validators
+             "proposer_priority": priority, "bond": state.bond_of(pk)}
+            for pk, power, priority in state.validators
         ],
         "bonds": [
             {"pubkey": pk.hex(), "address": key_text(pk), "bond": st.bond,

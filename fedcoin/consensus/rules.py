@@ -1,84 +1,93 @@
 """Block rules (DESIGN §5): ``apply_block`` checks a block against its parent and returns the
 post-state; ``build_block`` runs the same execution to make a block. Both are pure: the clock
-(``now_ms``) and the work verifier come in as arguments.
+(``now_ms``), the work verifier and the vote-signature verifier come in as arguments.
 
-Order of checks: header (version, parent, height, timestamps, signature, roots, weight), then
-the proposer's membership of the height's validator set, then the PoSap section against the
-queue of SV tasks (shares from members only, one per member), then the transactions in order,
-then the end-of-block stake steps (unbonding releases, the next epoch's set), then the state
-root. Execution happens on a ``Draft``; any violation discards it, so an invalid block
-changes nothing.
+Order of checks: header (version, parent, height, time, roots), then the parent's commit
+certificate (``LastCommit``) against the parent height's set, this height's ``validators_hash``,
+the creator's membership and ``randao_reveal``; then the evidence (slashes), the PoSap section
+against the queue of SV tasks (shares from members only, one per member), the transactions in
+order, the end-of-block stake steps (unbonding releases, the next epoch's set, priorities), and
+finally ``next_validators_hash`` and the state root. Execution happens on a ``Draft``; any
+violation discards it, so an invalid block changes nothing.
+
+Blocks are final once committed, so nothing here weighs or compares chains.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-from fedcoin.consensus.aggregate import aggregate_estimates
+from fedcoin.consensus.posap_section import (
+    ShareVerifier,
+    WorkVerifier,
+    apply_posap,
+    check_shares,
+    select_shares,
+)
+from fedcoin.consensus.randao import next_mix, reveal_ok
+from fedcoin.consensus.slashing import Slash, apply_evidence
 from fedcoin.consensus.stake import end_block_stake
 from fedcoin.consensus.transactions import TxContext, apply_transaction
-from fedcoin.contract.task import RoundChecker
+from fedcoin.consensus.validators import (
+    ValidatorSet,
+    VoteVerifier,
+    check_signature,
+    verify_commit,
+)
 from fedcoin.data.block import (
     BLOCK_VERSION,
     MAX_SHARES,
     Block,
     BlockHeader,
     PosapSection,
-    Share,
-    block_weight,
+    evidence_root,
+    last_commit_hash,
     posap_root,
     tx_root,
 )
 from fedcoin.data.genesis import Genesis
-from fedcoin.data.keys import PrivateKey, address_of
-from fedcoin.data.state import Draft, State, SvTask, TaskState
+from fedcoin.data.keys import address_of
+from fedcoin.data.state import Draft, Stake, State, powers_hash, powers_of
 from fedcoin.data.tx import Transaction
+from fedcoin.data.vote import CommitCertificate, DuplicateVoteEvidence
 from fedcoin.errors import (
-    BadBlockSignature,
-    BadShareSignature,
+    BadRandaoReveal,
     BadTxInBlock,
     BadVersion,
     BlockTooSoon,
     ContractError,
-    DuplicateMiner,
-    EmptyBlock,
+    EvidenceRootMismatch,
+    LastCommitHashMismatch,
+    LastCommitMissing,
     NotAValidator,
     PosapRootMismatch,
-    SettlementMissing,
-    SettlementUnexpected,
-    ShareFromNonValidator,
     StateRootMismatch,
     StoreError,
     TimestampInFuture,
-    TimestampNotIncreasing,
-    TooManyShares,
     TooManyTxs,
     TxError,
     TxRootMismatch,
     UnknownParent,
-    VoidTooEarly,
-    WeightMismatch,
-    WrongEstimateLength,
+    ValidatorsHashMismatch,
     WrongHeight,
-    WrongShareTask,
-    WrongSvTask,
 )
-from fedcoin.incentive.payouts import RoundPayout, settle_round, void_round
+from fedcoin.incentive.payouts import RoundPayout
 
-
-class ShareVerifier(Protocol):
-    """Checks the Proof-of-Shapley work in a share (the Shapley engine supplies the real one)."""
-
-    def verify_share(
-        self, sv_task: SvTask, task: TaskState, share: Share, parent_hash: bytes
-    ) -> None:
-        """Raise a ``ShareError`` naming what is wrong; return when the share is sound."""
-
-
-class WorkVerifier(RoundChecker, ShareVerifier, Protocol):
-    """Everything a block's execution asks about off-chain content."""
+__all__ = [
+    "Applied",
+    "Body",
+    "ShareVerifier",
+    "WorkVerifier",
+    "apply_block",
+    "build_block",
+    "check_header",
+    "check_last_commit",
+    "check_shares",
+    "execute_block",
+    "select_shares",
+    "set_at",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,46 +98,47 @@ class Applied:
     """The post-state."""
     payout: RoundPayout | None
     """The round settled or voided by the block's PoSap section, if any."""
+    slashes: tuple[Slash, ...] = ()
+    """What the block's evidence cost each equivocating validator."""
 
 
-def check_shares(
-    sv_task: SvTask,
-    task: TaskState,
-    shares: Sequence[Share],
-    parent_hash: bytes,
-    verifier: ShareVerifier,
-    validators: State,
+@dataclass(frozen=True, slots=True)
+class Body:
+    """What a block's creator chooses: everything but the roots the header derives."""
+
+    timestamp_ms: int
+    proposer_pubkey: bytes
+    randao_reveal: bytes
+    txs: Sequence[Transaction] = ()
+    posap: PosapSection | None = None
+    evidence: Sequence[DuplicateVoteEvidence] = ()
+
+
+def set_at(state: State, height: int) -> ValidatorSet | None:
+    """The set (membership and power) that decided ``height``, if ``state`` still keeps it."""
+    powers = state.powers_at(height)
+    return None if powers is None else ValidatorSet.of(powers)
+
+
+def check_last_commit(
+    last_commit: CommitCertificate | None,
+    parent: BlockHeader,
+    state: State,
+    chain: Genesis,
+    check: VoteVerifier = check_signature,
 ) -> None:
-    """The checks every share of a settling block passes (``validators``: the parent's state,
-    whose set is this height's)."""
-    # At most MAX_SHARES shares (the wire limit of a PoSap section)
-    if len(shares) > MAX_SHARES:
-        raise TooManyShares(count=len(shares), max=MAX_SHARES)
-    miners: set[bytes] = set()
-    for share in shares:
-        # The share is for this SV task
-        if share.sv_task_id != sv_task.sv_task_id:
-            raise WrongShareTask(expected=sv_task.sv_task_id, got=share.sv_task_id)
-        # Only a member of the height's validator set writes a share
-        if not validators.is_validator(share.miner_pubkey):
-            raise ShareFromNonValidator(miner=share.miner_pubkey)
-        # One share per member
-        if share.miner_pubkey in miners:
-            raise DuplicateMiner(miner=share.miner_pubkey)
-        miners.add(share.miner_pubkey)
-        # One estimated value per client
-        if len(share.estimate) != sv_task.n:
-            raise WrongEstimateLength(expected=sv_task.n, got=len(share.estimate))
-        # The miner signed it
-        if not share.signature_ok():
-            raise BadShareSignature(miner=share.miner_pubkey)
-        # The work itself: schedule, estimate, re-evaluated entries
-        verifier.verify_share(sv_task, task, share, parent_hash)
-
-
-def select_shares(shares: Sequence[Share]) -> tuple[Share, ...]:
-    """The shares a block carries out of a pool: first ``MAX_SHARES`` by miner public key."""
-    return tuple(sorted(shares, key=lambda s: s.miner_pubkey)[:MAX_SHARES])
+    """The block names its parent's commit: > 2/3 of the parent height's power, one round."""
+    # Height 1 carries no certificate (genesis has none); every later block carries its parent's
+    if parent.height == 0:
+        if last_commit is not None:
+            raise LastCommitMissing(height=1, reason="genesis has no certificate")
+        return
+    if last_commit is None:
+        raise LastCommitMissing(height=parent.height + 1)
+    validators = set_at(state, parent.height)
+    if validators is None:
+        raise StoreError(f"state keeps no set for height {parent.height}")
+    verify_commit(validators, chain.chain_id, parent.height, parent.hash, last_commit, check)
 
 
 def execute_block(
@@ -136,64 +146,50 @@ def execute_block(
     parent: BlockHeader,
     chain: Genesis,
     verifier: WorkVerifier,
+    body: Body,
     *,
-    timestamp_ms: int,
-    proposer_pubkey: bytes,
-    txs: Sequence[Transaction],
-    posap: PosapSection | None,
     signatures_checked: bool = False,
+    check: VoteVerifier = check_signature,
 ) -> Applied:
-    """Apply a block's body to ``state``; raise the ``RuleViolation`` it breaks."""
+    """Apply a block's body to ``state`` (the parent's post-state); raise the rule it breaks."""
     params = chain.params
     height = parent.height + 1
-    # Only a member of the height's validator set proposes
-    if not state.is_validator(proposer_pubkey):
-        raise NotAValidator(proposer=proposer_pubkey, height=height)
-    proposer = address_of(proposer_pubkey)
+    creator = body.proposer_pubkey
+    # Only a member of the height's validator set creates a block
+    if not state.is_validator(creator):
+        raise NotAValidator(proposer=creator, height=height)
+    stake = state.stakes.get(creator)
+    # The reveal is the preimage of the creator's randao tip
+    if stake is None or not reveal_ok(body.randao_reveal, stake.randao_tip):
+        raise BadRandaoReveal(validator=creator, height=height)
     draft = Draft(state)
-    payout: RoundPayout | None = None
-    if state.queue:
-        sv_task = state.queue[0]
-        task = state.tasks.get(sv_task.task_id)
-        if task is None:
-            raise StoreError(f"queued SV task of unknown task {sv_task.task_id.hex()}")
-        # While an SV task is pending, every block settles or voids the oldest one
-        if posap is None:
-            raise SettlementMissing(sv_task=sv_task.sv_task_id)
-        # ... and no other
-        if posap.sv_task_id != sv_task.sv_task_id:
-            raise WrongSvTask(expected=sv_task.sv_task_id, got=posap.sv_task_id)
-        if posap.voids:
-            # A round is voided only after the PoSap timeout
-            deadline = sv_task.queued_ms + task.spec.posap.posap_timeout_ms
-            if timestamp_ms < deadline:
-                raise VoidTooEarly(timestamp_ms=timestamp_ms, allowed_from=deadline)
-            payout = void_round(draft, sv_task)
-        else:
-            check_shares(sv_task, task, posap.shares, parent.hash, verifier, state)
-            sv = aggregate_estimates([s.estimate for s in posap.shares])
-            miners = [address_of(s.miner_pubkey) for s in posap.shares]
-            payout = settle_round(draft, sv_task, sv, miners, proposer)
-        draft.queue.pop(0)
-    else:
-        # A PoSap section needs a pending SV task
-        if posap is not None:
-            raise SettlementUnexpected(sv_task=posap.sv_task_id)
-        # A transaction-only block waits min_block_interval_ms after its parent
-        if timestamp_ms < parent.timestamp_ms + params.min_block_interval_ms:
-            raise BlockTooSoon(
-                timestamp_ms=timestamp_ms,
-                allowed_from=parent.timestamp_ms + params.min_block_interval_ms,
-            )
-        # A block carries a PoSap section or at least one transaction
-        if not txs:
-            raise EmptyBlock()
+    draft.set_stake(creator, replace_tip(stake, body.randao_reveal))
+    draft.mix = next_mix(state.mix, body.randao_reveal)
+    slashes = apply_evidence(
+        draft,
+        body.evidence,
+        chain_id=chain.chain_id,
+        height=height,
+        creator=creator,
+        params=params,
+        check=check,
+        set_of=lambda h: set_at(state, h),
+    )
+    payout = apply_posap(
+        draft,
+        state,
+        parent.hash,
+        body.posap,
+        timestamp_ms=body.timestamp_ms,
+        creator=creator,
+        verifier=verifier,
+    )
     # At most max_block_txs transactions
-    if len(txs) > params.max_block_txs:
-        raise TooManyTxs(count=len(txs), max=params.max_block_txs)
-
-    ctx = TxContext(chain.chain_id, params, height, timestamp_ms, proposer)
-    for index, tx in enumerate(txs):
+    if len(body.txs) > params.max_block_txs:
+        raise TooManyTxs(count=len(body.txs), max=params.max_block_txs)
+    proposer = address_of(creator)
+    ctx = TxContext(chain.chain_id, params, height, body.timestamp_ms, proposer)
+    for index, tx in enumerate(body.txs):
         # Every transaction is valid in order
         try:
             apply_transaction(draft, tx, ctx, verifier, signature_checked=signatures_checked)
@@ -203,15 +199,18 @@ def execute_block(
         draft.credit(proposer, params.block_reward)
         draft.supply += params.block_reward
     end_block_stake(draft, height, params)
-    return Applied(draft.freeze(), payout)
+    return Applied(draft.freeze(), payout, slashes)
+
+
+def replace_tip(stake: Stake, reveal: bytes) -> Stake:
+    return Stake(stake.bond, reveal, stake.jailed_until)
 
 
 def check_header(
     header: BlockHeader,
     parent: BlockHeader,
     chain: Genesis,
-    posap: PosapSection | None,
-    txs: Sequence[Transaction],
+    block: Block,
     *,
     now_ms: int | None,
 ) -> None:
@@ -225,25 +224,25 @@ def check_header(
     # Height is the parent's plus one
     if header.height != parent.height + 1:
         raise WrongHeight(expected=parent.height + 1, got=header.height)
-    # Timestamps increase
-    if header.timestamp_ms <= parent.timestamp_ms:
-        raise TimestampNotIncreasing(parent=parent.timestamp_ms, got=header.timestamp_ms)
-    # Not too far ahead of our clock (only for blocks arriving now, not for replays)
+    # Every block comes at least min_block_interval_ms after its parent (no exemption)
+    allowed_from = parent.timestamp_ms + chain.params.min_block_interval_ms
+    if header.timestamp_ms < allowed_from:
+        raise BlockTooSoon(timestamp_ms=header.timestamp_ms, allowed_from=allowed_from)
+    # Not too far ahead of our clock (only for new proposals, not for commits or replays)
     if now_ms is not None and header.timestamp_ms > now_ms + chain.params.future_tolerance_ms:
         raise TimestampInFuture(timestamp_ms=header.timestamp_ms, now_ms=now_ms)
-    # Weight is the parent's plus this block's
-    expected_weight = parent.weight + block_weight(posap)
-    if header.weight != expected_weight:
-        raise WeightMismatch(expected=expected_weight, got=header.weight)
-    # The proposer signed it
-    if not header.signature_ok():
-        raise BadBlockSignature(block=header.hash)
     # tx_root commits to the transactions
-    if header.tx_root != tx_root(txs):
+    if header.tx_root != tx_root(block.txs):
         raise TxRootMismatch()
     # posap_root commits to the PoSap section
-    if header.posap_root != posap_root(posap):
+    if header.posap_root != posap_root(block.posap):
         raise PosapRootMismatch()
+    # last_commit_hash commits to the parent's certificate
+    if header.last_commit_hash != last_commit_hash(block.last_commit):
+        raise LastCommitHashMismatch()
+    # evidence_root commits to the evidence
+    if header.evidence_root != evidence_root(block.evidence):
+        raise EvidenceRootMismatch()
 
 
 def apply_block(
@@ -255,26 +254,35 @@ def apply_block(
     *,
     now_ms: int | None = None,
     signatures_checked: bool = False,
+    check: VoteVerifier = check_signature,
 ) -> Applied:
     """Validate ``block`` on top of ``parent`` (whose post-state is ``state``) and execute it.
 
-    ``now_ms`` is the receiver's clock for the future-timestamp rule; pass None when replaying
-    stored blocks. ``signatures_checked`` skips transaction signature checks that the caller
-    already made (for example when the same transactions passed the mempool).
+    ``now_ms`` is the validator's clock for the future-timestamp rule; pass None when committing
+    a decided block or replaying stored ones. ``signatures_checked`` skips transaction signature
+    checks that the caller already made (for example when the same transactions passed the
+    mempool); ``check`` verifies vote signatures (a node passes its ``SignatureCache``).
     """
     header = block.header
-    check_header(header, parent, chain, block.posap, block.txs, now_ms=now_ms)
-    applied = execute_block(
-        state,
-        parent,
-        chain,
-        verifier,
-        timestamp_ms=header.timestamp_ms,
-        proposer_pubkey=header.proposer_pubkey,
-        txs=block.txs,
-        posap=block.posap,
-        signatures_checked=signatures_checked,
+    check_header(header, parent, chain, block, now_ms=now_ms)
+    check_last_commit(block.last_commit, parent, state, chain, check)
+    # validators_hash names the set that decides this height
+    if header.validators_hash != powers_hash(powers_of(state.validators)):
+        raise ValidatorsHashMismatch(which="validators_hash")
+    body = Body(
+        header.timestamp_ms,
+        header.proposer_pubkey,
+        header.randao_reveal,
+        block.txs,
+        block.posap,
+        block.evidence,
     )
+    applied = execute_block(
+        state, parent, chain, verifier, body, signatures_checked=signatures_checked, check=check
+    )
+    # next_validators_hash names the set that decides the next height
+    if header.next_validators_hash != powers_hash(powers_of(applied.state.validators)):
+        raise ValidatorsHashMismatch(which="next_validators_hash")
     # state_root is the hash of the post-state
     if header.state_root != applied.state.root():
         raise StateRootMismatch()
@@ -286,39 +294,46 @@ def build_block(
     parent: BlockHeader,
     chain: Genesis,
     verifier: WorkVerifier,
-    key: PrivateKey,
+    body: Body,
+    last_commit: CommitCertificate | None,
     *,
-    timestamp_ms: int,
-    txs: Sequence[Transaction] = (),
-    posap: PosapSection | None = None,
+    check: VoteVerifier = check_signature,
 ) -> tuple[Block, Applied]:
-    """Make and sign the block ``key`` proposes on ``parent``; raise if it would be invalid.
+    """Make the block ``body.proposer_pubkey`` proposes on ``parent``; raise if it is invalid.
 
-    A PoSap section with more shares than a block may carry keeps the first ``MAX_SHARES`` by
-    miner public key: the same choice on every node, whatever order the shares arrived in.
+    Nothing is signed here: the proposer signs a ``Proposal`` naming the block's hash. A PoSap
+    section with more shares than a block may carry keeps the first ``MAX_SHARES`` by miner
+    public key: the same choice on every node, whatever order the shares arrived in.
     """
+    posap = body.posap
     if posap is not None and len(posap.shares) > MAX_SHARES:
         posap = PosapSection(posap.sv_task_id, select_shares(posap.shares))
-    applied = execute_block(
-        state,
-        parent,
-        chain,
-        verifier,
-        timestamp_ms=timestamp_ms,
-        proposer_pubkey=key.public,
-        txs=txs,
-        posap=posap,
-    )
+        body = Body(
+            body.timestamp_ms,
+            body.proposer_pubkey,
+            body.randao_reveal,
+            body.txs,
+            posap,
+            body.evidence,
+        )
+    check_last_commit(last_commit, parent, state, chain, check)
+    applied = execute_block(state, parent, chain, verifier, body, check=check)
     header = BlockHeader(
         version=BLOCK_VERSION,
         height=parent.height + 1,
         parent=parent.hash,
-        timestamp_ms=timestamp_ms,
-        proposer_pubkey=key.public,
-        tx_root=tx_root(txs),
+        timestamp_ms=body.timestamp_ms,
+        proposer_pubkey=body.proposer_pubkey,
+        tx_root=tx_root(body.txs),
         posap_root=posap_root(posap),
         state_root=applied.state.root(),
-        weight=parent.weight + block_weight(posap),
-        signature=bytes(64),
-    ).signed(key)
-    return Block(header, tuple(txs), posap), applied
+        validators_hash=powers_hash(powers_of(state.validators)),
+        next_validators_hash=powers_hash(powers_of(applied.state.validators)),
+        randao_reveal=body.randao_reveal,
+        last_commit_hash=last_commit_hash(last_commit),
+        evidence_root=evidence_root(body.evidence),
+    )
+    block = Block(header, tuple(body.txs), posap, last_commit, tuple(body.evidence))
+    # The header rules hold too (time after the parent, roots)
+    check_header(header, parent, chain, block, now_ms=None)
+    return block, applied

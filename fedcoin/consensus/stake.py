@@ -5,15 +5,22 @@ entry that is released to the key's address at the end of block ``created + unbo
 (slashable until then). At the end of an epoch's last block (height a multiple of
 ``epoch_blocks``) the next epoch's set is snapshotted by ``select_validators``: later bond
 changes do not change power before the next boundary. No coin is created or destroyed here.
+
+After every block the proposer priorities advance one step (CometBFT: a set change is applied
+first, with ``proposer.apply_changes``, then ``proposer.next_height_set``), so the state after
+block h holds the set, priorities included, that decides height h+1. The state also keeps the
+membership of every set that decided one of the last ``evidence_max_age`` heights, and forgets
+punished equivocations once they are too old to be evidenced again.
 """
 
 from __future__ import annotations
 
-from fedcoin.consensus.validators import select_validators
+from fedcoin.consensus.proposer import apply_changes, next_height_set
+from fedcoin.consensus.validators import Validator, ValidatorSet, select_validators
 from fedcoin.data.encoding import sha256
 from fedcoin.data.genesis import ChainParams
 from fedcoin.data.keys import PrivateKey, address_of
-from fedcoin.data.state import Account, Draft, Stake, Unbonding
+from fedcoin.data.state import Account, Draft, Members, Stake, Unbonding, powers_of
 from fedcoin.data.tx import Bond, Unbond
 from fedcoin.errors import (
     InsufficientBalance,
@@ -100,13 +107,35 @@ def end_block_stake(draft: Draft, height: int, params: ChainParams) -> None:
             else:
                 kept.append(entry)
         draft.unbonding = kept
+    current = validator_set(draft.validators)
     if height % params.epoch_blocks == 0:
         stakes = draft.bonds()
-        draft.validators = tuple(
-            select_validators(
-                {pk: st.bond for pk, st in stakes.items()},
-                [pk for pk, st in stakes.items() if st.jailed_until],
-                max_validators=params.max_validators,
-                min_bond=params.min_bond,
-            )
+        selected = select_validators(
+            {pk: st.bond for pk, st in stakes.items()},
+            [pk for pk, st in stakes.items() if st.jailed_until],
+            max_validators=params.max_validators,
+            min_bond=params.min_bond,
         )
+        # An empty selection keeps the set: a chain without validators could never move again
+        if selected:
+            current = apply_changes(current, selected)
+    draft.validators = members_of(next_height_set(current))
+    powers = powers_of(draft.validators)
+    recent = draft.recent_sets
+    if not recent or recent[-1][1] != powers:
+        recent = (*recent, (height + 1, powers))
+    # Keep the sets of the heights the next block's evidence may name (and its LastCommit's)
+    oldest = height + 1 - params.evidence_max_age
+    while len(recent) > 1 and recent[1][0] <= oldest:
+        recent = recent[1:]
+    draft.recent_sets = recent
+    draft.punished = tuple(p for p in draft.punished if p[1] >= oldest)
+
+
+def validator_set(members: Members) -> ValidatorSet:
+    """The state's form of a set → a ``ValidatorSet`` with its priorities."""
+    return ValidatorSet(tuple(Validator(pk, power, priority) for pk, power, priority in members))
+
+
+def members_of(validators: ValidatorSet) -> Members:
+    return tuple((v.pubkey, v.power, v.priority) for v in validators.members)

@@ -1,10 +1,14 @@
-"""Blocks: header, body (transactions and an optional PoSap section), Merkle root, shares.
+"""Blocks: header, body (transactions, an optional PoSap section, the parent's commit
+certificate and evidence), Merkle roots, shares.
 
-A block's hash is the hash of its unsigned header; the proposer signs
-``fedcoin/block/v1 || hash``. The header commits to the transactions (``tx_root``, a Merkle root
-over each transaction's full encoding), to the PoSap section (``posap_root``) and to the
-post-state (``state_root``). A PoSap section settles one SV task with miners' shares, or voids it
-when it carries none.
+A block's id is ``header.hash``, the sha256 of the header's encoding; nothing in the block is
+signed by its creator (the Tendermint ``Proposal`` naming the id is what a proposer signs, and a
+block is final once a ``CommitCertificate`` for its id exists). The header commits to every part
+of the body: the transactions (``tx_root``, a Merkle root over each transaction's full
+encoding), the PoSap section (``posap_root``), the parent's certificate (``last_commit_hash``)
+and the evidence (``evidence_root``); and to the post-state (``state_root``) and the validator
+sets of this height and the next (``validators_hash``, ``next_validators_hash``). A PoSap section
+settles one SV task with validators' shares, or voids it when it carries none.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from fedcoin.data.encoding import (
     tuple_of,
     wire,
 )
-from fedcoin.data.keys import TAG_BLOCK, TAG_SHARE, PrivateKey, verify
+from fedcoin.data.keys import TAG_SHARE, PrivateKey, verify
 from fedcoin.data.tx import MAX_CLIENTS, Transaction
+from fedcoin.data.vote import CommitCertificate, DuplicateVoteEvidence
 from fedcoin.errors import DecodeError
 
 BLOCK_VERSION = 1
@@ -43,6 +48,7 @@ ZERO_HASH = bytes(32)
 MAX_BLOCK_TXS = 10_000
 MAX_SHARES = 32
 MAX_TABLE = 1 << 16
+MAX_EVIDENCE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,34 +105,36 @@ class BlockHeader(Record):
     parent: bytes = wire(HASH)
     """Parent's hash; for genesis, the hash of the genesis configuration."""
     timestamp_ms: int = wire(U64)
-    """Proposer's clock, milliseconds since the epoch; increases along the chain."""
+    """Creator's clock, milliseconds since the epoch; ≥ parent's + min_block_interval_ms."""
     proposer_pubkey: bytes = wire(PUBKEY_OR_ZERO)
-    """Who made the block and collects fees and the remainder of the miners' pool."""
+    """The block's creator (a member of the height's set): collects fees and the block reward,
+    even when another validator re-proposes the block in a later round; zeros for genesis."""
     tx_root: bytes = wire(HASH)
     """Merkle root of the transactions."""
     posap_root: bytes = wire(HASH)
     """Hash of the PoSap section, or zeros when there is none."""
     state_root: bytes = wire(HASH)
     """Hash of the state after this block."""
-    weight: int = wire(U64)
-    """Cumulative chain weight up to and including this block."""
-    signature: bytes = wire(SIGNATURE)
-    """Proposer's signature over ``fedcoin/block/v1 || hash``; zeros for genesis."""
+    validators_hash: bytes = wire(HASH)
+    """Hash of the (public key, power) list of this height's validator set."""
+    next_validators_hash: bytes = wire(HASH)
+    """The same for the next height's set (differs only after an epoch's last block)."""
+    randao_reveal: bytes = wire(HASH)
+    """The creator's next randao preimage: its sha256 is the creator's registered tip."""
+    last_commit_hash: bytes = wire(HASH)
+    """Hash of the parent's commit certificate; zeros at height 1 (genesis has none)."""
+    evidence_root: bytes = wire(HASH)
+    """Merkle root of the evidence items; zeros when there is none."""
 
     @property
     def hash(self) -> bytes:
-        return sha256(encode(self.to_wire()[:-1]))
-
-    def signature_ok(self) -> bool:
-        return verify(self.proposer_pubkey, TAG_BLOCK, self.hash, self.signature)
-
-    def signed(self, key: PrivateKey) -> BlockHeader:
-        unsigned = replace(self, proposer_pubkey=key.public, signature=bytes(64))
-        return replace(unsigned, signature=key.sign(TAG_BLOCK, unsigned.hash))
+        return sha256(self.encode())
 
 
 _TXS = list_of(nested(Transaction), MAX_BLOCK_TXS)  # type: ignore[arg-type]
 _POSAP = optional(nested(PosapSection))
+_LAST_COMMIT = optional(nested(CommitCertificate))
+_EVIDENCE = list_of(nested(DuplicateVoteEvidence), MAX_EVIDENCE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +144,13 @@ class Block:
     header: BlockHeader
     """The header."""
     txs: tuple[Transaction, ...]
-    """Transactions, applied in order after the PoSap section."""
+    """Transactions, applied in order after the evidence and the PoSap section."""
     posap: PosapSection | None = None
-    """Settlement or void of the oldest pending SV task, if any is pending."""
+    """Settlement or void of the oldest pending SV task, if the block carries one."""
+    last_commit: CommitCertificate | None = None
+    """The parent's commit certificate; None only at height 1 (genesis has none)."""
+    evidence: tuple[DuplicateVoteEvidence, ...] = ()
+    """Equivocations to punish, each at most ``evidence_max_age`` blocks old."""
 
     @property
     def hash(self) -> bytes:
@@ -153,20 +165,39 @@ class Block:
         return self.header.parent
 
     def to_wire(self) -> list[Any]:
-        return [self.header.to_wire(), _TXS.pack(self.txs), _POSAP.pack(self.posap)]
+        return [
+            self.header.to_wire(),
+            _TXS.pack(self.txs),
+            _POSAP.pack(self.posap),
+            _LAST_COMMIT.pack(self.last_commit),
+            _EVIDENCE.pack(self.evidence),
+        ]
 
     @classmethod
     def from_wire(cls, raw: Any) -> Self:
-        if type(raw) is not list or len(raw) != 3:
-            raise DecodeError("Block: expected an array of 3 fields")
-        return cls(BlockHeader.from_wire(raw[0]), _TXS.unpack(raw[1]), _POSAP.unpack(raw[2]))
+        if type(raw) is not list or len(raw) != 5:
+            raise DecodeError("Block: expected an array of 5 fields")
+        return cls(
+            BlockHeader.from_wire(raw[0]),
+            _TXS.unpack(raw[1]),
+            _POSAP.unpack(raw[2]),
+            _LAST_COMMIT.unpack(raw[3]),
+            _EVIDENCE.unpack(raw[4]),
+        )
 
     def encode(self) -> bytes:
         return encode(self.to_wire())
 
     @classmethod
     def max_objects(cls) -> int:
-        return 1 + BlockHeader.max_objects() + _TXS.objects + _POSAP.objects
+        return (
+            1
+            + BlockHeader.max_objects()
+            + _TXS.objects
+            + _POSAP.objects
+            + _LAST_COMMIT.objects
+            + _EVIDENCE.objects
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
@@ -198,6 +229,9 @@ def posap_root(section: PosapSection | None) -> bytes:
     return ZERO_HASH if section is None else sha256(section.encode())
 
 
-def block_weight(section: PosapSection | None) -> int:
-    """A block's own weight: 1, plus one per share it carries (DESIGN §5)."""
-    return 1 + (len(section.shares) if section is not None else 0)
+def last_commit_hash(certificate: CommitCertificate | None) -> bytes:
+    return ZERO_HASH if certificate is None else sha256(certificate.encode())
+
+
+def evidence_root(evidence: Sequence[DuplicateVoteEvidence]) -> bytes:
+    return merkle_root([item.encode() for item in evidence])

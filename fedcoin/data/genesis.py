@@ -40,7 +40,7 @@ from fedcoin.data.encoding import (
     wire,
 )
 from fedcoin.data.keys import format_address, parse_address
-from fedcoin.data.state import Account, Stake, State
+from fedcoin.data.state import Account, Stake, State, powers_hash, powers_of
 from fedcoin.data.vote import MAX_VALIDATORS
 from fedcoin.errors import DecodeError, GenesisError
 
@@ -72,6 +72,12 @@ class ChainParams(Record):
     """Blocks an Unbond entry stays slashable before it is released to the balance."""
     jail_blocks: int = field(default=100, metadata={"codec": U32})
     """Blocks after jailing before a Bond may return the key to eligibility."""
+    evidence_max_age: int = field(default=50, metadata={"codec": U32})
+    """Most blocks between an equivocation and the block that includes its evidence."""
+    slash_bps: int = field(default=1_000, metadata={"codec": U32})
+    """Part of the bond (and of later unbonding entries) an equivocation costs, in 1/10 000."""
+    slash_reward_bps: int = field(default=1_000, metadata={"codec": U32})
+    """Part of a slash paid to the creator of the block with the evidence; the rest is burned."""
 
 
 DEFAULT_PARAMS = ChainParams(
@@ -96,6 +102,11 @@ def check_stake_params(params: ChainParams) -> None:
     # Stake that leaves must stay slashable for longer than the power snapshotted from it lasts
     if params.unbonding_blocks <= params.epoch_blocks:
         raise GenesisError("unbonding_blocks must be greater than epoch_blocks")
+    # ... and for longer than evidence against it may arrive
+    if not 1 <= params.evidence_max_age < params.unbonding_blocks:
+        raise GenesisError("evidence_max_age must be at least 1 and below unbonding_blocks")
+    if params.slash_bps > 10_000 or params.slash_reward_bps > 10_000:
+        raise GenesisError("slash_bps and slash_reward_bps are parts of 10 000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +144,16 @@ class Genesis(Record):
         supply = sum(amount for _, amount in self.allocations) + sum(
             v.bond for v in self.validators
         )
-        members = tuple(sorted((v.pubkey, v.bond) for v in self.validators))
-        return State(accounts, {}, (), supply, stakes, (), members)
+        powers = tuple(sorted((v.pubkey, v.bond) for v in self.validators))
+        # Every member new: priorities all 0 (proposer.genesis_set); mix[0] = the config hash
+        members = tuple((pk, power, 0) for pk, power in powers)
+        recent = ((1, powers),)
+        return State(accounts, {}, (), supply, stakes, (), members, self.config_hash, recent, ())
+
+    @property
+    def config_hash(self) -> bytes:
+        """sha256 of the configuration: the genesis block's ``parent`` and the randao ``mix[0]``."""
+        return sha256(self.encode())
 
     def check_validators(self) -> None:
         """Every listed validator qualifies, so all of them form the first set."""
@@ -153,17 +172,21 @@ class Genesis(Record):
 
     def block(self) -> Block:
         """The genesis block; its hash identifies the network."""
+        state = self.state()
         header = BlockHeader(
             version=BLOCK_VERSION,
             height=0,
-            parent=sha256(self.encode()),
+            parent=self.config_hash,
             timestamp_ms=self.timestamp_ms,
             proposer_pubkey=bytes(32),
             tx_root=ZERO_HASH,
             posap_root=ZERO_HASH,
-            state_root=self.state().root(),
-            weight=0,
-            signature=bytes(64),
+            state_root=state.root(),
+            validators_hash=powers_hash(powers_of(state.validators)),
+            next_validators_hash=powers_hash(powers_of(state.validators)),
+            randao_reveal=ZERO_HASH,
+            last_commit_hash=ZERO_HASH,
+            evidence_root=ZERO_HASH,
         )
         return Block(header, ())
 

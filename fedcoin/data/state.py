@@ -1,5 +1,7 @@
 """Ledger state: accounts, FL tasks, the FIFO queue of pending SV tasks, total supply, and the
-stake (DESIGN §5): bonds per validator key, unbonding entries, and the current validator set.
+stake (DESIGN §5): bonds per validator key, unbonding entries, the validator set that decides the
+next height (with its proposer priorities), the randao mix, the sets of the recent heights (to
+check evidence and the next block's LastCommit) and the equivocations already punished.
 
 ``State`` is immutable by convention: rules never mutate one. They open a ``Draft`` over it,
 change the draft, and ``freeze`` it into a new ``State`` that shares every untouched entry with
@@ -16,6 +18,7 @@ from typing import Any
 from fedcoin.data.encoding import (
     ADDRESS,
     HASH,
+    I64,
     PUBKEY,
     U8,
     U32,
@@ -26,9 +29,11 @@ from fedcoin.data.encoding import (
     list_of,
     nested,
     sha256,
+    tuple_of,
     wire,
 )
 from fedcoin.data.tx import MAX_CLIENTS, ClientUpdate, ContentRef, TaskSpec
+from fedcoin.data.vote import MAX_VALIDATORS
 from fedcoin.errors import DecodeError
 
 
@@ -128,8 +133,29 @@ class Unbonding(Record):
     """created + unbonding_blocks: released at the end of this height's block."""
 
 
-#: A validator set as the state keeps it: (public key, power) sorted by key.
-Members = tuple[tuple[bytes, int], ...]
+#: A validator set as the state keeps it: (public key, power, proposer priority) sorted by key.
+Members = tuple[tuple[bytes, int, int], ...]
+#: A set's membership without priorities: (public key, power) sorted by key.
+Powers = tuple[tuple[bytes, int], ...]
+#: The sets of recent heights: (first height the set decides, its membership), oldest first.
+RecentSets = tuple[tuple[int, Powers], ...]
+#: Equivocations already punished: (validator public key, height of the infraction), sorted.
+Punished = tuple[tuple[bytes, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _PowersRecord(Record):
+    members: Powers = wire(list_of(tuple_of(PUBKEY, U64), MAX_VALIDATORS))
+
+
+def powers_hash(powers: Powers) -> bytes:
+    """The hash a header's ``validators_hash`` carries: ``[[pubkey, power], …]`` sorted by key
+    (the same as ``ValidatorSet.hash``; the data layer needs it for the genesis header)."""
+    return sha256(encode(_PowersRecord(powers).to_wire()))
+
+
+def powers_of(members: Members) -> Powers:
+    return tuple((pk, power) for pk, power, _ in members)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +175,14 @@ class State:
     unbonding: tuple[Unbonding, ...] = ()
     """Entries not yet released, in creation order."""
     validators: Members = ()
-    """This epoch's set: (public key, power) sorted by key, power snapshotted at the boundary."""
+    """The set that decides the next height: (public key, power, priority) sorted by key; power
+    is snapshotted at the epoch boundary, priorities advance one step per height."""
+    mix: bytes = bytes(32)
+    """The randao mix after this block (``mix[0]`` = the genesis hash)."""
+    recent_sets: RecentSets = ()
+    """(first height, membership) of every set that decided a height evidence may still name."""
+    punished: Punished = ()
+    """(validator, infraction height) already slashed, until the infraction ages out."""
 
     def account(self, address: bytes) -> Account:
         return self.accounts.get(address, EMPTY_ACCOUNT)
@@ -165,7 +198,10 @@ class State:
             self.supply,
             [[pk, st.to_wire()] for pk, st in sorted(self.stakes.items())],
             [u.to_wire() for u in self.unbonding],
-            [[pk, power] for pk, power in self.validators],
+            [[pk, power, priority] for pk, power, priority in self.validators],
+            self.mix,
+            [[first, [[pk, power] for pk, power in powers]] for first, powers in self.recent_sets],
+            [[pk, height] for pk, height in self.punished],
         ]
 
     def encode(self) -> bytes:
@@ -174,7 +210,18 @@ class State:
     @classmethod
     def from_wire(cls, raw: Any) -> State:
         try:
-            accounts_raw, tasks_raw, queue_raw, supply, stakes_raw, unbonding_raw, members = raw
+            (
+                accounts_raw,
+                tasks_raw,
+                queue_raw,
+                supply,
+                stakes_raw,
+                unbonding_raw,
+                members,
+                mix,
+                recent_raw,
+                punished_raw,
+            ) = raw
             accounts = {
                 ADDRESS.unpack(a): Account(U64.unpack(b), U64.unpack(n)) for a, b, n in accounts_raw
             }
@@ -182,10 +229,28 @@ class State:
             queue = tuple(SvTask.from_wire(sv) for sv in queue_raw)
             stakes = {PUBKEY.unpack(pk): Stake.from_wire(st) for pk, st in stakes_raw}
             unbonding = tuple(Unbonding.from_wire(u) for u in unbonding_raw)
-            validators = tuple((PUBKEY.unpack(pk), U64.unpack(p)) for pk, p in members)
+            validators = tuple(
+                (PUBKEY.unpack(pk), U64.unpack(p), I64.unpack(q)) for pk, p, q in members
+            )
+            recent = tuple(
+                (U64.unpack(first), tuple((PUBKEY.unpack(pk), U64.unpack(p)) for pk, p in powers))
+                for first, powers in recent_raw
+            )
+            punished = tuple((PUBKEY.unpack(pk), U64.unpack(h)) for pk, h in punished_raw)
         except (TypeError, ValueError) as exc:
             raise DecodeError(f"State: {exc}") from exc
-        return cls(accounts, tasks, queue, U64.unpack(supply), stakes, unbonding, validators)
+        return cls(
+            accounts,
+            tasks,
+            queue,
+            U64.unpack(supply),
+            stakes,
+            unbonding,
+            validators,
+            HASH.unpack(mix),
+            recent,
+            punished,
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> State:
@@ -205,7 +270,15 @@ class State:
 
     def is_validator(self, pubkey: bytes) -> bool:
         """``pubkey`` is a member of this epoch's set."""
-        return any(pk == pubkey for pk, _ in self.validators)
+        return any(pk == pubkey for pk, _, _ in self.validators)
+
+    def powers_at(self, height: int) -> Powers | None:
+        """The membership that decided ``height``, if the state still keeps it."""
+        found: Powers | None = None
+        for first, powers in self.recent_sets:
+            if first <= height:
+                found = powers
+        return found
 
     def bond_of(self, pubkey: bytes) -> int:
         found = self.stakes.get(pubkey)
@@ -227,6 +300,9 @@ class Draft:
         "supply",
         "unbonding",
         "validators",
+        "mix",
+        "recent_sets",
+        "punished",
     )
 
     def __init__(self, base: State) -> None:
@@ -238,6 +314,9 @@ class Draft:
         self.supply = base.supply
         self.unbonding: list[Unbonding] = list(base.unbonding)
         self.validators: Members = base.validators
+        self.mix = base.mix
+        self.recent_sets: RecentSets = base.recent_sets
+        self.punished: Punished = base.punished
 
     def account(self, address: bytes) -> Account:
         found = self._accounts.get(address)
@@ -290,65 +369,7 @@ class Draft:
             stakes,
             tuple(self.unbonding),
             self.validators,
+            self.mix,
+            self.recent_sets,
+            self.punished,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class StateDelta:
-    """What one block changed: the new values of touched accounts, tasks and stakes; the whole
-    queue, supply, unbonding list and validator set."""
-
-    accounts: dict[bytes, Account]
-    tasks: dict[bytes, TaskState]
-    queue: tuple[SvTask, ...]
-    supply: int
-    stakes: dict[bytes, Stake] = field(default_factory=dict)
-    unbonding: tuple[Unbonding, ...] = ()
-    validators: Members = ()
-
-    @classmethod
-    def between(cls, parent: State, child: State) -> StateDelta:
-        """The entries of ``child`` that differ from ``parent``'s."""
-        pa, pt = parent.accounts, parent.tasks
-        accounts = {
-            a: v for a, v in child.accounts.items() if pa.get(a) is not v and pa.get(a) != v
-        }
-        tasks = {t: v for t, v in child.tasks.items() if pt.get(t) is not v and pt.get(t) != v}
-        ps = parent.stakes
-        stakes = {k: v for k, v in child.stakes.items() if ps.get(k) is not v and ps.get(k) != v}
-        return cls(
-            accounts,
-            tasks,
-            child.queue,
-            child.supply,
-            stakes,
-            child.unbonding,
-            child.validators,
-        )
-
-    def apply(self, parent: State) -> State:
-        accounts = {**parent.accounts, **self.accounts} if self.accounts else parent.accounts
-        tasks = {**parent.tasks, **self.tasks} if self.tasks else parent.tasks
-        stakes = {**parent.stakes, **self.stakes} if self.stakes else parent.stakes
-        return State(
-            accounts, tasks, self.queue, self.supply, stakes, self.unbonding, self.validators
-        )
-
-    def _as_state(self) -> State:
-        return State(
-            self.accounts,
-            self.tasks,
-            self.queue,
-            self.supply,
-            self.stakes,
-            self.unbonding,
-            self.validators,
-        )
-
-    def encode(self) -> bytes:
-        return self._as_state().encode()
-
-    @classmethod
-    def decode(cls, data: bytes) -> StateDelta:
-        s = State.decode(data)
-        return cls(s.accounts, s.tasks, s.queue, s.supply, s.stakes, s.unbonding, s.validators)

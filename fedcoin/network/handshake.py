@@ -70,11 +70,11 @@ async def handshake(
 async def _exchange(
     peer: Peer, me: Identity, chain: ChainView, refused: Callable[[Hello, bool], str | None]
 ) -> None:
-    head, height, weight = chain.status()
+    head, height = chain.status()
     nonce = os.urandom(32)
     mine = Hello(
         PROTOCOL_VERSION, me.chain_id, me.genesis, me.key.public, me.advertised,
-        head, height, weight, nonce,
+        head, height, nonce,
     )  # fmt: skip
     await peer.conn.send(encode_message(mine))
     hello = await _expect(peer, Hello)
@@ -112,6 +112,7 @@ async def _exchange(
     # Keep the checked form: whoever reads ``hello.listen`` later (content fetches build URLs
     # from it) sees a canonical host:port or "", never the peer's raw text.
     peer.hello = replace(hello, listen=advertised)
+    peer.height = hello.height
     peer.advertised = advertised
 
 

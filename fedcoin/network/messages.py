@@ -33,11 +33,11 @@ from fedcoin.data.encoding import (
     wire,
 )
 from fedcoin.data.tx import Transaction
+from fedcoin.data.vote import CommitCertificate, DuplicateVoteEvidence, Proposal, Vote
 from fedcoin.errors import DecodeError, FrameTooLarge, ProtocolViolation
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_PEERS_LISTED = 64
-MAX_LOCATOR = 64
 MAX_BLOCKS_BATCH = 128
 
 #: Largest transaction frame: a SubmitRound with MAX_CLIENTS updates is under 20 KiB.
@@ -48,8 +48,14 @@ MAX_SHARE_BYTES = 1024 * 1024
 MAX_BLOCK_BYTES = 40 * 1024 * 1024
 #: Hello and Auth: a few hundred bytes.
 HANDSHAKE_FRAME_BYTES = 1024
-#: Ping, Pong, GetPeers, GetBlocks (64 hashes) and Peers (64 addresses): a few KiB.
+#: Ping, Pong, GetPeers, GetBlocks and Peers (64 addresses): a few KiB.
 SMALL_FRAME_BYTES = 16 * 1024
+#: A vote is about 160 bytes (DESIGN §7: a vote ≤ 512 B).
+MAX_VOTE_BYTES = 512
+#: Evidence: two votes and an envelope.
+MAX_EVIDENCE_BYTES = 1024
+#: A commit certificate of MAX_VALIDATORS signatures (about 101 bytes each) and its envelope.
+MAX_CERTIFICATE_BYTES = 128 * 1024
 
 
 class Message(Record):
@@ -77,11 +83,9 @@ class Hello(Message):
     listen: str = wire(text(128))
     """``host:port`` where the node accepts peers, or empty."""
     head: bytes = wire(HASH)
-    """Hash of the node's head."""
+    """Hash of the node's last committed block."""
     height: int = wire(U64)
-    """Height of the head."""
-    weight: int = wire(U64)
-    """Cumulative weight of the head."""
+    """Height of the last committed block (committed blocks are final: no weight)."""
     nonce: bytes = wire(HASH)
     """Fresh random challenge; the other side proves its key by signing it (``Auth``)."""
 
@@ -132,35 +136,67 @@ class ShareMessage(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class BlockMessage(Message):
-    """A new block."""
+class ProposalMessage(Message):
+    """A round's proposer offers a block: the signed ``Proposal`` and the block it names."""
 
-    TYPE: ClassVar[int] = 6
+    TYPE: ClassVar[int] = 12
     GOSSIP: ClassVar[bool] = True
+    proposal: Proposal = wire(nested(Proposal))
+    """The signed proposal (height, round, pol_round, block id, proposer)."""
     block: Block = wire(nested(Block))  # type: ignore[arg-type]
-    """The block."""
+    """The proposed block; its hash must be ``proposal.block_id``."""
+
+
+@dataclass(frozen=True, slots=True)
+class VoteMessage(Message):
+    """A signed prevote or precommit."""
+
+    TYPE: ClassVar[int] = 13
+    GOSSIP: ClassVar[bool] = True
+    vote: Vote = wire(nested(Vote))
+    """The vote."""
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceMessage(Message):
+    """Proof that a validator signed two different votes for one height, round and type."""
+
+    TYPE: ClassVar[int] = 14
+    GOSSIP: ClassVar[bool] = True
+    evidence: DuplicateVoteEvidence = wire(nested(DuplicateVoteEvidence))
+    """The two conflicting votes, in canonical order."""
 
 
 @dataclass(frozen=True, slots=True)
 class GetBlocks(Message):
-    """Ask for canonical blocks after the first locator hash the receiver knows."""
+    """Ask for committed blocks from ``from_height`` on, each with its certificate."""
 
     TYPE: ClassVar[int] = 7
-    locator: tuple[bytes, ...] = wire(list_of(HASH, MAX_LOCATOR))
-    """Hashes back from the asker's head to genesis."""
+    from_height: int = wire(U64)
+    """The first height wanted (the asker's committed height + 1)."""
     limit: int = wire(U16)
     """Most blocks wanted."""
 
 
 @dataclass(frozen=True, slots=True)
+class CommittedBlock(Record):
+    """A committed block and the certificate that committed it (an item of ``Blocks``)."""
+
+    block: Block = wire(nested(Block))  # type: ignore[arg-type]
+    """The block."""
+    certificate: CommitCertificate = wire(nested(CommitCertificate))
+    """Precommits for it from more than 2/3 of its height's power."""
+
+
+@dataclass(frozen=True, slots=True)
 class Blocks(Message):
-    """Blocks in chain order, answering ``GetBlocks``."""
+    """Committed blocks in height order from the asked height, answering ``GetBlocks``."""
 
     TYPE: ClassVar[int] = 8
-    blocks: tuple[Block, ...] = wire(
-        list_of(nested(Block), MAX_BLOCKS_BATCH)  # type: ignore[arg-type]
-    )
-    """The blocks."""
+    blocks: tuple[CommittedBlock, ...] = wire(list_of(nested(CommittedBlock), MAX_BLOCKS_BATCH))
+    """The blocks with their certificates; empty when the answerer has none from there."""
+    height: int = wire(U64)
+    """The answerer's committed height (more may follow)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +218,7 @@ class Pong(Message):
 
 
 _ALL: tuple[type[Message], ...] = (Hello, GetPeers, Peers, TxMessage, ShareMessage)
-_ALL += (BlockMessage, GetBlocks, Blocks, Ping, Pong, Auth)
+_ALL += (GetBlocks, Blocks, Ping, Pong, Auth, ProposalMessage, VoteMessage, EvidenceMessage)
 MESSAGE_TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in _ALL}
 FRAME_BOUNDS: dict[type[Message], int] = {
     Hello: HANDSHAKE_FRAME_BYTES,
@@ -194,8 +230,11 @@ FRAME_BOUNDS: dict[type[Message], int] = {
     GetBlocks: SMALL_FRAME_BYTES,
     TxMessage: MAX_TX_BYTES,
     ShareMessage: MAX_SHARE_BYTES,
-    BlockMessage: MAX_BLOCK_BYTES,
-    Blocks: MAX_BLOCK_BYTES + 64 * 1024,
+    VoteMessage: MAX_VOTE_BYTES,
+    EvidenceMessage: MAX_EVIDENCE_BYTES,
+    ProposalMessage: MAX_BLOCK_BYTES + 1024,
+    # An answer holds items up to MAX_BLOCK_BYTES in all, and always at least one whole item
+    Blocks: MAX_BLOCK_BYTES + MAX_CERTIFICATE_BYTES + 64 * 1024,
 }
 #: The largest frame of any type: what the transport accepts at most.
 MAX_FRAME_BYTES = max(FRAME_BOUNDS.values())

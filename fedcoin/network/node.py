@@ -144,10 +144,7 @@ class P2PNode:
         self.notifier = notifier if notifier is not None else Notifier()
         self.max_frame_bytes = min(config.max_message_bytes, MAX_FRAME_BYTES)
         self.book = AddressBook(config.bootstrap, limits, self._own_addresses)
-        self.syncer = Syncer(
-            chain, limits, self.handlers, self.seen,
-            self.relay, self.penalise, self._notify,
-        )  # fmt: skip
+        self.syncer = Syncer(chain, limits, self.penalise, self._notify)
         self.pipeline = Pipeline(
             peers=self.peers, handlers=self.handlers, seen=self.seen, syncer=self.syncer,
             book=self.book, max_frame_bytes=self.max_frame_bytes, penalise=self.penalise,

@@ -54,7 +54,7 @@ class PeerLimits:
     sync_burst_bytes: float = 32 * 1024 * 1024
     """GetBlocks answer bytes a peer may cost us at once."""
     getblocks_base_cost: int = 64 * 1024
-    """What one GetBlocks costs before its answer (the locator lookup), in answer bytes."""
+    """What one GetBlocks costs before its answer (the height lookup), in answer bytes."""
     max_answer_bytes: int = 4 * 1024 * 1024
     """Bytes of blocks in one ``Blocks`` answer (at least one block is always sent)."""
     max_addresses_per_peer: int = 32
@@ -129,6 +129,8 @@ class Peer:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(limits.send_queue)
         self.sync_bucket = TokenBucket(limits.sync_bytes_per_second, limits.sync_burst_bytes, clock)
         self.syncing = False
+        #: The peer's committed height as we last learnt it (Hello, a Blocks answer).
+        self.height = 0
         self.pongs = 0
         self.connected_at = clock()
         #: When the peer last gave us something new and valid (gossip, sync blocks).

@@ -1,29 +1,27 @@
-"""Chain sync: what the network needs of the chain, and how to answer and make requests.
+"""Chain sync: fetch committed blocks, each with the certificate that committed it.
 
-On a ``Hello`` or ``Block`` that shows a heavier chain or an unknown parent, a node sends
-``GetBlocks(locator)``; the peer answers with its canonical blocks after the first locator hash
-it knows (their common ancestor), in bounded batches. Each fetched block goes through the same
-block handler as a gossiped one, so it is validated the same way; importing a heavier branch
-reorganises. A full batch means there may be more, so the node asks again from its new head.
+Committed blocks are final, so sync has no fork choice and compares no weights: a node behind
+a peer (the peer's ``Hello`` shows a higher committed height, or the peer sends consensus
+messages of a height ahead of ours) asks ``GetBlocks(from_height)`` — our committed height + 1 —
+and the peer answers with its committed blocks from there, in bounded batches, each with its
+certificate (the tip's too, so a node can catch up to the very last block). Each block is
+committed through ``ChainView.import_committed``, which checks its certificate against the
+validator set of its height. A full batch, or a peer still ahead, means more: ask again.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Protocol
 
-from fedcoin.data.block import Block
 from fedcoin.errors import Ignore, NeedsSync, Reject
-from fedcoin.network.gossip import Handlers, SeenCache
 from fedcoin.network.messages import (
     MAX_BLOCK_BYTES,
-    MAX_LOCATOR,
-    BlockMessage,
     Blocks,
+    CommittedBlock,
     GetBlocks,
     encode_message,
-    message_id,
 )
 from fedcoin.network.peers import PENALTY_FLOOD, Peer, PeerLimits
 
@@ -33,16 +31,17 @@ MAX_WAIT = 2.0
 
 
 class ChainView(Protocol):
-    """The chain as the network sees it (the application adapts its ``Chain`` to this)."""
+    """The committed chain as the network sees it (the application adapts its ``Chain``)."""
 
-    def status(self) -> tuple[bytes, int, int]:
-        """(head hash, head height, head cumulative weight)."""
+    def status(self) -> tuple[bytes, int]:
+        """(hash, height) of the last committed block."""
 
-    def locator(self) -> list[bytes]:
-        """Hashes back from the head to genesis, dense near the head."""
+    def committed_from(self, height: int, limit: int) -> list[CommittedBlock]:
+        """Up to ``limit`` committed blocks from ``height`` on, with their certificates."""
 
-    def blocks_after(self, locator: Sequence[bytes], limit: int) -> list[Block]:
-        """Canonical blocks after the first locator hash on our canonical chain."""
+    async def import_committed(self, item: CommittedBlock) -> bool:
+        """Commit a fetched block if its certificate holds; True if it was new. Raises
+        ``Reject`` (invalid), ``NeedsSync`` (does not extend our chain) or ``Ignore``."""
 
 
 class Syncer:
@@ -64,28 +63,22 @@ class Syncer:
         self,
         chain: ChainView,
         limits: PeerLimits,
-        handlers: Handlers,
-        seen: SeenCache,
-        relay: Callable[[bytes, Peer | None], None],
         penalise: Callable[[Peer, int, str], None],
         notify: Callable[[], None],
     ) -> None:
         self.chain = chain
         self.limits = limits
-        self.handlers = handlers
-        self.seen = seen
-        self.relay = relay
         self.penalise = penalise
         self.notify = notify
 
     def maybe_sync(self, peer: Peer, force: bool = False) -> None:
-        """Ask ``peer`` for blocks when it is heavier (or a block of it had no parent here)."""
+        """Ask ``peer`` for committed blocks when it is ahead of us (or we learnt we are behind)."""
         if peer.syncing or peer.hello is None:
             return
-        _, _, weight = self.chain.status()
-        if force or peer.hello.weight > weight:
+        _, height = self.chain.status()
+        if force or peer.height > height:
             peer.syncing = True
-            peer.enqueue(GetBlocks(tuple(self.chain.locator()[:MAX_LOCATOR]), SYNC_BATCH))
+            peer.enqueue(GetBlocks(height + 1, SYNC_BATCH))
 
     async def answer(self, peer: Peer, message: GetBlocks) -> None:
         if peer.answering is not None:
@@ -102,43 +95,35 @@ class Syncer:
             bucket.charge(base)
         limit = max(1, min(message.limit, SYNC_BATCH))
         budget = min(self.limits.max_answer_bytes, MAX_BLOCK_BYTES)  # the answer fits a frame
-        blocks: list[Block] = []
+        items: list[CommittedBlock] = []
         size = 0
-        for block in self.chain.blocks_after(message.locator, limit):
-            block_bytes = len(block.encode())
-            if blocks and size + block_bytes > budget:
+        for item in self.chain.committed_from(max(message.from_height, 1), limit):
+            item_bytes = len(item.encode())
+            if items and size + item_bytes > budget:
                 break
-            blocks.append(block)
-            size += block_bytes
+            items.append(item)
+            size += item_bytes
         peer.sync_bucket.charge(size)
-        frame = encode_message(Blocks(tuple(blocks)))
+        frame = encode_message(Blocks(tuple(items), self.chain.status()[1]))
         if peer.enqueue(frame):
             peer.answering = frame
 
     async def on_blocks(self, peer: Peer, message: Blocks) -> None:
         peer.syncing = False
-        handler = self.handlers.get(BlockMessage)
-        if handler is None or not message.blocks:
-            return
-        head_before = self.chain.status()[0]
-        for block in message.blocks:
+        peer.height = max(peer.height, message.height)
+        _, before = self.chain.status()
+        for item in message.blocks:
+            if item.block.height <= self.chain.status()[1]:
+                continue  # committed meanwhile (by our own consensus, or another answer)
             try:
-                await handler(BlockMessage(block), peer)
+                new = await self.chain.import_committed(item)
             except NeedsSync:
                 raise Reject("sync batch does not connect to our chain") from None
             except Ignore:
-                continue
-            peer.last_useful = peer.sync_bucket.clock()
-            self.seen.add(message_id(encode_message(BlockMessage(block))))
+                break  # cannot check it now (content): ask again later
+            if new:
+                peer.last_useful = peer.sync_bucket.clock()
         self.notify()
-        head, _, weight = self.chain.status()
-        if len(message.blocks) >= SYNC_BATCH or (
-            # an answer cut short by the answerer's byte bound: there is more to fetch
-            head != head_before and peer.hello is not None and weight < peer.hello.weight
-        ):
+        _, height = self.chain.status()
+        if height > before and peer.height > height:
             self.maybe_sync(peer, force=True)
-        elif head != head_before:
-            # Announce the new tip to everyone else; a peer that lacks its ancestors syncs.
-            tip = message.blocks[-1]
-            if self.chain.status()[0] == tip.hash:
-                self.relay(encode_message(BlockMessage(tip)), peer)

@@ -7,6 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedcoin.application.full_node import FullNode, FullNodeConfig
+from fedcoin.application.node_consensus import ConsensusConfig
+from fedcoin.consensus.tendermint_io import Timeouts
 from fedcoin.data.genesis import DEFAULT_PARAMS, Genesis
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.tx import DEFAULT_POSAP
@@ -14,6 +16,8 @@ from fedcoin.network.node import Notifier
 from tests.helpers import CHAIN_ID, FC, MINER, key, validators_of
 
 FAST_PARAMS = replace(DEFAULT_PARAMS, min_block_interval_ms=200)
+#: Short local consensus timeouts (a round without its proposer costs about a second).
+FAST_CONSENSUS = ConsensusConfig(timeouts=Timeouts(800, 200, 400, 100, 400, 100), heartbeat_ms=5000)
 FAST_POSAP = replace(DEFAULT_POSAP, share_window_ms=400, posap_timeout_ms=60_000)
 SERVER_KEY = key("fl-server")
 PUBLISHER_KEY = key("publisher")
@@ -23,13 +27,19 @@ CLIENT_KEYS = [key(f"fl-client-{i}") for i in range(8)]
 
 def cluster_genesis(validators: list[PrivateKey] | None = None) -> Genesis:
     """The cluster's network; its miners (``MINER_KEYS``, and ``ChainBuilder``'s default
-    proposer ``MINER`` for tests that craft blocks) are the validators by default."""
+    proposer ``MINER`` for tests that craft blocks) are the validators by default. Node 0 then
+    bonds ten times the others: more than 2/3 of the power, so that a cluster of node 0 alone
+    commits blocks (BFT finality) and the others, when started, vote beside it."""
     alloc = {SERVER_KEY: 1_000 * FC, PUBLISHER_KEY: 1_000 * FC}
     rows = tuple(sorted((k.address, v) for k, v in alloc.items()))
-    chosen = [*MINER_KEYS, MINER] if validators is None else validators
-    return Genesis(
-        CHAIN_ID, 1_700_000_000_000, rows, FAST_PARAMS, validators_of(chosen, FAST_PARAMS.min_bond)
-    )
+    bond = FAST_PARAMS.min_bond
+    if validators is None:
+        chosen = validators_of(MINER_KEYS[1:] + [MINER], bond)
+        heavy = validators_of(MINER_KEYS[:1], 10 * bond)
+        chosen = tuple(sorted((*chosen, *heavy), key=lambda v: v.pubkey))
+    else:
+        chosen = validators_of(validators, bond)
+    return Genesis(CHAIN_ID, 1_700_000_000_000, rows, FAST_PARAMS, chosen)
 
 
 class Cluster:
@@ -55,6 +65,7 @@ class Cluster:
             key=key or MINER_KEYS[index],
             bootstrap=bootstrap,
             notifier=self.notifier,
+            consensus=FAST_CONSENSUS,
         )
 
     async def start(self, index: int, key: PrivateKey | None = None, **overrides) -> FullNode:

@@ -151,7 +151,7 @@ async def test_explorer_in_a_real_browser(settled: Settled, chromium: str) -> No
     cluster, node, task_id, reports, _ = settled
     async with Browser(chromium) as browser:
         await browser.goto(node.url + "/")
-        # The overview shows this node's head, and says there is no finality yet.
+        # The overview shows this node's head, and says what finality means now.
         head = node.chain.head.hash.hex()
         shown = await browser.wait_for(
             f"document.querySelector('#head')?.textContent === '{head}'"
@@ -159,14 +159,14 @@ async def test_explorer_in_a_real_browser(settled: Settled, chromium: str) -> No
         )
         assert shown is True or int(shown) >= node.chain.head.height
         assert await browser.evaluate("document.querySelector('#finality').textContent") == (
-            "none yet"
+            "every block shown is committed"
         )
         # The validator set with its stake: every member of the head state's set is listed.
         shown_validators = await browser.evaluate(
             "[...document.querySelectorAll('table.validators a.account-link')]"
             ".map((a) => a.getAttribute('href').split('/').pop())"
         )
-        members = [format_address(address_of(pk)) for pk, _ in node.chain.head_state().validators]
+        members = [format_address(address_of(m[0])) for m in node.chain.head_state().validators]
         assert sorted(shown_validators) == sorted(members) and members
         # It follows the chain by itself: a new block shows up without a reload.
         before = node.chain.head.height

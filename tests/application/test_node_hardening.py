@@ -12,16 +12,19 @@ import aiohttp
 import pytest
 
 import fedcoin.application.miner as miner_module
+from fedcoin.application.bft_ledger import ChainLedger, StaleHeight
+from fedcoin.application.chain_link import ChainLink
 from fedcoin.application.mempool import Mempool
-from fedcoin.application.miner import Miner, SharePools
+from fedcoin.application.miner import SharePools
 from fedcoin.application.supervise import supervised
 from fedcoin.consensus.chain import Chain
+from fedcoin.consensus.stake import randao_secret
 from fedcoin.data.block import MAX_SHARES, Share
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.store import MemoryChainStore
 from fedcoin.data.tx import ClientUpdate, ContentRef, SubmitRound, Transfer, make_tx
 from fedcoin.errors import Reject
-from fedcoin.network.messages import BlockMessage, ShareMessage, TxMessage, encode_message
+from fedcoin.network.messages import ShareMessage, TxMessage, encode_message
 from tests.application.cluster import PUBLISHER_KEY, SERVER_KEY, Cluster
 from tests.helpers import (
     ALICE,
@@ -30,8 +33,10 @@ from tests.helpers import (
     CLIENTS,
     MINER,
     T0,
+    VOTE_CHECK,
     ChainBuilder,
     TableVerifier,
+    certify,
     key,
     make_genesis,
     make_transfer,
@@ -84,10 +89,10 @@ def test_share_pools_keep_the_lowest_max_shares_keys() -> None:
     assert len(pools.pools) <= miner_module.MAX_POOLS
 
 
-async def test_mining_loop_survives_an_unexpected_error_and_blocks_still_get_made(
+async def test_consensus_survives_an_unexpected_error_building_a_block(
     tmp_path, monkeypatch
 ) -> None:
-    real, failures = miner_module.build_block, []
+    real, failures = Chain.propose, []
 
     def flaky(*args, **kwargs):
         if len(failures) < 3:
@@ -95,12 +100,14 @@ async def test_mining_loop_survives_an_unexpected_error_and_blocks_still_get_mad
             raise ValueError("numpy did not like that")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(miner_module, "build_block", flaky)
+    monkeypatch.setattr(Chain, "propose", flaky)
     async with Cluster(tmp_path) as cluster:
         node = await cluster.start(0)
         tx = make_tx(SERVER_KEY, CHAIN_ID, 0, Transfer(PUBLISHER_KEY.address, 1), 0)
         await node.submit_tx(tx)
-        await cluster.wait_until(lambda: node.chain.head.height >= 1, timeout=60)
+        await cluster.wait_until(
+            lambda: node.chain.head_state().account(SERVER_KEY.address).nonce == 1, timeout=60
+        )
         assert len(failures) == 3 and len(node.mempool) == 0
 
 
@@ -183,44 +190,45 @@ async def test_a_block_that_breaks_the_checker_is_a_rejected_message_not_a_dead_
         def broken(*args, **kwargs):
             raise ValueError("operands could not be broadcast together")
 
-        monkeypatch.setattr(node.chain, "import_block", broken)
+        certificate = certify(block, donor.state)
+        monkeypatch.setattr(node.chain, "commit", broken)
         with pytest.raises(Reject, match="could not be checked"):
-            await node.link.on_block(BlockMessage(block), None)
+            await node.link.commit(block, certificate)
         monkeypatch.undo()
-        await node.link.on_block(BlockMessage(block), None)  # the node still imports blocks
+        await node.link.commit(block, certificate)  # the node still commits blocks
         assert node.chain.head.hash == block.hash
 
 
-async def test_a_proposal_on_a_stale_head_drops_nothing_from_the_pool() -> None:
-    """The pool follows the newest head; a proposal prepared on the previous one must not call
-    the pool's transactions bad (dropping one lost every later nonce of its sender)."""
+def ledger_of(chain: Chain, mempool: Mempool) -> ChainLedger:
+    return ChainLedger(
+        chain, ChainLink(chain), mempool, SharePools(), proposer=MINER.public,
+        randao_secret=randao_secret(MINER),
+    )  # fmt: skip
+
+
+async def test_a_proposal_for_a_height_already_committed_drops_nothing_from_the_pool() -> None:
+    """The pool follows the newest head; a proposal asked for the previous height must not
+    call the pool's transactions bad (dropping one lost every later nonce of its sender)."""
     genesis = make_genesis()
-    chain = Chain(MemoryChainStore(genesis), genesis, TableVerifier())
+    chain = Chain(MemoryChainStore(genesis), genesis, TableVerifier(), vote_check=VOTE_CHECK)
     mempool = Mempool(genesis, TableVerifier())
-    old_head, old_state = chain.head, chain.head_state()
     txs = [make_transfer(ALICE, BOB, 1, n) for n in range(3)]
     for tx in txs:
-        mempool.add(tx, old_state, 0, T0)
-    # A block carrying the first transfer arrives; the pool moves on to it
-    builder = ChainBuilder(genesis)
+        mempool.add(tx, chain.head_state(), 0, T0)
+    # A block carrying the first transfer is committed; the pool moves on to it
+    builder = ChainBuilder(genesis, chain=chain)
     builder.add([txs[0]])
-    block = builder.block
-    chain.import_block(block)
-    mempool.refresh(chain.head_state(), block.height, T0)
-    # Only the parts a transaction-only proposal touches are real
-    miner = Miner(
-        MINER, genesis, chain, None, mempool, TableVerifier(), None, SharePools(),  # type: ignore[arg-type]
-        lambda m: None, lambda: T0, asyncio.Event(),
-    )  # fmt: skip
-    await miner.propose(old_state, old_head, T0 + 10_000, None)
+    mempool.refresh(chain.head_state(), 1, T0, head=chain.head.hash)
+    with pytest.raises(StaleHeight):
+        ledger_of(chain, mempool).build(1, now_ms=T0 + 10_000, evidence=())
     assert mempool.select(10) == txs[1:]
 
 
-async def test_no_proposal_while_the_pool_follows_another_head() -> None:
-    """A block import moves the store's head in a worker thread before the pool hears of it
-    (and the other way round): a proposer must not build where the pool's nonces don't start."""
+async def test_no_transactions_proposed_while_the_pool_follows_another_head() -> None:
+    """A commit moves the store's head in a worker thread before the pool hears of it (and the
+    other way round): a proposer must not include txs where the pool's nonces don't start."""
     genesis = make_genesis()
-    chain = Chain(MemoryChainStore(genesis), genesis, TableVerifier())
+    chain = Chain(MemoryChainStore(genesis), genesis, TableVerifier(), vote_check=VOTE_CHECK)
     head, state = chain.head, chain.head_state()
     mempool = Mempool(genesis, TableVerifier(), follows=head.hash)
     txs = [make_transfer(ALICE, BOB, 1, n) for n in range(3)]
@@ -230,12 +238,8 @@ async def test_no_proposal_while_the_pool_follows_another_head() -> None:
     builder = ChainBuilder(genesis)
     builder.add([txs[0]])
     mempool.refresh(builder.state, 1, T0, head=builder.block.hash)
-    miner = Miner(
-        MINER, genesis, chain, None, mempool, TableVerifier(), None, SharePools(),  # type: ignore[arg-type]
-        lambda m: None, lambda: T0, asyncio.Event(),
-    )  # fmt: skip
-    await miner.propose(state, head, T0 + 10_000, None)
-    assert mempool.select(10) == txs[1:] and chain.head.hash == head.hash
+    block = ledger_of(chain, mempool).build(1, now_ms=T0 + 10_000, evidence=())
+    assert block.txs == () and mempool.select(10) == txs[1:] and chain.head.hash == head.hash
 
 
 async def test_a_share_flood_on_real_sockets_leaves_the_node_mining(tmp_path) -> None:

@@ -17,10 +17,12 @@ from tests.helpers import (
     BOB,
     CAROL,
     FC,
+    MINER,
     MINER2,
     MINER3,
     SERVER,
     ChainBuilder,
+    equivocation,
     make_close,
     make_genesis,
     make_publish,
@@ -50,6 +52,7 @@ actions = st.lists(
         ),
         st.tuples(st.just("void")),
         st.tuples(st.just("close")),
+        st.tuples(st.just("equivocate"), st.integers(0, 2), st.integers(0, 3)),
     ),
     max_size=25,
 )
@@ -62,10 +65,10 @@ def test_supply_is_conserved_after_every_block(history: list[tuple], reward: int
     chain = ChainBuilder(genesis)
     nonces = dict.fromkeys((p.address for p in PEOPLE), 0)
     tasks: list[bytes] = []
-    minted = 0
+    minted = burned = 0
     for action in history:
         kind = action[0]
-        txs, posap, gap = [], None, None
+        txs, posap, gap, evidence = [], None, None, []
         queue = chain.state.queue
         if kind == "transfer":
             _, a, b, amount, fee = action
@@ -95,17 +98,22 @@ def test_supply_is_conserved_after_every_block(history: list[tuple], reward: int
             task = chain.state.tasks[tasks[0]]
             publisher = next(p for p in PEOPLE if p.address == task.publisher)
             txs = [make_close(publisher, tasks[0], nonces[publisher.address])]
-        if queue and posap is None:
-            continue  # a pending round must be settled first; this action cannot be a block
-        if not txs and posap is None:
-            continue
+        elif kind == "equivocate":
+            _, who, back = action
+            height = max(chain.header.height - back, 1)
+            evidence = [equivocation([MINER2, MINER3, MINER][who], height)]
         try:
-            chain.add(txs, posap, gap=gap)
+            applied = chain.add(txs, posap, gap=gap, evidence=evidence)
         except RuleViolation:
             chain.now -= gap or genesis.params.min_block_interval_ms
             continue
         minted += reward
+        burned += sum(slash.amount - slash.reward for slash in applied.slashes)
         label = txs[0].kind_name if txs else ("void" if posap and posap.voids else "settle")
+        if evidence:
+            label = "evidence"
+        elif not txs and posap is None:
+            label = "empty"
         event(f"block: {label}")
         for t in txs:
             nonces[t.sender] += 1
@@ -113,7 +121,7 @@ def test_supply_is_conserved_after_every_block(history: list[tuple], reward: int
                 tasks.append(t.id)
         state = chain.state
         bonded = sum(v.bond for v in genesis.validators)
-        assert state.supply == sum(a for _, a in genesis.allocations) + bonded + minted
+        assert state.supply == sum(a for _, a in genesis.allocations) + bonded + minted - burned
         assert state.total_held() == state.supply
         for task in state.tasks.values():
             if task.status == TaskStatus.CLOSED:

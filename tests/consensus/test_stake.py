@@ -13,8 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fedcoin.consensus.proposer import apply_changes, next_height_set
 from fedcoin.consensus.rules import apply_block
-from fedcoin.consensus.stake import NO_TIP, randao_secret, randao_tip, randao_tip_of
+from fedcoin.consensus.stake import NO_TIP, randao_secret, randao_tip_of, validator_set
+from fedcoin.consensus.stake import randao_tip as randao_chain_tip
 from fedcoin.data.block import MAX_SHARES, PosapSection
 from fedcoin.data.genesis import DEFAULT_PARAMS, ChainParams
 from fedcoin.data.keys import PrivateKey
@@ -47,13 +49,14 @@ from tests.helpers import (
     make_share,
     make_submit,
     make_transfer,
+    randao_tip,
     tx,
 )
 
 PARAMS = replace(
     DEFAULT_PARAMS, epoch_blocks=4, unbonding_blocks=6, jail_blocks=3, max_validators=3
 )
-TIP = randao_tip(b"s" * 32, 3)
+TIP = randao_chain_tip(b"s" * 32, 3)
 
 
 def staked_chain(params: ChainParams = PARAMS) -> ChainBuilder:
@@ -78,7 +81,7 @@ class Ticker:
 
 
 def bond(sender: PrivateKey, nonce: int, amount: int, tip: bytes | None = None) -> Transaction:
-    return tx(sender, nonce, Bond(amount, randao_tip_of(sender) if tip is None else tip))
+    return tx(sender, nonce, Bond(amount, randao_tip(sender) if tip is None else tip))
 
 
 # --- Bond -----------------------------------------------------------------------------------
@@ -119,7 +122,11 @@ def test_a_jailed_key_bonds_again_only_after_jail_blocks() -> None:
 def test_the_randao_tip_is_the_kth_hash_of_a_secret_only_the_key_makes() -> None:
     secret = randao_secret(ALICE)
     assert secret == randao_secret(ALICE) != randao_secret(BOB)
-    assert randao_tip(secret, 2) == randao_tip(randao_tip(secret, 1), 1) != randao_tip(secret, 1)
+    assert (
+        randao_chain_tip(secret, 2)
+        == randao_chain_tip(randao_chain_tip(secret, 1), 1)
+        != randao_chain_tip(secret, 1)
+    )
 
 
 # --- Unbond ---------------------------------------------------------------------------------
@@ -161,6 +168,10 @@ def test_unbonding_is_released_at_the_end_of_block_created_plus_unbonding_blocks
 
 
 # --- Epochs and the validator set -----------------------------------------------------------
+def powers(state: State) -> dict[bytes, int]:
+    return {pk: power for pk, power, _ in state.validators}
+
+
 def test_a_bond_makes_a_validator_only_from_the_next_epoch_boundary() -> None:
     chain = staked_chain()
     tick = Ticker(chain)
@@ -169,7 +180,7 @@ def test_a_bond_makes_a_validator_only_from_the_next_epoch_boundary() -> None:
     tick.until(PARAMS.epoch_blocks - 1)
     assert not chain.state.is_validator(ALICE.public)
     tick()  # the last block of epoch 0 snapshots the set of epoch 1
-    assert dict(chain.state.validators)[ALICE.public] == 5 * FC
+    assert powers(chain.state)[ALICE.public] == 5 * FC
     chain.add([make_transfer(ALICE, CAROL, 1, 1)], proposer=ALICE)  # ALICE now proposes
 
 
@@ -177,7 +188,7 @@ def test_power_is_snapshotted_at_the_boundary_and_leaves_with_the_bond() -> None
     chain = staked_chain()
     tick = Ticker(chain)
     tick(tx(MINER2, 0, Unbond(FC)))  # MINER2 leaves entirely ...
-    assert dict(chain.state.validators)[MINER2.public] == FC  # ... but keeps its power this epoch
+    assert powers(chain.state)[MINER2.public] == FC  # ... but keeps its power this epoch
     chain.add([make_transfer(BOB, CAROL, 1, tick.nonce)], proposer=MINER2)
     tick.nonce += 1
     tick.until(PARAMS.epoch_blocks)
@@ -203,7 +214,7 @@ def test_the_next_set_is_the_top_bonds_above_min_bond_not_jailed() -> None:
         nonce += 1
     # max_validators = 3: ALICE 9, MINER2 5, MINER3 5 (ties to the lower key); MINER (2) drops
     # out, BOB (3) is jailed, CAROL (1) is below min_bond
-    assert dict(chain.state.validators) == {
+    assert powers(chain.state) == {
         ALICE.public: 9 * FC,
         MINER2.public: 5 * FC,
         MINER3.public: 5 * FC,
@@ -230,7 +241,7 @@ def test_a_private_chain_signed_by_many_fresh_keys_is_rejected() -> None:
     assert block is None
     # Even a block built around the rules by hand fails where every node checks it
     honest, _ = chain.make([make_transfer(BOB, CAROL, 1, 0)])
-    forged = replace(honest.header, proposer_pubkey=fresh[1].public).signed(fresh[1])
+    forged = replace(honest.header, proposer_pubkey=fresh[1].public)
     with pytest.raises(NotAValidator):
         apply_block(
             chain.state, replace(honest, header=forged), chain.header, chain.genesis, chain.verifier
@@ -325,3 +336,22 @@ def test_supply_equals_balances_bonds_unbonding_and_escrows_after_every_block(ac
         # Matured entries are gone: released to balances at the end of their block
         assert all(u.release > chain.header.height for u in state.unbonding)
         assert state.is_validator(MINER.public)
+
+
+# --- Proposer priorities in state -----------------------------------------------------------
+def test_priorities_advance_one_step_per_height_and_an_epoch_change_applies_first() -> None:
+    chain = staked_chain()
+    tick = Ticker(chain)
+    tick(bond(ALICE, 0, 5 * FC))
+    sets = [validator_set(s.validators) for s in chain.states]
+    # One increment per height, whatever the block held
+    for before, after in zip(sets[:-1], sets[1:], strict=True):
+        assert after == next_height_set(before)
+    tick.until(PARAMS.epoch_blocks - 1)
+    before = validator_set(chain.state.validators)
+    tick()  # the epoch's last block: the change first, CometBFT's way, then one increment
+    members = sorted([(MINER.public, FC), (MINER2.public, FC), (ALICE.public, 5 * FC)])
+    assert validator_set(chain.state.validators) == next_height_set(apply_changes(before, members))
+    after = validator_set(chain.state.validators)
+    assert ALICE.public in after and after.power_of(ALICE.public) == 5 * FC
+    assert chain.header.next_validators_hash == after.hash != chain.header.validators_hash

@@ -21,8 +21,7 @@ def main(path: str) -> None:
         txs = [make_transfer(ALICE, BOB if i % 2 else CAROL, 1 + i, nonce + i) for i in range(20)]
         nonce += len(txs)
         applied = builder.add(txs)
-        store.put_block(builder.block, applied.state)
-        store.set_head(builder.block.hash)
+        store.commit(builder.block, applied.state, builder.certificates[builder.block.height])
         print(f"ok {builder.block.height}", flush=True)
 
 

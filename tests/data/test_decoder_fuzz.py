@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from fedcoin.data.block import Block, BlockHeader, PosapSection, Share
 from fedcoin.data.genesis import ChainParams, Genesis
-from fedcoin.data.state import Account, State, StateDelta, SvTask, TaskState
+from fedcoin.data.state import Account, State, SvTask, TaskState
+from fedcoin.data.state_delta import StateDelta
 from fedcoin.data.tensors import decode_bundle, decode_dataset, decode_weights, weights_of
 from fedcoin.data.tx import (
     ClientUpdate,

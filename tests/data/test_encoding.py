@@ -26,6 +26,7 @@ from fedcoin.data.tx import (
     Transaction,
     Transfer,
 )
+from fedcoin.data.vote import CommitCertificate, CommitSig, DuplicateVoteEvidence, Vote, VoteType
 from fedcoin.errors import DecodeError, TooManyObjects
 from fedcoin.incentive.payouts import RoundPayout
 
@@ -75,9 +76,25 @@ shares = st.builds(
     sig,
 )
 sections = st.builds(PosapSection, h32, st.lists(shares, max_size=3).map(tuple))
-headers = st.builds(BlockHeader, u16, u64, h32, u64, pubkeys, h32, h32, h32, u64, sig)
+headers = st.builds(
+    BlockHeader, u16, u64, h32, u64, pubkeys, h32, h32, h32, h32, h32, h32, h32, h32
+)
+votes = st.builds(
+    Vote, u64, u32, st.sampled_from([VoteType.PREVOTE, VoteType.PRECOMMIT]),
+    st.none() | h32, pubkeys, sig,
+)  # fmt: skip
+certificates = st.builds(
+    CommitCertificate, u64, u32, h32, st.lists(st.builds(CommitSig, pubkeys, sig), max_size=4)
+    .map(tuple),
+)  # fmt: skip
+evidence = st.builds(DuplicateVoteEvidence, votes, votes)
 blocks = st.builds(
-    Block, headers, st.lists(transactions, max_size=3).map(tuple), st.none() | sections
+    Block,
+    headers,
+    st.lists(transactions, max_size=3).map(tuple),
+    st.none() | sections,
+    st.none() | certificates,
+    st.lists(evidence, max_size=2).map(tuple),
 )
 task_states = st.builds(TaskState, specs, addr, u64, u32, u8, content_refs, u64)
 sv_tasks = st.builds(

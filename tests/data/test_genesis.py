@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from fedcoin.consensus.proposer import genesis_set
+from fedcoin.consensus.stake import validator_set
 from fedcoin.data.genesis import Genesis
 from fedcoin.errors import GenesisError
 from tests.helpers import ALICE, BOB, FC, make_genesis, randao_tip
@@ -39,8 +41,16 @@ def test_genesis_state_holds_the_allocations() -> None:
     # Bonds are not balances, but they are coins: the supply counts them apart
     assert state.bond_of(ALICE.public) == state.bond_of(BOB.public) == FC
     assert state.supply == 9 * FC == state.total_held()
-    assert state.validators == tuple(sorted([(ALICE.public, FC), (BOB.public, FC)]))
+    # The set of height 1, every priority 0 (CometBFT's genesis set), named by the header
+    assert state.validators == tuple(sorted([(ALICE.public, FC, 0), (BOB.public, FC, 0)]))
     assert state.is_validator(BOB.public)
+    members = genesis_set([(ALICE.public, FC), (BOB.public, FC)])
+    assert validator_set(state.validators) == members
+    header = genesis.block().header
+    assert header.validators_hash == header.next_validators_hash == members.hash
+    # The randao mix starts at the configuration hash, the genesis block's parent
+    assert state.mix == header.parent == genesis.config_hash
+    assert state.powers_at(1) == ((ALICE.public, FC), (BOB.public, FC))
 
 
 def test_identity_commits_to_the_validators() -> None:

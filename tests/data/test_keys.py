@@ -130,7 +130,7 @@ def test_small_order_keys_do_not_decode_in_any_signed_object() -> None:
     share = Share(b"\x03" * 32, key.public, 0, (), (), bytes(64))
     header = replace(genesis_block().header, height=1)
     update = ClientUpdate(key.public, ContentRef(b"\x04" * 32, 1, ""), 1, bytes(64))
-    hello = Hello(1, "chain", bytes(32), key.public, "", bytes(32), 0, 0, bytes(32))
+    hello = Hello(1, "chain", bytes(32), key.public, "", bytes(32), 0, bytes(32))
     cases = [
         (tx.to_wire(), 2, Transaction.from_wire),
         (share.to_wire(), 1, Share.from_wire),

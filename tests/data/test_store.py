@@ -21,6 +21,7 @@ from fedcoin.data.block import Block, PosapSection
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.state import State
 from fedcoin.data.store import SNAPSHOT_EVERY, ChainStore, MemoryChainStore, SqliteChainStore
+from fedcoin.data.vote import CommitCertificate
 from fedcoin.errors import StoreError
 from tests.helpers import (
     ALICE,
@@ -40,13 +41,21 @@ from tests.helpers import (
 REPO = Path(__file__).resolve().parents[2]
 
 
-def build_chain(genesis: Genesis, length: int, seed: int = 0) -> list[tuple[Block, State]]:
+Committed = tuple[Block, State, CommitCertificate]
+
+
+def build_chain(genesis: Genesis, length: int, seed: int = 0) -> list[Committed]:
     builder = ChainBuilder(genesis)
     out = []
     for h in range(length):
         applied = builder.add([make_transfer(ALICE, BOB, 1 + seed + h, h)])
-        out.append((builder.block, applied.state))
+        out.append((builder.block, applied.state, builder.certificates[h + 1]))
     return out
+
+
+def commit_all(store: ChainStore, chain: list[Committed]) -> None:
+    for block, state, certificate in chain:
+        store.commit(block, state, certificate)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -62,76 +71,62 @@ class TestChainStoreContract:
         assert store.head_hash() == store.genesis_hash == genesis.block().hash
         assert store.head().height == 0
         assert store.head_state() == genesis.state()
+        assert store.get_certificate(0) is None
+        assert store.committed_range(0, 10) == []
 
-    def test_put_then_get(self, store: ChainStore) -> None:
+    def test_commit_then_get(self, store: ChainStore) -> None:
         chain = build_chain(make_genesis(), 3)
-        for block, state in chain:
-            store.put_block(block, state, receipt=b"r" + bytes([block.height]))
-        for block, state in chain:
+        for block, state, certificate in chain:
+            store.commit(block, state, certificate, receipt=b"r" + bytes([block.height]))
+            assert store.head_hash() == block.hash  # committing moves the head
+        for block, state, certificate in chain:
             assert store.get_block(block.hash) == block
             assert store.get_state(block.hash) == state
             assert store.get_receipt(block.hash) == b"r" + bytes([block.height])
-        assert store.head().height == 0  # storing does not move the head
-
-    def test_put_is_idempotent(self, store: ChainStore) -> None:
-        block, state = build_chain(make_genesis(), 1)[0]
-        store.put_block(block, state)
-        store.put_block(block, state)
-        assert store.get_block(block.hash) == block
-
-    def test_orphan_is_refused(self, store: ChainStore) -> None:
-        chain = build_chain(make_genesis(), 2)
-        with pytest.raises(StoreError, match="not stored"):
-            store.put_block(*chain[1])
-        assert not store.has_block(chain[1][0].hash)
-
-    def test_set_head_moves_canonical_chain(self, store: ChainStore) -> None:
-        chain = build_chain(make_genesis(), 4)
-        for block, state in chain:
-            store.put_block(block, state)
-        store.set_head(chain[-1][0].hash)
-        assert store.head_hash() == chain[-1][0].hash
-        for block, _ in chain:
+            assert store.get_certificate(block.height) == certificate
             assert store.canonical_hash(block.height) == block.hash
             assert store.block_at(block.height) == block
-        assert store.canonical_hash(5) is None
+        assert store.canonical_hash(4) is None and store.get_certificate(4) is None
 
-    def test_reorg_to_a_side_branch_and_back(self, store: ChainStore) -> None:
+    def test_committed_range_serves_blocks_with_certificates_by_height(
+        self, store: ChainStore
+    ) -> None:
+        chain = build_chain(make_genesis(), 6)
+        commit_all(store, chain)
+        got = store.committed_range(2, 3)
+        assert [(b.height, c.height) for b, c in got] == [(3, 3), (4, 4), (5, 5)]
+        assert got == [(b, c) for b, _, c in chain[2:5]]
+        assert store.committed_range(5, 10) == [(chain[5][0], chain[5][2])]
+        assert store.committed_range(6, 10) == []
+        assert len(store.committed_range(0, 100)) == 6
+
+    def test_only_a_child_of_the_head_commits(self, store: ChainStore) -> None:
         genesis = make_genesis()
-        main = build_chain(genesis, 4, seed=0)
-        side = build_chain(genesis, 2, seed=100)
-        for block, state in main + side:
-            store.put_block(block, state)
-        store.set_head(main[-1][0].hash)
-        store.set_head(side[-1][0].hash)
-        assert store.head_hash() == side[-1][0].hash
-        assert store.canonical_hash(2) == side[1][0].hash
-        assert store.canonical_hash(3) is None
-        assert store.head_state() == side[-1][1]
-        store.set_head(main[-1][0].hash)
-        assert [store.canonical_hash(h) for h in range(1, 5)] == [b.hash for b, _ in main]
-        assert store.head_state() == main[-1][1]
+        main = build_chain(genesis, 2)
+        side = build_chain(genesis, 1, seed=100)
+        # Not the head's child: a gap, or a second block at a committed height
+        with pytest.raises(StoreError, match="does not extend the head"):
+            store.commit(*main[1])
+        store.commit(*main[0])
+        with pytest.raises(StoreError, match="does not extend the head"):
+            store.commit(*side[0])
+        with pytest.raises(StoreError, match="does not extend the head"):
+            store.commit(*main[0])
+        # A certificate naming another block
+        with pytest.raises(StoreError, match="certificate"):
+            store.commit(main[1][0], main[1][1], side[0][2])
+        assert store.head_hash() == main[0][0].hash
+        assert not store.has_block(side[0][0].hash)
+        assert store.get_certificate(2) is None
 
     def test_unknown_lookups(self, store: ChainStore) -> None:
         assert store.get_block(b"\x09" * 32) is None
         assert store.get_receipt(b"\x09" * 32) is None
         with pytest.raises(StoreError):
             store.get_state(b"\x09" * 32)
-        with pytest.raises(StoreError):
-            store.set_head(b"\x09" * 32)
-
-    def test_locator_starts_at_head_and_ends_at_genesis(self, store: ChainStore) -> None:
-        chain = build_chain(make_genesis(), 30)
-        for block, state in chain:
-            store.put_block(block, state)
-        store.set_head(chain[-1][0].hash)
-        locator = store.locator()
-        assert locator[0] == chain[-1][0].hash
-        assert locator[-1] == store.genesis_hash
-        assert len(locator) < 20
 
 
-def task_chain(genesis: Genesis) -> tuple[ChainBuilder, bytes, list[tuple[Block, State]]]:
+def task_chain(genesis: Genesis) -> tuple[ChainBuilder, bytes, list[Committed]]:
     """Publish a task, then: a transfer, round 1, its settlement, another transfer."""
     builder = ChainBuilder(genesis)
     out = []
@@ -148,7 +143,7 @@ def task_chain(genesis: Genesis) -> tuple[ChainBuilder, bytes, list[tuple[Block,
     ]
     for step in steps:
         applied = builder.add(**step)
-        out.append((builder.block, applied.state))
+        out.append((builder.block, applied.state, builder.certificates[builder.block.height]))
     return builder, publish.id, out
 
 
@@ -157,65 +152,27 @@ class TestTaskIndex:
 
     def test_publish_submit_and_settle_are_indexed(self, store: ChainStore) -> None:
         _, task_id, chain = task_chain(make_genesis())
-        for block, state in chain:
-            store.put_block(block, state)
-        store.set_head(chain[-1][0].hash)
+        commit_all(store, chain)
         assert store.task_blocks(task_id) == [(1, chain[0][0].hash), (3, chain[2][0].hash),
                                               (4, chain[3][0].hash)]  # fmt: skip
         assert store.task_blocks(b"\x07" * 32) == []
 
-    def test_only_canonical_blocks_are_listed(self, store: ChainStore) -> None:
-        genesis = make_genesis()
-        _, task_id, chain = task_chain(genesis)
-        side = build_chain(genesis, 5, seed=100)
-        for block, state in chain + side:
-            store.put_block(block, state)
-        store.set_head(chain[-1][0].hash)
-        assert len(store.task_blocks(task_id)) == 3
-        store.set_head(side[-1][0].hash)  # a reorg away from the task
-        assert store.task_blocks(task_id) == []
-        store.set_head(chain[-1][0].hash)
-        assert len(store.task_blocks(task_id)) == 3
-
     def test_unsettled_round_lists_only_its_submission(self, store: ChainStore) -> None:
         _, task_id, chain = task_chain(make_genesis())
-        for block, state in chain[:3]:
-            store.put_block(block, state)
-        store.set_head(chain[2][0].hash)
+        commit_all(store, chain[:3])
         assert [h for h, _ in store.task_blocks(task_id)] == [1, 3]
-
-
-def test_sqlite_indexes_a_store_written_before_the_index(tmp_path: Path) -> None:
-    genesis = make_genesis()
-    _, task_id, chain = task_chain(genesis)
-    store = SqliteChainStore(tmp_path / "chain.sqlite", genesis)
-    for block, state in chain:
-        store.put_block(block, state)
-    store.set_head(chain[-1][0].hash)
-    expected = store.task_blocks(task_id)
-    store.close()
-    # What an older version wrote: no index tables, no marker.
-    db = sqlite3.connect(tmp_path / "chain.sqlite")
-    db.executescript(
-        "DROP TABLE task_blocks; DROP TABLE sv_tasks; DELETE FROM meta WHERE key='task_index';"
-    )
-    db.close()
-    reopened = SqliteChainStore(tmp_path / "chain.sqlite", genesis)
-    assert reopened.task_blocks(task_id) == expected and len(expected) == 3
-    reopened.close()
 
 
 def test_sqlite_rebuilds_states_across_snapshots(tmp_path: Path) -> None:
     genesis = make_genesis()
     chain = build_chain(genesis, SNAPSHOT_EVERY + 5)
     store = SqliteChainStore(tmp_path / "c.sqlite", genesis)
-    for block, state in chain:
-        store.put_block(block, state)
-    store.set_head(chain[-1][0].hash)
+    commit_all(store, chain)
     store.close()
     reopened = SqliteChainStore(tmp_path / "c.sqlite", genesis)  # empty cache: rebuilt from disk
-    for block, state in chain:
+    for block, state, certificate in chain:
         assert reopened.get_state(block.hash) == state
+        assert reopened.get_certificate(block.height) == certificate
     assert reopened.head_hash() == chain[-1][0].hash
 
 
@@ -261,17 +218,19 @@ def test_sqlite_survives_sigkill_mid_write(tmp_path: Path, acks: int) -> None:
     while cursor.height > 0:
         assert store.canonical_hash(cursor.height) == cursor.hash
         assert store.get_state(cursor.hash).root() == cursor.state_root
+        certificate = store.get_certificate(cursor.height)
+        assert certificate is not None and certificate.block_id == cursor.hash
         parent = store.get_header(cursor.parent)
         assert parent is not None
         cursor = parent
     assert cursor.hash == store.genesis_hash
-    # The store accepts new blocks on top of the recovered head.
     state = store.head_state()
     assert state.supply == state.total_held()
 
 
 class StoreEquivalence(RuleBasedStateMachine):
-    """Random puts and head moves: the memory and SQLite stores answer every query alike."""
+    """Random commits, refused commits and reopenings: the memory and SQLite stores answer every
+    query alike."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -280,40 +239,38 @@ class StoreEquivalence(RuleBasedStateMachine):
     @initialize()
     def setup(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
-        genesis = make_genesis({ALICE: 10**9, MINER2: 10**9})
-        self.mem = MemoryChainStore(genesis)
-        db = self.tmp / "s.sqlite"
+        self.genesis = make_genesis({ALICE: 10**9, MINER2: 10**9})
+        self.mem = MemoryChainStore(self.genesis)
+        self.db = self.tmp / "s.sqlite"
         for suffix in ("", "-wal", "-shm"):
-            Path(str(db) + suffix).unlink(missing_ok=True)
-        self.sql = SqliteChainStore(db, genesis)
-        self.builders = [ChainBuilder(genesis)]
-        self.nonces = [0]
-        self.stored: list[bytes] = [genesis.block().hash]
+            Path(str(self.db) + suffix).unlink(missing_ok=True)
+        self.sql = SqliteChainStore(self.db, self.genesis)
+        self.builder = ChainBuilder(self.genesis)
+        self.nonce = 0
+        self.stored: list[bytes] = [self.genesis.block().hash]
 
-    @rule(branch=st.integers(0, 3), amount=st.integers(1, 1000))
-    def extend(self, branch: int, amount: int) -> None:
-        b = branch % len(self.builders)
-        builder = self.builders[b]
-        applied = builder.add([make_transfer(ALICE, BOB, amount, self.nonces[b])])
-        self.nonces[b] += 1
+    @rule(amount=st.integers(1, 1000), txs=st.integers(0, 2))
+    def commit(self, amount: int, txs: int) -> None:
+        batch = [make_transfer(ALICE, BOB, amount, self.nonce + i) for i in range(txs)]
+        self.nonce += txs
+        applied = self.builder.add(batch)
+        certificate = self.builder.certificates[self.builder.block.height]
         for s in (self.mem, self.sql):
-            s.put_block(builder.block, applied.state)
-        self.stored.append(builder.block.hash)
+            s.commit(self.builder.block, applied.state, certificate)
+        self.stored.append(self.builder.block.hash)
 
-    @precondition(lambda self: len(self.builders) < 4)
-    @rule(branch=st.integers(0, 3))
-    def fork(self, branch: int) -> None:
-        src = self.builders[branch % len(self.builders)]
-        clone = ChainBuilder(src.genesis)
-        clone.block, clone.state, clone.now = src.block, src.state, src.now + 7
-        self.builders.append(clone)
-        self.nonces.append(self.nonces[branch % len(self.nonces)])
-
-    @rule(pick=st.integers(0, 10_000))
-    def move_head(self, pick: int) -> None:
-        target = self.stored[pick % len(self.stored)]
+    @precondition(lambda self: len(self.stored) > 1)
+    @rule()
+    def recommit_is_refused(self) -> None:
+        block = self.builder.block
         for s in (self.mem, self.sql):
-            s.set_head(target)
+            with pytest.raises(StoreError):
+                s.commit(block, self.builder.state, self.builder.certificates[block.height])
+
+    @rule()
+    def reopen(self) -> None:
+        self.sql.close()
+        self.sql = SqliteChainStore(self.db, self.genesis)
 
     @invariant()
     def same_answers(self) -> None:
@@ -323,6 +280,10 @@ class StoreEquivalence(RuleBasedStateMachine):
         height = self.mem.head().height
         for h in range(height + 2):
             assert self.mem.canonical_hash(h) == self.sql.canonical_hash(h)
+            assert self.mem.get_certificate(h) == self.sql.get_certificate(h)
+        assert self.mem.committed_range(max(height - 3, 0), 3) == self.sql.committed_range(
+            max(height - 3, 0), 3
+        )
         for block_hash in self.stored[-5:]:
             assert self.mem.get_state(block_hash) == self.sql.get_state(block_hash)
             assert self.mem.get_block(block_hash) == self.sql.get_block(block_hash)
@@ -333,7 +294,7 @@ class StoreEquivalence(RuleBasedStateMachine):
 
 
 StoreEquivalence.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=30, deadline=None
+    max_examples=15, stateful_step_count=25, deadline=None
 )
 test_memory_store_equals_sqlite_store = StoreEquivalence.TestCase
 

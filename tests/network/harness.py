@@ -1,9 +1,15 @@
-"""A minimal block-producing harness for network tests: nodes with a chain, no mining loop.
+"""A minimal block-producing harness for network tests: nodes with a chain, no consensus loop.
 
-Each ``NetNode`` has a memory chain store, the table-driven verifier, a ``ChainLink`` as its
-block handler and a counting transaction handler, and a ``P2PNode`` on 127.0.0.1 with a port
-from the OS. ``produce`` builds a block on the node's head, imports it and gossips it.
-Waiting is on facts: ``wait_until`` re-checks a predicate whenever any node's state changes.
+Each ``NetNode`` has a memory chain store, the table-driven verifier, a ``ChainLink`` and a
+counting transaction handler, and a ``P2PNode`` on 127.0.0.1 with a port from the OS.
+``produce`` builds a block on the node's head, commits it with a real certificate (precommits
+of more than 2/3 of the test validators, ``tests.helpers.certify``) and gossips it as a signed
+``ProposalMessage``. Network tests care about carrying, relaying and bounding frames, not about
+voting: a receiver takes the certificate from ``CERTIFICATES`` (one per block, shared by the
+process, as if the precommits had been gossiped) and commits the block through its
+``ChainLink``; a block this oracle does not know (forged) is rejected, one of a height ahead
+makes the receiver sync committed blocks from the sender. Waiting is on facts:
+``wait_until`` re-checks a predicate whenever any node's state changes.
 """
 
 from __future__ import annotations
@@ -15,20 +21,21 @@ from dataclasses import replace
 from typing import Any
 
 from fedcoin.application.chain_link import ChainLink
-from fedcoin.consensus.chain import Chain
-from fedcoin.consensus.rules import build_block
+from fedcoin.consensus.chain import Chain, Imported
+from fedcoin.consensus.validators import SignatureCache
 from fedcoin.data.block import Block
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.keys import TAG_HELLO
 from fedcoin.data.store import MemoryChainStore
 from fedcoin.data.tx import Transaction, Transfer, make_tx
-from fedcoin.errors import Ignore, Reject
+from fedcoin.data.vote import TAG_PROPOSAL, CommitCertificate, Proposal
+from fedcoin.errors import FedCoinError, Ignore, NeedsSync, Reject, UnknownParent
 from fedcoin.network.messages import (
     PROTOCOL_VERSION,
     Auth,
-    BlockMessage,
     Hello,
     Message,
+    ProposalMessage,
     TxMessage,
     auth_digest,
     decode_message,
@@ -37,9 +44,11 @@ from fedcoin.network.messages import (
 from fedcoin.network.node import NetConfig, Notifier, P2PNode
 from fedcoin.network.peers import PeerLimits
 from fedcoin.network.transport import TransportError, WebSocketConnection, connect
-from tests.helpers import CHAIN_ID, TableVerifier, key, make_genesis
+from tests.helpers import CHAIN_ID, VOTE_CHECK, TableVerifier, certify, key, make_genesis, reveal_of
 
 TIMEOUT = 20.0
+#: The certificate of every block any ``NetNode`` produced (the gossiped precommits' stand-in).
+CERTIFICATES: dict[bytes, CommitCertificate] = {}
 
 
 class NetNode:
@@ -53,13 +62,15 @@ class NetNode:
         max_message_bytes: int = 4 * 1024 * 1024,
         bootstrap: Sequence[str] = (),
         discover: bool = False,
+        vote_check: SignatureCache | None = None,
         **config: Any,
     ) -> None:
         self.name = name
         self.key = key(f"node-{name}")
         self.genesis = genesis
         self.store = MemoryChainStore(genesis)
-        self.chain = Chain(self.store, genesis, TableVerifier())
+        check = VOTE_CHECK if vote_check is None else vote_check
+        self.chain = Chain(self.store, genesis, TableVerifier(), vote_check=check)
         self.link = ChainLink(self.chain, clock_ms=lambda: 2_000_000_000_000)
         config = NetConfig(
             chain_id=genesis.chain_id,
@@ -77,7 +88,7 @@ class NetNode:
         #: is to make this at most one per node).
         self.handled: Counter[bytes] = Counter()
         self.p2p.register(TxMessage, self._on_tx)
-        self.p2p.register(BlockMessage, self._on_block)
+        self.p2p.register(ProposalMessage, self._on_block)
 
     async def _on_tx(self, message: Message, peer: object) -> None:
         if not isinstance(message, TxMessage):
@@ -90,11 +101,22 @@ class NetNode:
         self.txs[message.tx.id] += 1
 
     async def _on_block(self, message: Message, peer: object) -> None:
-        if isinstance(message, BlockMessage):
-            self.handled[message.block.hash] += 1
-        await self.link.on_block(message, peer)
-        if isinstance(message, BlockMessage):
-            self.blocks[message.block.hash] += 1
+        if not isinstance(message, ProposalMessage):
+            raise Reject("not a proposal")
+        block = message.block
+        self.handled[block.hash] += 1
+        certificate = CERTIFICATES.get(block.hash)
+        if certificate is None or message.proposal.block_id != block.hash:
+            raise Reject("no certificate for this block")
+        try:
+            result = await self.link.commit(block, certificate)
+        except UnknownParent:
+            raise NeedsSync(f"block {block.height} is ahead of us") from None
+        except FedCoinError as exc:
+            raise Reject(str(exc)) from None
+        if result.outcome is Imported.KNOWN:
+            raise Ignore("known block")
+        self.blocks[block.hash] += 1
 
     @property
     def address(self) -> str:
@@ -105,22 +127,30 @@ class NetNode:
         return self.chain.head.hash
 
     async def produce(self, txs: Sequence[Transaction] = (), *, gossip: bool = True) -> Block:
-        """Build a block on our head (a self-transfer if no txs given), import and gossip it."""
+        """Build a block on our head (a self-transfer if no txs given), commit it with a
+        certificate and gossip it as this node's proposal."""
         parent = self.chain.head
         state = self.chain.head_state()
         proposer = self.key
         if not txs:
             nonce = state.account(proposer.address).nonce
             txs = [make_tx(proposer, CHAIN_ID, nonce, Transfer(proposer.address, 1))]
-        block, applied = build_block(
-            state, parent, self.genesis, self.chain.verifier, proposer,
-            timestamp_ms=parent.timestamp_ms + self.genesis.params.min_block_interval_ms, txs=txs,
+        block, _ = self.chain.propose(
+            proposer.public, reveal_of(proposer, state), txs=txs,
+            timestamp_ms=parent.timestamp_ms + self.genesis.params.min_block_interval_ms,
         )  # fmt: skip
-        self.chain.store_applied(block, applied)
+        certificate = certify(block, state)
+        CERTIFICATES[block.hash] = certificate
+        await self.link.commit(block, certificate)
         self.blocks[block.hash] += 1
         if gossip:
-            self.p2p.broadcast(BlockMessage(block))
+            self.p2p.broadcast(self.proposal_of(block))
         return block
+
+    def proposal_of(self, block: Block) -> ProposalMessage:
+        proposal = Proposal(block.height, 0, -1, block.hash, self.key.public, bytes(64))
+        signed = proposal.with_signature(self.key.sign(TAG_PROPOSAL, proposal.digest(CHAIN_ID)))
+        return ProposalMessage(signed, block)
 
 
 def net_genesis() -> Genesis:
@@ -172,9 +202,7 @@ async def handshake_as(
     conn = await connect(address, max_bytes=max_bytes, timeout=5, send_timeout=5)
     me = key(name)
     head = genesis.block().hash
-    hello = Hello(
-        PROTOCOL_VERSION, genesis.chain_id, head, me.public, listen, head, 0, 0, b"\5" * 32
-    )
+    hello = Hello(PROTOCOL_VERSION, genesis.chain_id, head, me.public, listen, head, 0, b"\5" * 32)
     await conn.send(encode_message(hello))
     first = await conn.recv()
     assert first is not None  # the node's own Hello

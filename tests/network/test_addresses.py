@@ -173,7 +173,7 @@ def test_loopback_is_exempt_from_the_per_ip_cap_unless_configured() -> None:
 def joined(table: PeerTable, peer: Peer, key: str) -> Peer | None:
     from fedcoin.network.messages import Hello
 
-    peer.hello = Hello(1, "c", bytes(32), bytes.fromhex(key * 32), "", bytes(32), 0, 0, bytes(32))
+    peer.hello = Hello(1, "c", bytes(32), bytes.fromhex(key * 32), "", bytes(32), 0, bytes(32))
     table.admit(peer)
     return table.join(peer)
 

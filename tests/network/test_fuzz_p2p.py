@@ -25,8 +25,9 @@ from fedcoin.network.messages import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     Auth,
-    BlockMessage,
     Blocks,
+    CommittedBlock,
+    EvidenceMessage,
     GetBlocks,
     GetPeers,
     Hello,
@@ -34,15 +35,17 @@ from fedcoin.network.messages import (
     Peers,
     Ping,
     Pong,
+    ProposalMessage,
     ShareMessage,
     TxMessage,
+    VoteMessage,
     decode_message,
     encode_message,
 )
 from fedcoin.network.peers import PeerLimits
 from fedcoin.network.transport import TransportError, connect
-from tests.helpers import CHAIN_ID, key
-from tests.network.harness import NetNode, Network, handshake_as, net_genesis
+from tests.helpers import CHAIN_ID, equivocation, key, precommit
+from tests.network.harness import CERTIFICATES, NetNode, Network, handshake_as, net_genesis
 
 GENESIS = net_genesis()
 FUZZ = settings(
@@ -60,12 +63,15 @@ def examples() -> list[Message]:
     share = Share(head, bytes(32), 0, ((1, 2), (3, 4)), (5, -6), bytes(64)).signed(key("miner"))
     tx = make_tx(key("node-z"), CHAIN_ID, 0, Transfer(key("node-y").address, 5))
     hello = Hello(
-        PROTOCOL_VERSION, GENESIS.chain_id, head, key("h").public, "127.0.0.1:1", head, 0, 0, head
+        PROTOCOL_VERSION, GENESIS.chain_id, head, key("h").public, "127.0.0.1:1", head, 0, head
     )
+    committed = CommittedBlock(block, CERTIFICATES[block.hash])
     found = [
         hello, Auth(bytes(64)), GetPeers(), Peers(("127.0.0.1:2", "[::1]:3")), TxMessage(tx),
-        ShareMessage(share), BlockMessage(block), GetBlocks((head,), 64), Blocks((block,)),
-        Ping(7), Pong(8),
+        ShareMessage(share), producer.proposal_of(block), GetBlocks(1, 64),
+        Blocks((committed,), 1), Ping(7), Pong(8),
+        VoteMessage(precommit(key("node-x"), 1, 0, None)),
+        EvidenceMessage(equivocation(key("node-x"), 1)),
     ]  # fmt: skip
     assert {type(m) for m in found} == set(MESSAGE_TYPES.values())  # every type is fuzzed
     return found
@@ -75,7 +81,7 @@ EXAMPLES = examples()
 VALID = [encode_message(m) for m in EXAMPLES]
 #: The one valid block among the examples: a "mutation" that happens to leave it intact (a byte
 #: set to the value it had) is an honest block, which the node may rightly adopt.
-INTACT_BLOCK = next(m.block.hash for m in EXAMPLES if isinstance(m, BlockMessage))
+INTACT_BLOCK = next(m.block.hash for m in EXAMPLES if isinstance(m, ProposalMessage))
 
 
 @st.composite

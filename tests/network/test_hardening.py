@@ -18,7 +18,6 @@ from fedcoin.data.tx import Transfer, make_tx
 from fedcoin.network import messages
 from fedcoin.network.messages import (
     MAX_BLOCKS_BATCH,
-    BlockMessage,
     Blocks,
     GetBlocks,
     Peers,
@@ -75,9 +74,14 @@ async def test_an_unexpected_error_in_a_handler_is_a_drop_and_a_penalty(error, p
             await net.link(b, a)
             b.p2p.handlers._by_type[TxMessage] = broken
             a.p2p.broadcast(TxMessage(a_tx(0)))
-        else:  # a block fetched by sync goes through the same handler
+        else:  # a block fetched by sync is committed through the chain link
             await a.produce(gossip=False)
-            b.p2p.handlers._by_type[BlockMessage] = broken
+
+            async def broken_import(item) -> bool:
+                await broken(item, None)
+                return True
+
+            b.link.import_committed = broken_import  # type: ignore[method-assign]
             await net.link(b, a)
         await net.wait_until(lambda: calls)
         a_at_b = a.key.public.hex()
@@ -155,7 +159,7 @@ async def test_a_large_block_is_decoded_off_the_event_loop(decoded_sizes) -> Non
         sender = a.key
         txs = [make_tx(sender, CHAIN_ID, i, Transfer(key("node-y").address, 1)) for i in range(600)]
         block = await a.produce(txs)
-        assert len(encode_message(BlockMessage(block))) > 64 * 1024
+        assert len(encode_message(a.proposal_of(block))) > 64 * 1024
         await net.wait_until(lambda: b.head == block.hash)
         big = [thread for n, thread in decoded_sizes if n > 64 * 1024]
         assert big and all(thread != threading.main_thread().name for thread in big)
@@ -277,10 +281,9 @@ async def test_a_getblocks_flood_is_penalised_until_banned() -> None:
         for _ in range(70):
             await a.produce(gossip=False)
         conn = await handshake_as(a.address, "asker", GENESIS)
-        locator = (GENESIS.block().hash,)
         with contextlib.suppress(TransportError):  # the node hangs up on us mid-flood
             for _ in range(400):
-                await conn.send(encode_message(GetBlocks(locator, MAX_BLOCKS_BATCH)))
+                await conn.send(encode_message(GetBlocks(1, MAX_BLOCKS_BATCH)))
         got = await asyncio.wait_for(read_until_closed(conn), 30)
         assert len([m for m in got if isinstance(m, Blocks)]) <= 20
         assert a.p2p.bans.banned(key("asker").public.hex())
@@ -304,8 +307,9 @@ async def test_answers_are_bounded_in_bytes_and_sync_still_completes() -> None:
         for _ in range(70):
             await a.produce(gossip=False)
         conn = await handshake_as(a.address, "asker", GENESIS)
-        answer = await answer_to(conn, GetBlocks((GENESIS.block().hash,), MAX_BLOCKS_BATCH))
-        sizes = [len(block.encode()) for block in answer.blocks]
+        answer = await answer_to(conn, GetBlocks(1, MAX_BLOCKS_BATCH))
+        sizes = [len(item.encode()) for item in answer.blocks]
+        assert [item.block.height for item in answer.blocks] == list(range(1, len(sizes) + 1))
         assert 1 <= len(sizes) < 64 and sum(sizes[:-1]) <= 8 * 1024
         await conn.close()
         # an honest late node still syncs the whole chain from a, short answer by short answer

@@ -7,17 +7,20 @@ import pytest
 from fedcoin.data.encoding import encode
 from fedcoin.errors import ProtocolViolation
 from fedcoin.network.messages import (
+    FRAME_BOUNDS,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
+    EvidenceMessage,
     GetBlocks,
     Hello,
     Peers,
     Ping,
     TxMessage,
+    VoteMessage,
     decode_message,
     encode_message,
 )
-from tests.helpers import ALICE, BOB, make_transfer
+from tests.helpers import ALICE, BOB, equivocation, make_transfer, precommit
 
 SAMPLES = [
     Hello(
@@ -28,13 +31,15 @@ SAMPLES = [
         "127.0.0.1:1",
         b"\x03" * 32,
         5,
-        9,
         b"\x04" * 32,
     ),
     Peers(("127.0.0.1:1", "127.0.0.1:2")),
     TxMessage(make_transfer(ALICE, BOB, 1, 0)),
-    GetBlocks((b"\x04" * 32,), 64),
+    GetBlocks(7, 64),
     Ping(12),
+    VoteMessage(precommit(ALICE, 3, 1, b"\x05" * 32)),
+    VoteMessage(precommit(ALICE, 3, 1, None)),
+    EvidenceMessage(equivocation(ALICE, 3)),
 ]
 
 
@@ -68,3 +73,14 @@ def test_oversized_frame_is_refused_before_decoding() -> None:
     frame = encode_message(Peers(tuple(f"127.0.0.1:{i}" for i in range(60))))
     with pytest.raises(ProtocolViolation, match="exceeds"):
         decode_message(frame, 100)
+
+
+def test_votes_and_evidence_fit_their_small_frame_bounds() -> None:
+    """DESIGN §7: a vote is a few hundred bytes (≤ 512 B); evidence is two votes."""
+    largest = VoteMessage(precommit(ALICE, 2**63, 2**31, b"\xff" * 32))
+    assert len(encode_message(largest)) <= FRAME_BOUNDS[VoteMessage] == 512
+    evidence = EvidenceMessage(equivocation(ALICE, 2**63))
+    assert len(encode_message(evidence)) <= FRAME_BOUNDS[EvidenceMessage]
+    # A vote frame padded past its bound is refused before it is decoded
+    with pytest.raises(ProtocolViolation, match="exceeds"):
+        decode_message(encode_message(largest) + bytes(400), 1 << 20)

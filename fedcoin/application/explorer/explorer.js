@@ -109,8 +109,7 @@ async function overview() {
       ["head", `<span id="head">${blockLink(status.head, esc(status.head))}</span>`],
       ["height", `<span id="height">${status.height}</span>`],
       ["head time", when(status.timestamp_ms)],
-      ["chain weight", esc(status.weight)],
-      ["finality", `<span id="finality">none yet</span> <span class="muted">— the head is the heaviest chain; blocks may still be replaced</span>`],
+      ["finality", `<span id="finality">every block shown is committed</span> <span class="muted">— precommits from more than 2/3 of the validators' power; committed blocks are never replaced</span>`],
       ["this node", accountLink(status.node) + ` <span class="muted">${esc(status.address)}</span>`],
       ["peers", status.peers.length ? status.peers.map(esc).join("<br>") : "none"],
       ["mempool", `${status.mempool} transactions`],
@@ -170,8 +169,9 @@ async function blockDetail(args) {
   const b = await api(`/blocks/${encodeURIComponent(args[0])}`);
   let html = `<h1>Block ${b.height}</h1>` + facts([
     ["hash", esc(b.hash)], ["parent", b.height ? blockLink(b.parent, esc(b.parent)) : esc(b.parent)],
-    ["time", when(b.timestamp_ms)], ["proposer", accountLink(b.proposer)], ["weight", esc(b.weight)],
-    ["state root", esc(b.state_root)], ["certificate", `<span class="muted">none (no finality yet)</span>`],
+    ["time", when(b.timestamp_ms)], ["creator", accountLink(b.proposer)],
+    ["state root", esc(b.state_root)],
+    ["certificate", b.commit_round === null ? `<span class="muted">not yet stored</span>` : `committed in round ${b.commit_round}`],
   ]);
   html += `<h2>Transactions (${b.txs.length})</h2>` + table(["id", "kind", "sender", "nonce", "fee (FC)", "what"],
     b.txs.map((t) => [short(t.id), esc(t.kind), accountLink(t.sender), String(t.nonce), fc(t.fee), txSummary(t)]), "txs");

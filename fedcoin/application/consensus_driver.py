@@ -1,0 +1,402 @@
+"""The consensus driver: carries messages and timers for one node's Tendermint machine.
+
+The machine (``consensus/tendermint.py``) is pure; this is its reactor. One task feeds it
+events one at a time from a bounded inbox — proposals and votes that the gossip handlers
+admitted, timeouts, the start of a height — and carries out what it answers:
+
+- ``Broadcast`` → sign through the private validator (it persists, then signs; a refusal is
+  logged, never a crash), publish, and feed the signed message back to the machine;
+- ``ScheduleTimeout`` → an asyncio timer (a new height cancels the stale ones);
+- ``Commit`` → ``Ledger.commit`` (the chain, the mempool, the share pools), then the next height
+  starts at the cadence of DESIGN §5 (``timers.start_delay_ms``);
+- ``ReportEvidence`` → publish it and keep it for the next block this node proposes.
+
+The handlers (``admission.Admission``) check a proposal's block *before* the machine sees it, so
+the machine's ``valid(v)`` is a lookup. Messages of the height after ours are buffered and
+start that height at once (the others already have); messages further ahead raise
+``NeedsSync``: the node is behind and syncs committed blocks.
+
+Hooks for tests and the simulation (``Faults``): ``equivocate`` signs with the raw key,
+bypassing the private validator (only when so configured), and sends two proposals per round
+it proposes and two conflicting votes per step; ``crash_at`` stops the driver at a given height
+and round, as a crashed validator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Generic
+
+from fedcoin.application.consensus_ports import (
+    ChainMoved,
+    Faults,
+    Ledger,
+    Publish,
+    StartHeight,
+    V,
+    check_block,
+    conflicting_twin,
+    raw_sign,
+)
+from fedcoin.application.timers import Cadence, Timers, start_delay_ms
+from fedcoin.consensus.proposer import proposer_for_round
+from fedcoin.consensus.tendermint import Tendermint
+from fedcoin.consensus.tendermint_io import (
+    Action,
+    Broadcast,
+    Commit,
+    Event,
+    NewHeight,
+    ProposalReceived,
+    ReportEvidence,
+    ScheduleTimeout,
+    Timeout,
+    TimeoutKind,
+    Timeouts,
+    VoteReceived,
+)
+from fedcoin.consensus.validators import SignatureCache, ValidatorSet
+from fedcoin.data.privval import FilePrivValidator
+from fedcoin.data.vote import DuplicateVoteEvidence, Proposal, Vote
+from fedcoin.errors import (
+    DoubleSignRefused,
+    FedCoinError,
+    PrivValStateError,
+)
+
+log = logging.getLogger("fedcoin.consensus")
+
+#: Inbox bound: events waiting for the machine (a flood beyond it is dropped).
+INBOX_BOUND = 65_536
+#: Evidence kept for the blocks this node proposes.
+MAX_EVIDENCE_POOL = 64
+
+
+Item = Event[V] | StartHeight | ChainMoved
+
+
+class ConsensusDriver(Generic[V]):
+    def __init__(
+        self,
+        ledger: Ledger[V],
+        *,
+        signer: FilePrivValidator | None,
+        publish: Publish,
+        cadence: Cadence,
+        timeouts: Timeouts | None = None,
+        verifier: SignatureCache | None = None,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        faults: Faults | None = None,
+        resend_ms: int = 2000,
+    ) -> None:
+        self.ledger = ledger
+        self.signer = signer
+        self.publish = publish
+        self.cadence = cadence
+        self.timeouts = timeouts or Timeouts()
+        self.verifier = verifier if verifier is not None else SignatureCache()
+        self.clock_ms = clock_ms
+        self.faults = faults or Faults()
+        if self.faults.equivocate and self.faults.raw_key is None:
+            raise ValueError("equivocate needs the raw key")
+        self.me = signer.public if signer is not None else None
+        self.machine: Tendermint[V] = Tendermint(
+            chain_id=ledger.chain_id, me=self.me, get_value=self._get_value,
+            valid=self._is_valid, value_id=ledger.value_id, timeouts=self.timeouts,
+            check=self.verifier,
+        )  # fmt: skip
+        self.inbox: asyncio.Queue[Item[V]] = asyncio.Queue(INBOX_BOUND)
+        self.timers = Timers()
+        self.running = False
+        """The machine is deciding ``committed_height() + 1``."""
+        self.committing = False
+        self.crashed = False
+        self.valid: dict[bytes, bool] = {}
+        """Checked blocks of the next height, by id (the machine's ``valid``)."""
+        self.buffer: dict[int, list[Event[V]]] = {}
+        self.evidence: list[DuplicateVoteEvidence] = []
+        self.sent: list[tuple[Proposal | Vote, V | None]] = []
+        """What this node signed for the current height, to publish again (``resend_ms``)."""
+        self.resend_ms = resend_ms
+        self.commits = 0
+        self.signed = 0
+        self.refusals = 0
+        self._prebuilt: V | None = None
+        self._committed_at = clock_ms()
+        self._poked = False
+
+    # --- the loop ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Feed the machine until cancelled; no error ends the loop."""
+        self.schedule_start()
+        while True:
+            item = await self.inbox.get()
+            try:
+                await self._handle(item)
+            except Exception:  # noqa: BLE001 - a bug must drop one event, never the node's loop
+                log.exception("consensus event %s failed", type(item).__name__)
+
+    def put(self, item: Item[V]) -> None:
+        if self.crashed:
+            return
+        try:
+            self.inbox.put_nowait(item)
+        except asyncio.QueueFull:
+            log.warning("consensus inbox full; dropping %s", type(item).__name__)
+
+    def poke(self) -> None:
+        """Work arrived (a transaction, a share): a waiting height may start sooner (once)."""
+        if not self.running and not self.committing and not self._poked:
+            self._poked = True
+            self.schedule_start()
+
+    def poke_start(self, height: int) -> None:
+        """A peer sent a valid message of ``height``: the others started it, so do we."""
+        if not self.running:
+            self.put(StartHeight(height))
+
+    def chain_moved(self) -> None:
+        """The chain committed blocks through sync; the driver catches up."""
+        self.put(ChainMoved())
+
+    def schedule_start(self) -> None:
+        """Start ``committed_height() + 1`` at the cadence (a later start of it is a no-op)."""
+        height = self.ledger.committed_height() + 1
+        delay = start_delay_ms(
+            self.cadence, now_ms=self.clock_ms(), parent_ms=self.ledger.parent_timestamp_ms(),
+            committed_at_ms=self._committed_at, busy=self.ledger.busy(),
+        )  # fmt: skip
+        self.timers.after(delay, lambda: self.put(StartHeight(height)))
+
+    async def _handle(self, item: Item[V]) -> None:
+        if self.crashed:
+            return
+        if isinstance(item, StartHeight):
+            if not self.running and item.height == self.ledger.committed_height() + 1:
+                await self._start_height(item.height)
+        elif isinstance(item, ChainMoved):
+            if self.ledger.committed_height() >= self.machine.height and not self.committing:
+                self._end_height()
+                self.schedule_start()
+        elif self.running and _height_of(item) == self.machine.height:
+            await self._feed(item)
+
+    async def _start_height(self, height: int) -> None:
+        self.timers.cancel_all()
+        validators = self.ledger.validator_set()
+        self.valid = {}
+        self.sent = []
+        self._resend(height)
+        self._prebuilt = None
+        if self.me is not None and self.me in validators and self._proposes_first(validators):
+            self._prebuilt = await asyncio.to_thread(self._build, height, 0)
+        self.running = True
+        await self._feed(NewHeight(height, validators))
+        for event in self.buffer.pop(height, []):
+            if isinstance(event, ProposalReceived):
+                # Kept unchecked while our commit was in progress: check it now
+                try:
+                    await self.check_value(height, event.proposal.round, event.value)
+                except FedCoinError as exc:
+                    log.info("buffered proposal dropped: %s", exc)
+                    continue
+            await self._feed(event)
+        self.buffer = {h: events for h, events in self.buffer.items() if h > height}
+
+    def _proposes_first(self, validators: ValidatorSet) -> bool:
+        return proposer_for_round(validators, 0) == self.me
+
+    def _resend(self, height: int) -> None:
+        """Every ``resend_ms`` while deciding ``height``, publish again what this node signed
+        for it: a peer that (re)connected mid-height gets it (gossip drops it elsewhere as
+        seen), and a round waiting for votes that peer missed moves again."""
+
+        def again() -> None:
+            if self.running and self.machine.height == height and not self.crashed:
+                for message, value in self.sent:
+                    self.publish(message, value)
+                self._resend(height)
+
+        self.timers.after(self.resend_ms, again)
+
+    def _end_height(self) -> None:
+        self.running = False
+        self._poked = False
+        self.timers.cancel_all()
+        self._committed_at = self.clock_ms()
+
+    # --- feeding the machine and carrying out its actions ----------------------------------
+    async def _feed(self, event: Event[V]) -> None:
+        await self._carry_out(self._step(event))
+        self._maybe_crash()
+
+    async def _carry_out(self, actions: list[Action[V]]) -> None:
+        queue = list(actions)
+        while queue and not self.crashed:
+            action = queue.pop(0)
+            if isinstance(action, Broadcast):
+                queue += self._broadcast(action)
+            elif isinstance(action, ScheduleTimeout):
+                duration = action.duration_ms
+                self._schedule(action.kind, action.height, action.round, duration)
+            elif isinstance(action, Commit):
+                await self._commit(action)
+                return  # the height is over: whatever else it said is moot
+            elif isinstance(action, ReportEvidence):
+                self.add_evidence(action.evidence)
+                self.publish(action.evidence, None)
+
+    def _schedule(self, kind: TimeoutKind, height: int, round_: int, ms: int | None = None) -> None:
+        duration = self.timeouts.duration(kind, round_) if ms is None else ms
+        self.timers.after(duration, lambda: self.put(Timeout(kind, height, round_)))
+
+    def _broadcast(self, action: Broadcast[V]) -> list[Action[V]]:
+        message = action.message
+        signed = self._sign(message)
+        if signed is None:
+            return []
+        self.signed += 1
+        self.publish(signed, action.value)
+        self.sent.append((signed, action.value))
+        if self.faults.equivocate:
+            self._equivocate(signed, action.value)
+        if isinstance(signed, Proposal):
+            if action.value is None:
+                return []
+            self.valid[signed.block_id] = True
+            return self._step(ProposalReceived(signed, action.value))
+        return self._step(VoteReceived(signed))
+
+    def _step(self, event: Event[V]) -> list[Action[V]]:
+        try:
+            return self.machine.step(event)
+        except _NoValue:
+            # Nothing to propose: let the round time out as if the proposal were lost
+            self._schedule(TimeoutKind.PROPOSE, self.machine.height, self.machine.round)
+        except FedCoinError as exc:
+            log.debug("consensus dropped %s: %s", type(event).__name__, exc)
+        return []
+
+    def _sign(self, message: Proposal | Vote) -> Proposal | Vote | None:
+        chain_id = self.ledger.chain_id
+        if self.faults.equivocate:
+            return raw_sign(self.faults.raw_key, chain_id, message)
+        if self.signer is None:
+            return None
+        try:
+            if isinstance(message, Proposal):
+                return self.signer.sign_proposal(chain_id, message)
+            return self.signer.sign_vote(chain_id, message)
+        except (DoubleSignRefused, PrivValStateError) as exc:
+            self.refusals += 1
+            log.warning("not signing: %s", exc)
+            return None
+
+    def _equivocate(self, signed: Proposal | Vote, value: V | None) -> None:
+        """The Byzantine hook: a second, conflicting message for the same step."""
+        other = self._build(signed.height, 1) if isinstance(signed, Proposal) else None
+        other_id = None if other is None else self.ledger.value_id(other)
+        twin = conflicting_twin(signed, other_id, list(self.valid))
+        if twin is not None:
+            self.publish(raw_sign(self.faults.raw_key, self.ledger.chain_id, twin), other)
+
+    async def _commit(self, decision: Commit[V]) -> None:
+        self.committing = True
+        try:
+            await self.ledger.commit(decision.value, decision.certificate)
+        except FedCoinError as exc:
+            log.warning("could not commit height %d: %s", decision.height, exc)
+            return
+        finally:
+            self.committing = False
+            self._end_height()
+        self.commits += 1
+        included = set(self.ledger.evidence_in(decision.value))
+        self.evidence = [e for e in self.evidence if e not in included]
+        log.info(
+            "committed height %d in round %d (%s)", decision.height, decision.certificate.round,
+            decision.certificate.block_id.hex()[:12],
+        )  # fmt: skip
+        self.schedule_start()
+
+    async def check_value(self, height: int, round_: int, value: V) -> bool:
+        """Whether ``value`` is a valid block for ``height`` (cached by id while it is next);
+        ``Ignore`` if its content cannot be fetched before the round's prevote timeout."""
+        block_id = self.ledger.value_id(value)
+        known = self.valid.get(block_id)
+        if known is not None:
+            return known
+        seconds = self.timeouts.duration(TimeoutKind.PREVOTE, round_) / 1000
+        valid = await check_block(self.ledger, value, seconds=seconds, now_ms=self.clock_ms())
+        if self.ledger.committed_height() + 1 == height:
+            self.valid[block_id] = valid
+        return valid
+
+    # --- values --------------------------------------------------------------------------------
+    def _build(self, height: int, variant: int) -> V | None:
+        try:
+            value = self.ledger.build(
+                height, now_ms=self.clock_ms(), evidence=tuple(self.evidence), variant=variant
+            )
+        except Exception as exc:  # noqa: BLE001 - no block this round; the next may do
+            level = logging.WARNING if isinstance(exc, FedCoinError) else logging.ERROR
+            log.log(level, "cannot build a block for height %d: %s", height, exc,
+                    exc_info=not isinstance(exc, FedCoinError))  # fmt: skip
+            return None
+        self.valid[self.ledger.value_id(value)] = True
+        return value
+
+    def _get_value(self, height: int, round_: int) -> V:
+        if self._prebuilt is None:
+            self._prebuilt = self._build(height, 0)
+        if self._prebuilt is None:
+            raise _NoValue()
+        return self._prebuilt
+
+    def _is_valid(self, value: V) -> bool:
+        return self.valid.get(self.ledger.value_id(value), False)
+
+    def add_evidence(self, evidence: DuplicateVoteEvidence) -> bool:
+        """Keep evidence for the next block this node proposes; False if known or full."""
+        if evidence in self.evidence or len(self.evidence) >= MAX_EVIDENCE_POOL:
+            return False
+        self.evidence.append(evidence)
+        log.warning(
+            "validator %s equivocated at height %d", evidence.validator.hex()[:12], evidence.height
+        )
+        return True
+
+    # --- the crash hook ------------------------------------------------------------------------
+    def _maybe_crash(self) -> None:
+        at = self.faults.crash_at
+        if at is not None and (self.machine.height, self.machine.round) >= at and self.running:
+            self.stop()
+
+    def stop(self, crash: bool = True) -> None:
+        """Stop voting and ignore everything from now on (``crash``: the test hook, logged)."""
+        if not self.crashed:
+            level = logging.WARNING if crash else logging.INFO
+            log.log(level, "consensus stopped at height %d round %d", *self.position)
+        self.crashed = True
+        self.timers.cancel_all()
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.machine.height, self.machine.round
+
+
+class _NoValue(Exception):
+    """``get_value`` had no block to offer (building one failed)."""
+
+
+def _height_of(item: Event[V]) -> int:
+    if isinstance(item, ProposalReceived):
+        return item.proposal.height
+    if isinstance(item, VoteReceived):
+        return item.vote.height
+    if isinstance(item, Timeout):
+        return item.height
+    return -1
