@@ -61,7 +61,8 @@ __all__ = [
 ]
 
 SV_SCALE = 10**6
-"""Fixed-point scale of PoSap estimates: units per validation sample."""
+"""Fixed-point scale of PoSap estimates: units per unit of ``U`` (the clipped margin score, at
+most ``evaluator.MARGIN_CAP`` = 256 per validation sample)."""
 
 ESTIMATOR_EXACT = 0
 ESTIMATOR_STRATIFIED = 1
