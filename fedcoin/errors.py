@@ -157,6 +157,10 @@ class InvalidUpdate(ContractError):
     """an update's sample count must be positive"""
 
 
+class TooManySamples(ContractError):
+    """an update's sample count must not exceed the task's max_samples"""
+
+
 class TaskNotClosable(ContractError):
     """a task closes when all rounds are done or its deadline has passed, with no round pending"""
 
@@ -507,6 +511,43 @@ class NotAValidator(BlockError):
 
 class ShareFromNonValidator(ShareError):
     """only a member of the height's validator set may write a share"""
+
+
+# --- PoSap v2 pure core (issue 11: common schedule, table, settlement, fraud proofs) ----------
+class PosapError(RuleViolation):
+    """A PoSap v2 schedule, commitment, reveal or fraud proof breaks a rule."""
+
+
+class InvalidSchedule(PosapError):
+    """a schedule needs 1 to 60 clients, n_exact_max ≤ 10 and a budget from the border to 4 096"""
+
+
+class InvalidSalt(PosapError):
+    """a commitment's salt must be 32 bytes"""
+
+
+class TableLengthMismatch(PosapError):
+    """a revealed table must have exactly one entry per schedule position"""
+
+
+class TableEntryOutOfRange(PosapError):
+    """every entry of a revealed table must be an integer from 0 to the validation size"""
+
+
+class CommitmentMismatch(PosapError):
+    """a reveal must recompute its member's commitment from the key, the root and the salt"""
+
+
+class RevealFromNonMember(PosapError):
+    """only a member of the SV task's committee may reveal a table"""
+
+
+class UnknownRoot(PosapError):
+    """every revealed root must come with its table, and the table must hash to it"""
+
+
+class FraudPositionOutOfRange(PosapError):
+    """a fraud proof must name a position of the schedule"""
 
 
 # --- finality (issue 10: committed blocks, LastCommit, randao, evidence) --------------------

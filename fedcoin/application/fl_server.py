@@ -36,6 +36,7 @@ from fedcoin.data.tensors import (
     weights_of,
 )
 from fedcoin.data.tx import (
+    DEFAULT_MAX_SAMPLES,
     DEFAULT_POSAP,
     ClientUpdate,
     ContentRef,
@@ -95,6 +96,8 @@ class FLServerConfig:
     posap: PosapParams = DEFAULT_POSAP
     allowed_clients: tuple[bytes, ...] = ()
     """Public keys of a consortium task's clients (the only ones the chain pays); () = open."""
+    max_samples: int = DEFAULT_MAX_SAMPLES
+    """The task's ``max_samples``: the largest sample count one update may claim."""
     sample_claims: Sequence[int] | None = None
     """Sample count each client reports; default its shard's size (``simulate
     --inflate-samples`` makes one client over-report)."""
@@ -239,6 +242,7 @@ class FLServer:
             rounds=cfg.rounds, price_per_round=cfg.price_per_round, split_bps=cfg.split_bps,
             min_clients=1, max_clients=max(n, 1), deadline_height=height + deadline,
             posap=cfg.posap, allowed_clients=tuple(cfg.allowed_clients),
+            max_samples=cfg.max_samples,
         )  # fmt: skip
         tx = await node.send(cfg.key, chain_id, PublishTask(spec))
         log.info(

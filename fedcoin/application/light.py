@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedcoin.data.genesis import UNIT
 from fedcoin.data.keys import PrivateKey, format_address
+from fedcoin.data.tx import DEFAULT_MAX_SAMPLES
 from fedcoin.errors import ConfigError
 
 if TYPE_CHECKING:  # the command imports numpy, aiohttp and the rest only when it runs
@@ -62,6 +63,10 @@ def add_light_arguments(
         help="publish a consortium task: only the in-process clients' keys are paid",
     )  # fmt: skip
     p.add_argument("--free-riders", type=int, default=0, help="clients that train nothing")
+    p.add_argument(
+        "--max-samples", type=int, default=DEFAULT_MAX_SAMPLES,
+        help="the task's max_samples: most samples one update may claim (default %(default)s)",
+    )  # fmt: skip
     p.add_argument("--non-iid", type=float, metavar="ALPHA", help="Dirichlet non-IID shards")
     p.add_argument("--epochs", type=int, default=2, help="local epochs per round (default 2)")
     p.add_argument(
@@ -142,6 +147,7 @@ def run_light(args: argparse.Namespace) -> int:
         task_id=task_id, task_file=task_file, ipfs_api=args.ipfs_api, seed=args.seed,
         settle_timeout=args.timeout, progress=sys.stderr.isatty(),
         allowed_clients=tuple(k.public for k in client_keys) if args.allowed_clients else (),
+        max_samples=args.max_samples,
         on_round=lambda r: print(round_line(r), flush=True),
     )  # fmt: skip
     server = FLServer(config)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Self, TypeVar
 
 from fedcoin.consensus.chain import Chain
+from fedcoin.consensus.game import max_utility
 from fedcoin.data.block import Block, Share
 from fedcoin.data.genesis import ChainParams
 from fedcoin.data.keys import address_of, format_address
@@ -216,7 +217,7 @@ class ShareView(View):
     estimate: list[int]
     entries: int
     utility_all: int | None
-    """U of the grand coalition (correct validation samples of the round's model), if tabled."""
+    """U of the grand coalition (the round model's summed clipped margins), if tabled."""
     utility_none: int | None
     """U of the empty coalition (the previous global model), if tabled."""
 
@@ -344,7 +345,8 @@ class RoundView(View):
     shares: list[ShareView]
     payout: PayoutView | None
     accuracy: float | None
-    """The round's model on the validation set (U of the grand coalition ÷ samples), if known."""
+    """The round's model on the validation set (U of the grand coalition ÷ its maximum, ≤ the
+    accuracy: the protocol's U sums clipped margins), if known."""
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
@@ -446,12 +448,13 @@ def round_body(body: SubmitRound) -> JSON:
 
 
 def round_accuracy(shares: list[ShareView], samples: int | None) -> float | None:
-    """The round model's accuracy, from the first share that tabled the grand coalition."""
+    """The round model's score in [0, 1] from the first share that tabled the grand coalition:
+    U(N) ÷ its maximum (the clipped margin of every sample at the cap), at most the accuracy."""
     if not samples:
         return None
     for share in shares:
         if share.utility_all is not None:
-            return share.utility_all / samples
+            return share.utility_all / max_utility(samples)
     return None
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from math import prod
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -51,6 +51,13 @@ A_MAX = 2**15 - 1
 """Activations are clipped to A_MAX (and to −A_MAX below for linear layers)."""
 W_MAX = 2**19 - 1
 """Largest |Q(w)|."""
+MARGIN_CAP = 2**F_A
+"""Most one validation sample adds to ``U``: its true class's margin over the best other class,
+``z_y − max_{j≠y} z_j`` in the logits' fixed point (scale 2^F_a), clipped to [0, MARGIN_CAP],
+i.e. to one logit unit. ``U ≤ N·MARGIN_CAP`` (< 2^32 for N ≤ MAX_VALIDATION_SAMPLES)."""
+Score = Literal["margin", "count"]
+"""How ``U`` scores a model: ``"margin"`` (the protocol's score, summed clipped margins) or
+``"count"`` (correctly classified samples: evaluator v1's first score, kept for comparison)."""
 ACC_LIMIT = 2**62
 """Every weight layer's accumulator bound must stay below this."""
 MAX_LAYERS = 64

@@ -4,8 +4,10 @@
 Players are the round's clients ``1..n``; ``g`` is the previous global model. Each client's
 weight in every coalition is fixed for the round:
 
-- sample counts are clipped at the round's lower median, ``s'_i = min(s_i, s_med)`` with
-  ``s_med`` at index ⌊(n−1)/2⌋ of the sorted counts (reporting 10× the samples gains nothing);
+- sample counts are clipped at the round's smallest count, ``s'_i = min(s_i, s_min)``, so every
+  client weighs the same: reported counts cannot be verified, and any weight that grows with
+  them pays a client that inflates its count (clipping at the median still paid a client below
+  the median up to 2.98× under Dirichlet(0.5) with the margin score, docs/BENCHMARKS.md);
 - ``L_i`` is the largest-remainder apportionment of ``2^K·s'_i / Σ s'`` (remainder ties to the
   lower client index), so ``Σ L_i = 2^K``;
 - coalition S mixes ``model(S) = Σ_j c_j·Q(w_j) / 2^K`` with integer coefficients
@@ -13,7 +15,10 @@ weight in every coalition is fixed for the round:
 
 Nothing is renormalised inside S and nothing is rounded, so a client whose quantised update
 equals ``Q(g)`` leaves every coalition's weights unchanged: its Shapley value is exactly 0.
-``U(S)`` counts the validation samples ``model(S)`` classifies correctly under evaluator v1.
+``U(S)`` sums, over the validation samples, ``model(S)``'s margin of the true class over the best
+other class under evaluator v1, clipped to [0, MARGIN_CAP] (a smoother score than the count of
+correct samples: equal clients are paid more alike, docs/BENCHMARKS.md), so
+``0 ≤ U(S) ≤ max_utility(N)``.
 
 Also here: the bit-exact FedAvg the submitted global model must equal (DESIGN §4).
 """
@@ -24,19 +29,26 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedcoin.consensus.evaluator import K, Program, Validation
+from fedcoin.consensus.evaluator import MARGIN_CAP, K, Program, Score, Validation
 from fedcoin.consensus.inference import ExactEvaluator
 from fedcoin.consensus.quantize import quantize_weights
 
 Weights = list[np.ndarray]
 
 
+def max_utility(validation_samples: int) -> int:
+    """The largest ``U`` a coalition can score on a validation set of this many samples (every
+    table entry lies in [0, this])."""
+    return validation_samples * MARGIN_CAP
+
+
 def clip_samples(samples: Sequence[int]) -> tuple[int, ...]:
-    """``s'_i = min(s_i, s_med)``, ``s_med`` the lower median of the reported counts."""
+    """``s'_i = min(s_i, s_min)``: every count clipped at the round's smallest one (no claim
+    can raise a client's weight above another's)."""
     if not samples or any(type(s) is not int or s < 1 for s in samples):
         raise ValueError("sample counts must be positive integers, at least one")
-    median = sorted(samples)[(len(samples) - 1) // 2]
-    return tuple(min(s, median) for s in samples)
+    smallest = min(samples)
+    return tuple(min(s, smallest) for s in samples)
 
 
 def apportion(counts: Sequence[int], bits: int = K) -> tuple[int, ...]:
@@ -81,8 +93,10 @@ class NullPlayerGame:
         previous: Sequence[np.ndarray],
         clients: Sequence[Sequence[np.ndarray]],
         samples: Sequence[int],
+        score: Score = "margin",
     ) -> None:
-        """Quantises every model (a named ``EvaluatorError`` if one is out of range)."""
+        """Quantises every model (a named ``EvaluatorError`` if one is out of range). ``score``
+        is the protocol's ``"margin"``; ``"count"`` serves comparisons and tests."""
         if not clients or len(clients) != len(samples):
             raise ValueError("one sample count per client, at least one client")
         self.n = len(clients)
@@ -90,13 +104,14 @@ class NullPlayerGame:
         players = [quantize_weights(program, c) for c in clients]
         players.append(quantize_weights(program, previous))
         self.evaluator = ExactEvaluator(program, validation, players)
+        self.score: Score = score
 
     def utilities(self, masks: Sequence[int]) -> list[int]:
         """``U`` of each coalition mask, in order."""
         if len(masks) == 0:
             return []
         coeffs = coalition_coefficients(masks, self.weights)
-        return [int(c) for c in self.evaluator.correct(coeffs)]
+        return [int(c) for c in self.evaluator.scores(coeffs, self.score)]
 
     def utility(self, mask: int) -> int:
         return self.utilities([mask])[0]

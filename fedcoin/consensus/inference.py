@@ -2,8 +2,9 @@
 """The exact integer forward pass of evaluator v1, fast: BLAS on integer-valued float64.
 
 ``ExactEvaluator`` scores batches of coalition models ``W_S = Σ_j c_j·Q(w_j)`` (integer
-coefficients ``c_j ≥ 0`` with ``Σ c_j = 2^K``) on a quantised validation set and returns how
-many samples each classifies correctly. The result is a function of the integers only: the same
+coefficients ``c_j ≥ 0`` with ``Σ c_j = 2^K``) on a quantised validation set: the sum over the
+samples of the true class's logit margin clipped to [0, MARGIN_CAP] (the protocol's ``U``), or
+how many samples each classifies correctly. The result is a function of the integers only: the same
 on every CPU, BLAS kernel, thread count and batch composition.
 
 How it stays exact and fast (DESIGN §5): numpy's int64 matmul has no BLAS, so products run as
@@ -38,11 +39,13 @@ from fedcoin.consensus.evaluator import (
     F_A,
     F_W,
     F_X,
+    MARGIN_CAP,
     K,
     PoolLayer,
     Program,
     QuantizedModel,
     ReshapeLayer,
+    Score,
     Validation,
     WeightLayer,
 )
@@ -198,6 +201,27 @@ def correct_counts(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (true > best).sum(axis=1).astype(np.int64)
 
 
+def margin_scores(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(m, N, classes) integer logits → per row ``Σ clip(z_y − max_{j≠y} z_j, 0, MARGIN_CAP)``:
+    the true class's margin over the best other class, in the logits' fixed point, clipped (a
+    wrong sample or a tie adds 0, a sample right by one logit unit or more adds MARGIN_CAP); one
+    output: the margin is ``z`` for y = 1 and ``−z`` for y = 0. Exact: every logit is an integer
+    with |z| ≤ A_MAX, so differences and the sum (≤ N·MARGIN_CAP < 2^53) are exact in float64."""
+    if logits.shape[-1] == 1:
+        z = logits[..., 0]
+        margin = np.where(y[None, :] == 1, z, -z)
+    else:
+        true = np.take_along_axis(logits, y[None, :, None], axis=-1)[..., 0]
+        hot = np.arange(logits.shape[-1])[None, :] == y[:, None]  # (N, classes)
+        others = np.where(hot, -np.inf, logits)
+        best = others[..., 0].copy()
+        for j in range(1, logits.shape[-1]):
+            np.maximum(best, others[..., j], out=best)
+        margin = true - best
+    np.clip(margin, 0, MARGIN_CAP, out=margin)
+    return margin.sum(axis=1).astype(np.int64)
+
+
 class ExactEvaluator:
     """Scores coalition models of a fixed set of players on one validation set, exactly.
     Activations are float64 arrays holding integers (|h| ≤ A_MAX), so BLAS takes them as is."""
@@ -251,6 +275,11 @@ class ExactEvaluator:
 
     def correct(self, coeffs: np.ndarray) -> np.ndarray:
         """``coeffs`` (m, players) non-negative ints, rows summing to 2^K → correct counts."""
+        return self.scores(coeffs, "count")
+
+    def scores(self, coeffs: np.ndarray, score: Score = "margin") -> np.ndarray:
+        """``U`` of each row of ``coeffs`` (m, players; non-negative ints, rows summing to
+        2^K): summed clipped margins (``"margin"``, the protocol's) or correct counts."""
         coeffs = np.asarray(coeffs, dtype=np.int64)
         if coeffs.ndim != 2 or coeffs.shape[1] != self.players:
             raise ValueError("one coefficient per player in each row")
@@ -259,7 +288,9 @@ class ExactEvaluator:
         out = np.empty(coeffs.shape[0], dtype=np.int64)
         for start in range(0, coeffs.shape[0], self.batch):
             z = self.logits(coeffs[start : start + self.batch])
-            out[start : start + self.batch] = correct_counts(z, self.validation.y)
+            y = self.validation.y
+            scored = margin_scores(z, y) if score == "margin" else correct_counts(z, y)
+            out[start : start + self.batch] = scored
         return out
 
     def _mixed(self, c: np.ndarray, tensor: int) -> np.ndarray:

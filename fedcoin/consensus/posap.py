@@ -207,7 +207,7 @@ class PosapVerifier:
         program = compile_architecture(architecture)
         for weights in clients:
             quantize_weights(program, weights)
-        # The global model is, bit for bit, the FedAvg with median-clipped counts
+        # The global model is, bit for bit, the FedAvg with counts clipped at the smallest
         if not is_exact_fedavg(global_model, clients, [u.samples for u in round_.updates]):
             raise NotFedAvg(round=round_.round)
 

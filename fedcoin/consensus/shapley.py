@@ -19,145 +19,55 @@ without replacement within a size. On a full table the same formula *is* the exa
 value, so one code path serves both, and on integer utilities the estimate is recomputed with
 exact rational arithmetic (``fixed_point_estimate``): the basis of verifiable PoSap shares.
 
-The schedule is a pure function of ``(n, budget, seed)`` through a SHA-256 counter generator:
-no global random state, identical on every machine and Python version.
+The schedules live in ``sampling.py`` (re-exported here): ``stratified_schedule`` and
+``paired_schedule``, which keeps the same outer strata and samples the middle sizes in
+complementary pairs (S, then N \\ S) — the common schedule of PoSap v2
+(``consensus/schedule.py``). Each is a pure function of ``(n, budget, seed)`` through a
+SHA-256 counter generator: no global random state, identical on every machine and Python
+version.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any, TypeVar
 
+from fedcoin.consensus.sampling import (
+    SeededRng,
+    border,
+    paired_schedule,
+    popcount,
+    stratified_schedule,
+)
+
+__all__ = [
+    "ESTIMATOR_EXACT",
+    "ESTIMATOR_STRATIFIED",
+    "SV_SCALE",
+    "SeededRng",
+    "adjusted_values",
+    "border",
+    "control_variate",
+    "estimate_shapley",
+    "exact_shapley",
+    "fixed_point_estimate",
+    "paired_schedule",
+    "permutation_shapley",
+    "popcount",
+    "stratified_schedule",
+    "stratified_values",
+]
+
 SV_SCALE = 10**6
-"""Fixed-point scale of PoSap estimates: units per validation sample."""
+"""Fixed-point scale of PoSap estimates: units per unit of ``U`` (the clipped margin score, at
+most ``evaluator.MARGIN_CAP`` = 256 per validation sample)."""
 
 ESTIMATOR_EXACT = 0
 ESTIMATOR_STRATIFIED = 1
 
 Number = TypeVar("Number", float, Fraction)
-
-
-class SeededRng:
-    """Uniform integers from SHA-256 in counter mode over a seed; portable and reproducible."""
-
-    def __init__(self, seed: bytes) -> None:
-        self._seed = seed
-        self._counter = 0
-        self._pool = 0
-        self._bits = 0
-
-    def _refill(self) -> None:
-        block = hashlib.sha256(self._seed + self._counter.to_bytes(8, "big")).digest()
-        self._counter += 1
-        self._pool |= int.from_bytes(block, "big") << self._bits
-        self._bits += 256
-
-    def bits(self, k: int) -> int:
-        while self._bits < k:
-            self._refill()
-        out = self._pool & ((1 << k) - 1)
-        self._pool >>= k
-        self._bits -= k
-        return out
-
-    def below(self, bound: int) -> int:
-        """Uniform integer in ``[0, bound)`` by rejection sampling."""
-        if bound <= 0:
-            raise ValueError("bound must be positive")
-        k = (bound - 1).bit_length()
-        while True:
-            value = self.bits(k) if k else 0
-            if value < bound:
-                return value
-
-
-def popcount(mask: int) -> int:
-    return mask.bit_count()
-
-
-def border(n: int) -> list[int]:
-    """∅, N, every singleton and every (n−1)-coalition: the entries that weigh most."""
-    full = (1 << n) - 1
-    masks = [0, full]
-    masks += [1 << i for i in range(n)]
-    masks += [full ^ (1 << i) for i in range(n)]
-    seen: set[int] = set()
-    return [m for m in masks if not (m in seen or seen.add(m))]  # type: ignore[func-returns-value]
-
-
-def _random_subset(n: int, k: int, rng: SeededRng) -> int:
-    players = list(range(n))
-    mask = 0
-    for j in range(k):
-        pick = j + rng.below(n - j)
-        players[j], players[pick] = players[pick], players[j]
-        mask |= 1 << players[j]
-    return mask
-
-
-def _all_of_size(n: int, k: int) -> list[int]:
-    out = []
-    for combo in _combinations(n, k):
-        out.append(sum(1 << i for i in combo))
-    return out
-
-
-def _combinations(n: int, k: int) -> Iterable[tuple[int, ...]]:
-    from itertools import combinations
-
-    return combinations(range(n), k)
-
-
-def stratified_schedule(n: int, budget: int, seed: bytes) -> list[int]:
-    """The coalitions a stratified estimate with ``budget`` evaluations uses, in order.
-
-    All ``2**n`` (ascending) when the budget allows; otherwise complete outer strata followed
-    by samples of the middle sizes. A pure function of its arguments.
-    """
-    if n < 1:
-        raise ValueError("a game needs at least one player")
-    total = 1 << n
-    if budget >= total:
-        return list(range(total))
-    chosen = border(n)
-    if budget < len(chosen):
-        raise ValueError(f"budget {budget} is below the {len(chosen)} border coalitions")
-    left = budget - len(chosen)
-    # Complete further strata from the outside in while each costs at most a quarter of what is
-    # left (measured on FL games: a quarter beats a half or all-sampled, bench/shapley.py).
-    complete = {0, 1, n - 1, n}
-    lo, hi = 2, n - 2
-    order: list[int] = []
-    while lo <= hi:
-        order.append(lo)
-        if hi != lo:
-            order.append(hi)
-        lo, hi = lo + 1, hi - 1
-    for size in order:
-        cost = math.comb(n, size)
-        if cost > left // 4:
-            break
-        chosen += _all_of_size(n, size)
-        complete.add(size)
-        left -= cost
-    middle = [k for k in order if k not in complete]
-    if not middle or left == 0:
-        return chosen
-    # Spread what is left evenly over the middle sizes, the outermost first for the remainder.
-    per, extra = divmod(left, len(middle))
-    rng = SeededRng(seed)
-    for rank, size in enumerate(middle):
-        want = min(per + (1 if rank < extra else 0), math.comb(n, size))
-        picked: set[int] = set()
-        while len(picked) < want:
-            mask = _random_subset(n, size, rng)
-            if mask not in picked:
-                picked.add(mask)
-                chosen.append(mask)
-    return chosen
 
 
 def _float_div(s: float, c: int) -> float:

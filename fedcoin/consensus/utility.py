@@ -1,8 +1,9 @@
 """Coalition utility of an FL round (DESIGN §5): the exact null-player game, memoised.
 
-``U(S)`` is ``game.NullPlayerGame``'s integer: the number of validation samples that the
-null-player mixture ``model(S) = Σ_{i∈S} λ_i·w_i + (1 − Σ_{i∈S} λ_i)·g`` (fixed round weights
-from median-clipped counts) classifies correctly under evaluator v1. It is computed with integer
+``U(S)`` is ``game.NullPlayerGame``'s integer: the summed clipped margin of the true class
+(``evaluator.MARGIN_CAP``) of the null-player mixture
+``model(S) = Σ_{i∈S} λ_i·w_i + (1 − Σ_{i∈S} λ_i)·g`` (fixed round weights from clipped
+counts) on the validation set under evaluator v1. It is computed with integer
 fixed-point arithmetic only, so every node gets the same value bit for bit, whatever the CPU,
 BLAS kernel or batch a coalition falls in. There is no float path and no Keras fallback: an
 architecture the evaluator cannot compile is refused with its named ``EvaluatorError``.
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedcoin.consensus.evaluator import compile_architecture
+from fedcoin.consensus.evaluator import Score, compile_architecture
 from fedcoin.consensus.game import NullPlayerGame, exact_fedavg
 from fedcoin.consensus.quantize import quantize_validation
 
@@ -28,7 +29,7 @@ Weights = list[np.ndarray]
 __all__ = ["CoalitionGame", "Weights", "fedavg", "same_shapes"]
 
 fedavg = exact_fedavg
-"""The global model a round must submit: ``game.exact_fedavg`` (median-clipped counts)."""
+"""The global model a round must submit: ``game.exact_fedavg`` (counts clipped at the smallest)."""
 
 
 def same_shapes(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> bool:
@@ -51,10 +52,11 @@ class CoalitionGame:
         samples: Sequence[int],
         x_val: np.ndarray,
         y_val: np.ndarray,
+        score: Score = "margin",
     ) -> None:
         program = compile_architecture(architecture_json)
         validation = quantize_validation(program, x_val, y_val)
-        self.game = NullPlayerGame(program, validation, previous, clients, samples)
+        self.game = NullPlayerGame(program, validation, previous, clients, samples, score)
         self.n = self.game.n
         self.weights = self.game.weights
         self.memo: dict[int, int] = {}

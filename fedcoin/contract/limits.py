@@ -35,6 +35,9 @@ MAX_MODEL_BYTES = 64 * 1024 * 1024
 """Largest model bundle a spec may name (the content store's and decoder's cap on one blob)."""
 MAX_VALIDATION_BYTES = 32 * 1024 * 1024
 """Largest validation set blob a spec may name (fits MNIST's 10 000-image test set, 31.4 MB)."""
+MAX_SAMPLES = 2**32
+"""Largest ``max_samples`` a spec may set: counts stay exact in the float64 FedAvg (60·2^32 <
+2^53) and in the round weights' apportionment."""
 MAX_VALIDATION_SAMPLES = 10_000
 """Most samples in a validation set."""
 MAX_PARAMETERS = 2**24

@@ -19,6 +19,7 @@ from fedcoin.contract.limits import (
     MAX_MODEL_BYTES,
     MAX_POSAP_TIMEOUT_MS,
     MAX_ROUNDS,
+    MAX_SAMPLES,
     MAX_SHARE_WINDOW_MS,
     MAX_SPOT_CHECKS,
     MAX_TOLERANCE,
@@ -42,6 +43,7 @@ from fedcoin.errors import (
     TaskExpired,
     TaskNotClosable,
     TaskNotOpen,
+    TooManySamples,
     UnknownTask,
     WrongRound,
 )
@@ -58,7 +60,8 @@ class RoundChecker(Protocol):
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
         """Raise ``RoundContentUnavailable``, ``WrongTensorShapes`` or ``NotFedAvg`` (the global
-        model is not bit for bit the FedAvg with median-clipped counts); return when sound."""
+        model is not bit for bit the FedAvg with counts clipped at the smallest); return when
+        sound."""
 
 
 def validate_spec(spec: TaskSpec, height: int) -> None:
@@ -89,6 +92,9 @@ def validate_spec(spec: TaskSpec, height: int) -> None:
         raise bad(f"model must be at most {MAX_MODEL_BYTES} bytes")
     if spec.validation.size > MAX_VALIDATION_BYTES:
         raise bad(f"validation must be at most {MAX_VALIDATION_BYTES} bytes")
+    # A client update claims at least one and at most max_samples ≤ MAX_SAMPLES samples
+    if not 1 <= spec.max_samples <= MAX_SAMPLES:
+        raise bad(f"max_samples must be between 1 and {MAX_SAMPLES}")
     # A task pays for a bounded number of rounds
     if spec.rounds > MAX_ROUNDS:
         raise bad(f"rounds must be at most {MAX_ROUNDS}")
@@ -202,6 +208,11 @@ def submit_round(
         # A client trained on at least one sample
         if update.samples < 1:
             raise InvalidUpdate(client=update.client_pubkey)
+        # A client claims no more samples than the task's max_samples
+        if update.samples > spec.max_samples:
+            raise TooManySamples(
+                client=update.client_pubkey, samples=update.samples, max=spec.max_samples
+            )
         # Each update is signed by its client for this task and this round
         if not update.signature_ok(body.task_id, body.round):
             raise BadUpdateSignature(client=update.client_pubkey, round=body.round)

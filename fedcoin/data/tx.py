@@ -38,6 +38,8 @@ MAX_CLIENTS = 60
 ZERO_SIG = bytes(64)
 #: Most client keys a consortium task may list in ``allowed_clients``.
 MAX_ALLOWED_CLIENTS = 256
+#: ``TaskSpec.max_samples`` when a spec does not set it: a round's largest credible claim.
+DEFAULT_MAX_SAMPLES = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,9 @@ class TaskSpec(Record):
         default=(), metadata={"codec": list_of(PUBKEY, MAX_ALLOWED_CLIENTS)}
     )
     """Consortium tasks: the only client keys whose updates a round may carry; empty = open."""
+    max_samples: int = field(default=DEFAULT_MAX_SAMPLES, metadata={"codec": U64})
+    """The largest sample count one client update may claim (its FedAvg weight before the
+    clip at the round's smallest count); at most ``contract.limits.MAX_SAMPLES``."""
 
     @property
     def escrow(self) -> int:

@@ -65,8 +65,8 @@ async def test_free_rider_gets_zero_and_inflating_samples_gains_nothing(tmp_path
             # the free rider (last client) is valued and paid exactly 0, every round
             assert payout.sv[-1] == 0 and payout.clients[-1][1] == 0
             assert payout.sv[0] > 0
-            # the inflated claim is clipped at the median: its value is the one the honest count
-            # gives, recomputed here from the round's own weights with the honest counts
+            # the inflated claim is clipped at the smallest count: its value is the one the honest
+            # count gives, recomputed here from the round's own weights with the honest counts
             body = rounds[block.posap.shares[0].sv_task_id]
             assert [u.samples for u in body.updates] == claims
             spec = node.chain.head_state().tasks[server.task_id].spec

@@ -128,3 +128,16 @@ def test_transfer_wait_gives_up_when_no_block_comes(tmp_path):
     finally:
         node.terminate()
         node.communicate(timeout=30)
+
+
+def test_max_samples_option_defaults_to_the_spec_default(tmp_path):
+    import argparse
+
+    from fedcoin.application.light import add_light_arguments
+    from fedcoin.data.tx import DEFAULT_MAX_SAMPLES, TaskSpec
+
+    p = argparse.ArgumentParser()
+    add_light_arguments(p, tmp_path, "http://127.0.0.1:9", int)
+    assert p.parse_args([]).max_samples == DEFAULT_MAX_SAMPLES
+    assert TaskSpec.__dataclass_fields__["max_samples"].default == DEFAULT_MAX_SAMPLES
+    assert p.parse_args(["--max-samples", "500"]).max_samples == 500

@@ -20,6 +20,7 @@ from fedcoin.consensus.evaluator import (
     F_A,
     F_W,
     F_X,
+    MARGIN_CAP,
     K,
     PoolLayer,
     Program,
@@ -113,14 +114,26 @@ def correct(z: list[int], label: int) -> bool:
     return all(z[label] > v for j, v in enumerate(z) if j != label)
 
 
+def margin(z: list[int], label: int) -> int:
+    """The true class's lead over the best other class, clipped to [0, MARGIN_CAP]."""
+    if len(z) == 1:
+        lead = z[0] if label == 1 else -z[0]
+    else:
+        lead = z[label] - max(v for j, v in enumerate(z) if j != label)
+    return min(max(lead, 0), MARGIN_CAP)
+
+
 def utility(
     program: Program,
     x: np.ndarray,
     y: np.ndarray,
     players: Sequence[Sequence[np.ndarray]],
     coefficients: Sequence[int],
+    score: str = "count",
 ) -> int:
-    """U of the model ``Σ_j c_j·Q(w_j)`` (coefficients summing to 2^K) on (x, y)."""
+    """U of the model ``Σ_j c_j·Q(w_j)`` (coefficients summing to 2^K) on (x, y): correct
+    samples (``"count"``) or summed clipped margins (``"margin"``, the protocol's U)."""
+    per_sample = margin if score == "margin" else correct
     quantised = [[flat(t, F_W) for t in p] for p in players]
     params = [
         [sum(c * p[t][i] for c, p in zip(coefficients, quantised, strict=True)) for i in range(n)]
@@ -128,7 +141,7 @@ def utility(
     ]
     total = 0
     for sample, label in zip(x, y.tolist(), strict=True):
-        total += correct(logits(program, flat(sample, F_X), params), label)
+        total += per_sample(logits(program, flat(sample, F_X), params), label)
     return total
 
 

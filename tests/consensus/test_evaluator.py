@@ -14,6 +14,7 @@ from fedcoin.consensus import inference
 from fedcoin.consensus.evaluator import (
     A_MAX,
     F_X,
+    MARGIN_CAP,
     W_MAX,
     X_MAX,
     PoolLayer,
@@ -26,6 +27,7 @@ from fedcoin.consensus.inference import (
     combine_players,
     correct_counts,
     exact_matmul,
+    margin_scores,
 )
 from fedcoin.consensus.quantize import (
     accumulator_bound,
@@ -338,6 +340,24 @@ def test_ties_and_signs_count_as_wrong():
     assert correct_counts(logits, np.array([0, 1, 0])).tolist() == [1]
     single = np.array([[[1], [0], [-1], [0]]], dtype=np.float64)
     assert correct_counts(single, np.array([1, 1, 0, 0])).tolist() == [2]
+
+
+def test_margin_is_the_true_class_lead_clipped_to_the_cap():
+    cap = MARGIN_CAP
+    logits = np.array([[[5, 5, 1], [1, 7, 4], [900, 2, 1], [3, 2, 9]]], dtype=np.float64)
+    # a tie adds 0, a lead of 3 adds 3, a lead beyond the cap adds the cap, a wrong sample 0
+    assert margin_scores(logits, np.array([0, 1, 0, 0])).tolist() == [0 + 3 + cap + 0]
+    single = np.array([[[5], [-5], [-9], [cap + 7]]], dtype=np.float64)
+    assert margin_scores(single, np.array([1, 1, 0, 1])).tolist() == [5 + 0 + 9 + cap]
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_margin_scores_equal_the_reference(name):
+    program, models, x, y, ev = evaluator_for(ARCHITECTURES[name], 3, seed=11)
+    coeffs = coalition_coefficients(list(range(4)), [1500, 2596])
+    want = [utility(program, x, y, models, row.tolist(), "margin") for row in coeffs]
+    assert ev.scores(coeffs).tolist() == want
+    assert ev.scores(coeffs, "count").tolist() == ev.correct(coeffs).tolist()
 
 
 def test_zero_model_scores_nothing():

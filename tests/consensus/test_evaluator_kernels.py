@@ -4,6 +4,7 @@ because OpenBLAS picks its kernel and threads when it loads."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -69,15 +70,17 @@ ROUNDS = {
 
 
 def tables() -> dict[str, list[int]]:
+    """The U table of each round under both scores (the protocol's margin, and the count)."""
     out = {}
-    for name, make in ROUNDS.items():
+    for (name, make), score in itertools.product(ROUNDS.items(), ("margin", "count")):
         program, g, clients, samples, x, y = make()
-        game = NullPlayerGame(program, quantize_validation(program, x, y), g, clients, samples)
+        validation = quantize_validation(program, x, y)
+        game = NullPlayerGame(program, validation, g, clients, samples, score)
         masks = list(range(1 << len(clients)))
         # mixed batches: all at once, then one by one in reverse; they must agree
         together = game.utilities(masks)
         alone = [game.utility(m) for m in reversed(masks)][::-1]
-        out[name] = together if together == alone else [-1]
+        out[f"{name}/{score}"] = together if together == alone else [-1]
     return out
 
 
@@ -117,4 +120,4 @@ def test_crafted_tie_counts_as_wrong_on_every_node():
     assert table[0] == 0 and table[3] == 0  # g and the grand coalition: classes 0 and 1 tie
     assert table[1] + table[2] > 0  # each client alone breaks the tie one way
     players = [*clients, g]
-    assert table[3] == utility(program, x, y, players, [2048, 2048, 0])
+    assert table[3] == utility(program, x, y, players, [2048, 2048, 0], "margin")

@@ -1,5 +1,5 @@
-"""The null-player game (DESIGN §5): median clip, apportioned round weights, coalition
-coefficients, exact null players, batch independence, and the bit-exact FedAvg of §4."""
+"""The null-player game (DESIGN §5): clip at the smallest count, apportioned round weights,
+coalition coefficients, exact null players, batch independence, and the bit-exact FedAvg of §4."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcoin.consensus.evaluator import K, compile_architecture
+from fedcoin.consensus.evaluator import MARGIN_CAP, K, compile_architecture
 from fedcoin.consensus.game import (
     NullPlayerGame,
     apportion,
@@ -16,6 +16,7 @@ from fedcoin.consensus.game import (
     coalition_coefficients,
     exact_fedavg,
     is_exact_fedavg,
+    max_utility,
     round_weights,
 )
 from fedcoin.consensus.quantize import quantize_validation
@@ -53,16 +54,18 @@ def game_of(arch, n, seed, **kw):
 
 
 # --- round weights ---------------------------------------------------------------------------
-def test_clip_at_lower_median():
-    assert clip_samples([10, 20, 30]) == (10, 20, 20)
-    assert clip_samples([40, 10, 30, 20]) == (20, 10, 20, 20)  # lower median of 4: index 1
+def test_clip_at_the_smallest_count():
+    assert clip_samples([10, 20, 30]) == (10, 10, 10)
+    assert clip_samples([40, 10, 30, 20]) == (10, 10, 10, 10)
     assert clip_samples([7]) == (7,)
 
 
-def test_inflating_samples_gains_nothing_beyond_the_median():
+def test_inflating_samples_gains_nothing():
     honest = round_weights([100, 100, 100, 100])
     inflated = round_weights([1000, 100, 100, 100])
     assert inflated == honest == (1024, 1024, 1024, 1024)
+    # A client below the others cannot raise its weight by claiming their count either
+    assert round_weights([50, 100, 100, 100]) == round_weights([100, 100, 100, 100])
 
 
 @pytest.mark.parametrize("bad", [[], [0, 5], [-1], [1.5], [True]])
@@ -101,9 +104,9 @@ def test_coalition_coefficients():
 def test_empty_coalition_is_the_previous_global_and_grand_is_the_weighted_mix():
     game, (program, g, clients, samples, x, y) = game_of(MLP, 3, 0)
     players = [*clients, g]
-    assert game.utility(0) == utility(program, x, y, players, [0, 0, 0, 4096])
+    assert game.utility(0) == utility(program, x, y, players, [0, 0, 0, 4096], "margin")
     full = [*round_weights(samples), 0]
-    assert game.utility(0b111) == utility(program, x, y, players, full)
+    assert game.utility(0b111) == utility(program, x, y, players, full, "margin")
 
 
 @settings(max_examples=15, deadline=None)
@@ -134,14 +137,31 @@ def test_property_table_independent_of_batch_composition_and_order(seed, data):
 
 
 @settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2**16))
-def test_property_game_equals_pure_integer_reference(seed):
-    game, (program, g, clients, samples, x, y) = game_of(CNN, 3, seed, val=8)
+@given(seed=st.integers(0, 2**16), score=st.sampled_from(["margin", "count"]))
+def test_property_game_equals_pure_integer_reference(seed, score):
+    program, g, clients, samples, x, y = make_round(CNN, 3, seed, val=8)
+    validation = quantize_validation(program, x, y)
+    game = NullPlayerGame(program, validation, g, clients, samples, score)
     masks = list(range(8))
     coeffs = coalition_coefficients(masks, round_weights(samples))
     players = [*clients, g]
-    want = [utility(program, x, y, players, row.tolist()) for row in coeffs]
+    want = [utility(program, x, y, players, row.tolist(), score) for row in coeffs]
     assert game.utilities(masks) == want
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), arch=st.sampled_from([MLP, CNN]))
+def test_property_margin_is_bounded_by_the_count(seed, arch):
+    # A sample adds to the margin score iff it is classified correctly, at least 1 and at most
+    # MARGIN_CAP: count ≤ U ≤ MARGIN_CAP·count ≤ max_utility(N)
+    program, g, clients, samples, x, y = make_round(arch, 3, seed, val=25)
+    validation = quantize_validation(program, x, y)
+    margin = NullPlayerGame(program, validation, g, clients, samples).utilities(list(range(8)))
+    count = NullPlayerGame(program, validation, g, clients, samples, "count").utilities(
+        list(range(8))
+    )
+    for u, c in zip(margin, count, strict=True):
+        assert c <= u <= MARGIN_CAP * c <= max_utility(len(y))
 
 
 def test_game_rejects_updates_outside_the_evaluators_bounds():
@@ -158,11 +178,11 @@ def test_game_rejects_updates_outside_the_evaluators_bounds():
 # --- the submitted global model ---------------------------------------------------------------
 def test_exact_fedavg_accumulates_clipped_counts_in_client_order():
     a, b, c = (np.array([v], np.float32) for v in (0.1, 0.2, 0.7))
-    got = exact_fedavg([[a], [b], [c]], [1, 3, 100])  # 100 clipped to the median 3
+    got = exact_fedavg([[a], [b], [c]], [2, 3, 100])  # every count clipped to the smallest, 2
     acc = np.float64(0.0)
-    for t, s in ((a, 1), (b, 3), (c, 3)):
+    for t, s in ((a, 2), (b, 2), (c, 2)):
         acc = acc + np.float64(t[0]) * s
-    assert got[0].dtype == np.float32 and got[0][0] == np.float32(acc / 7)
+    assert got[0].dtype == np.float32 and got[0][0] == np.float32(acc / 6)
 
 
 def test_is_exact_fedavg_is_bitwise():

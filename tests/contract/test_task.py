@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from fedcoin.contract.limits import MAX_SAMPLES
 from fedcoin.data.state import State, TaskStatus
 from fedcoin.data.tx import ClientUpdate, SubmitRound
 from fedcoin.errors import (
@@ -25,6 +26,7 @@ from fedcoin.errors import (
     TaskExpired,
     TaskNotClosable,
     TaskNotOpen,
+    TooManySamples,
     UnknownTask,
     WrongRound,
 )
@@ -79,6 +81,8 @@ def test_publish_escrows_rounds_times_price() -> None:
         ({"max_clients": 61}, "max_clients"),
         ({"deadline_height": 1}, "deadline_height"),
         ({"model": ref("m", size=0)}, "non-empty"),
+        ({"max_samples": 0}, "max_samples"),
+        ({"max_samples": MAX_SAMPLES + 1}, "max_samples"),
     ],
 )
 def test_publish_refuses_malformed_spec(overrides: dict[str, object], reason: str) -> None:
@@ -202,6 +206,17 @@ def test_samples_must_be_positive() -> None:
     zero = ClientUpdate.create(CLIENTS[5], task_id, 1, ref("z"), 0)
     with pytest.raises(InvalidUpdate):
         apply_tx(state, submit_with(task_id, (*make_updates(task_id, 1, 2), zero)))
+
+
+def test_samples_at_most_max_samples() -> None:
+    state, task_id = published(max_samples=100)
+    at_cap = ClientUpdate.create(CLIENTS[5], task_id, 1, ref("cap"), 100)
+    after = apply_tx(state, submit_with(task_id, (*make_updates(task_id, 1, 2), at_cap)))
+    assert after.tasks[task_id].rounds_done == 1
+    over = ClientUpdate.create(CLIENTS[5], task_id, 1, ref("over"), 101)
+    with pytest.raises(TooManySamples) as caught:
+        apply_tx(state, submit_with(task_id, (*make_updates(task_id, 1, 2), over)))
+    assert "max_samples" in str(caught.value) and "101" in str(caught.value)
 
 
 def test_update_signed_for_another_round_is_refused() -> None:

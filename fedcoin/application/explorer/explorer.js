@@ -5,7 +5,7 @@
 
 const POLL_MS = 2000;
 const UNIT = 1e6; // units per FC
-const SV_SCALE = 1e6; // Shapley values: fixed point per validation sample
+const SV_SCALE = 1e6; // Shapley values: fixed point of U units (MARGIN_CAP = 256 per validation sample)
 const COLORS = ["#2b6cb0", "#c05621", "#2f855a", "#6b46c1", "#b7791f", "#c53030", "#2c7a7b",
   "#97266d", "#4a5568", "#276749"];
 
@@ -221,7 +221,7 @@ async function taskDetail(args) {
   html += `<div class="charts">` +
     chart("accuracy", "Accuracy of each round's model (validation set)", xs,
       [{ name: "accuracy", values: settled.map((r) => r.accuracy) }], "line", "accuracy") +
-    chart("sv", "Shapley value per client (validation samples)", xs, perClient((r, i) => r.payout.sv[i] / SV_SCALE), "bar", "SV") +
+    chart("sv", "Shapley value per client (U units, 256 = one sample at full margin)", xs, perClient((r, i) => r.payout.sv[i] / SV_SCALE), "bar", "SV") +
     chart("pay", "Pay per client per round (FC)", xs, perClient((r, i) => r.payout.clients[i].paid / UNIT), "bar", "FC") +
     chart("cumulative", "Cumulative pay per client (FC)", xs, cumulative, "line", "FC") +
     `</div>`;

@@ -21,6 +21,7 @@ from fedcoin.consensus.game import exact_fedavg as fedavg
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.tensors import Weights, encode_bundle, encode_dataset, encode_weights, weights_of
 from fedcoin.data.tx import (
+    DEFAULT_MAX_SAMPLES,
     DEFAULT_POSAP,
     ClientUpdate,
     ContentRef,
@@ -66,6 +67,8 @@ class TaskOffer:
     posap: PosapParams = field(default=DEFAULT_POSAP)
     allowed_clients: tuple[bytes, ...] = ()
     """Consortium task: the only client public keys the chain will pay; () = open."""
+    max_samples: int = DEFAULT_MAX_SAMPLES
+    """The largest sample count a client update may claim (the chain refuses a round above it)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class Ledger:
                 split_bps=offer.split_bps, min_clients=offer.min_clients,
                 max_clients=offer.max_clients, deadline_height=height + offer.deadline_blocks,
                 posap=offer.posap, allowed_clients=offer.allowed_clients,
+                max_samples=offer.max_samples,
             )  # fmt: skip
             return (await node.send(self.key, chain_id, PublishTask(spec))).id
 

@@ -51,7 +51,7 @@ from fedcoin.consensus.shapley import SV_SCALE
 from fedcoin.consensus.utility import same_shapes
 from fedcoin.data.keys import PrivateKey, address_of, format_address
 from fedcoin.data.tensors import Weights
-from fedcoin.data.tx import ClientUpdate, ContentRef
+from fedcoin.data.tx import DEFAULT_MAX_SAMPLES, ClientUpdate, ContentRef
 from fedcoin.errors import ConfigError, FedCoinError
 
 log = logging.getLogger("fedcoin.flower")
@@ -116,6 +116,8 @@ class FedCoinFedAvg(FedAvg):
         self.offer = offer
         self.allowed = frozenset(offer.allowed_clients) if offer is not None else frozenset()
         """A consortium task's client keys (set with ``TaskOffer.allowed_clients``)."""
+        self.max_samples = offer.max_samples if offer is not None else DEFAULT_MAX_SAMPLES
+        """The largest sample count an update may claim (``TaskOffer.max_samples``)."""
         self.task_file = task_file
         self.task_id = task_id or load_task_id(task_file)
         if self.task_id is None and offer is None:
@@ -282,6 +284,8 @@ class FedCoinFedAvg(FedAvg):
             return f"client {format_address(address_of(update.pubkey))} replied twice"
         if self.allowed and update.pubkey not in self.allowed:
             return "the client is not in the task's allowed_clients"
+        if not 1 <= update.samples <= self.max_samples:
+            return f"its sample count {update.samples} is not between 1 and {self.max_samples}"
         if _sha(update.blob) in seen_weights:
             return "same weights as another client's"
         if not same_shapes(update.weights, self.global_weights) or any(
