@@ -110,7 +110,10 @@ class ChainLedger:
         fresh = self.mempool.follows in (None, head.hash)
         txs = self.mempool.select(self.params.max_block_txs) if fresh else []
         posap = self.posap_section(state, now_ms)
-        kept = [e for e in evidence if self._punishable(e)]
+        kept: list[DuplicateVoteEvidence] = []
+        for e in evidence:  # one item per offence: a block refuses a second (validator, height)
+            if all((k.validator, k.height) != (e.validator, e.height) for k in kept):
+                kept += [e] if self._punishable(e) else []
         for _ in range(len(txs) + len(kept) + (len(posap.shares) if posap else 0) + 2):
             try:
                 block, _ = self.chain.propose(

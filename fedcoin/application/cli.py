@@ -170,18 +170,7 @@ def cmd_full(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fedcoin.application.simulation import SimConfig, run
 
-    report = run(
-        SimConfig(
-            miners=args.miners, clients=args.clients, rounds=args.rounds, noisy=args.noisy,
-            free_riders=args.free_riders, non_iid=args.non_iid, epochs=args.epochs,
-            price=args.price, seed=args.seed, dataset=args.dataset, mnist_path=args.mnist_path,
-            out=args.out, data_dir=args.data_dir, connect_seconds=args.connect_timeout,
-            delta_free_riders=args.delta_free_riders,
-            disguised_free_riders=args.disguised_free_riders, label_flippers=args.label_flippers,
-            sybil_split=args.sybil_split, server_copies=args.server_copies,
-            inflate_samples=args.inflate_samples, allowed_clients=args.allowed_clients,
-        )
-    )  # fmt: skip
+    report = run(SimConfig.from_args(args))
     return 0 if report["same_head"] and report["conserved"] else 1
 
 

@@ -178,11 +178,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "simulate",
-        help="N miners, one FL server and K clients in one process; prints a report, writes plots",
+        help="N validators, one FL server and K clients in one process; prints a report, "
+        "writes plots",
         description="Run a whole FedCoin network in one process over real loopback sockets and "
-        "SQLite files: miners value every round by Proof of Shapley and pay the clients.",
+        "SQLite files: validators order blocks by Tendermint, value every round by Proof of "
+        "Shapley and pay the clients.",
     )
-    p.add_argument("--miners", type=int, default=4, help="full nodes (default %(default)s)")
+    p.add_argument(
+        "--validators", "--miners", dest="miners", type=int, default=4, metavar="N",
+        help="bonded validators, each a full node (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--byzantine", type=int, default=0, metavar="K",
+        help="validators that equivocate: two proposals per round, two votes per step "
+        "(default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--crashed", type=int, default=0, metavar="K",
+        help="validators that stop at --crash-at-height (default %(default)s); with the "
+        "byzantine ones, fewer than a third of N",
+    )  # fmt: skip
+    p.add_argument(
+        "--crash-at-height", type=int, default=3, metavar="H",
+        help="the height at which the crashed validators stop (default %(default)s)",
+    )  # fmt: skip
     p.add_argument("--clients", type=int, default=8, help="FL clients (default %(default)s)")
     p.add_argument("--rounds", type=int, default=5, help="FL rounds (default %(default)s)")
     p.add_argument(
@@ -220,11 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data-dir",
         type=Path,
-        help="keep the miners' SQLite files here (default: a temporary dir)",
+        help="keep the validators' SQLite files here (default: a temporary dir)",
     )
     p.add_argument(
         "--connect-timeout", type=float, default=30.0, metavar="SECONDS",
-        help="give up when a miner has no peer after this long (default %(default)s)",
+        help="give up when a validator has no peer after this long (default %(default)s)",
     )  # fmt: skip
 
     def wallet(name: str, help_text: str) -> argparse.ArgumentParser:

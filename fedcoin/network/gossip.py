@@ -136,11 +136,28 @@ class Pipeline:
             return
         try:
             # The claimed type and its bound, read from the first bytes: nothing decoded yet
-            frame_type(frame, self.max_frame_bytes)
+            claimed = frame_type(frame, self.max_frame_bytes)
             # Seen: a gossip frame we already have is dropped before it is decoded
             mid = message_id(frame)
             if mid in self.seen or mid in self.validating:
                 return
+        except Reject as exc:
+            self.penalise(peer, PENALTY_MALFORMED, str(exc))
+            return
+        if not claimed.GOSSIP:
+            await self._decode_and_handle(peer, frame, mid)
+            return
+        # A gossip frame is in flight from here: the copies other peers relay while this one is
+        # decoded and checked are dropped, not decoded again (with 32 validators in one process
+        # every copy of a block full of shares was decoded, and heights stalled for minutes)
+        self.validating.add(mid)
+        try:
+            await self._decode_and_handle(peer, frame, mid)
+        finally:
+            self.validating.discard(mid)
+
+    async def _decode_and_handle(self, peer: Peer, frame: bytes, mid: bytes) -> None:
+        try:
             if len(frame) > DECODE_INLINE_BYTES:  # a big block: decode it off the event loop
                 message = await asyncio.to_thread(decode_message, frame, self.max_frame_bytes)
             else:
