@@ -109,7 +109,9 @@ def write_outputs(out: Path, report: dict[str, Any]) -> None:
         ax.plot(rounds, [v if v is not None else float("nan") for v in c["sv_per_round"]],
                 marker="o", label=f"{c['index']} {c['kind']}")  # fmt: skip
     ax.set(
-        xlabel="round", ylabel="Shapley value (validation samples)", title="SV per client per round"
+        xlabel="round",
+        ylabel="Shapley value (U units: 256 per validation sample)",
+        title="SV per client per round",
     )
     ax.legend(fontsize=7, ncols=2)
     fig.tight_layout()
@@ -152,7 +154,7 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
     ):
         table.add_column(col, justify="left" if col == "kind" else "right")
     for c in report["clients"]:
-        svs = [f"{v:.2f}" if v is not None else "–" for v in c["sv_per_round"]]
+        svs = [f"{v:.0f}" if v is not None else "–" for v in c["sv_per_round"]]
         table.add_row(
             str(c["index"]), c["kind"], str(c["samples"]), *svs, f"{c['total_paid'] / UNIT:.3f}"
         )
