@@ -105,6 +105,14 @@ class NullPlayerGame:
         players.append(quantize_weights(program, previous))
         self.evaluator = ExactEvaluator(program, validation, players)
         self.score: Score = score
+        g = players[-1]
+        self.null_players = sum(
+            1 << i
+            for i, q in enumerate(players[:-1])
+            if all(np.array_equal(a, b) for a, b in zip(q, g, strict=True))
+        )
+        """Bit i set when client i's quantised update equals ``Q(g)``: a null player in every
+        coalition, whose Shapley value is exactly 0 (also where the table is only sampled)."""
 
     def utilities(self, masks: Sequence[int]) -> list[int]:
         """``U`` of each coalition mask, in order."""

@@ -75,6 +75,8 @@ class Game(Protocol):
     """What PoSap needs of a game: its size and memoised integer utilities."""
 
     n: int
+    null_players: int
+    """Mask of the clients whose quantised update equals the previous global's."""
 
     def utilities(self, masks: Sequence[int]) -> list[int]: ...
 
@@ -95,7 +97,7 @@ def make_share(sv_task: SvTask, params: PosapParams, game: Game, key: PrivateKey
     estimator, masks = plan(game.n, params, share_seed(sv_task.sv_task_id, key.public))
     values = game.utilities(masks)
     table = tuple(zip(masks, values, strict=True))
-    estimate = fixed_point_estimate(game.n, table)
+    estimate = posap_estimate(game, table)
     unsigned = Share(sv_task.sv_task_id, key.public, estimator, table, estimate, bytes(64))
     return unsigned.signed(key)
 
@@ -136,8 +138,13 @@ def verify_share(
         if value != real:
             raise TableEntryMismatch(mask=mask, claimed=value, evaluated=real)
     # The estimate is the recomputation from the table (the costliest check, so the last)
-    if tuple(share.estimate) != fixed_point_estimate(n, share.table):
+    if tuple(share.estimate) != posap_estimate(game, share.table):
         raise EstimateMismatch(miner=share.miner_pubkey)
+
+
+def posap_estimate(game: Game, table: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+    """The share's estimate: ``fixed_point_estimate`` of its table, 0 for the null players."""
+    return fixed_point_estimate(game.n, table, game.null_players)
 
 
 def layout(weights: Sequence[np.ndarray]) -> list[tuple[tuple[int, ...], str]]:

@@ -299,10 +299,17 @@ def permutation_shapley(
     return [s / perms for s in sums] if perms else [0.0] * n
 
 
-def fixed_point_estimate(n: int, table: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+def fixed_point_estimate(
+    n: int, table: Sequence[tuple[int, int]], null_players: int = 0
+) -> tuple[int, ...]:
     """The PoSap estimate from a share's integer table: ``floor(φ_i · SV_SCALE)``, exactly.
 
-    Rational arithmetic throughout, so every node recomputes the very same integers.
+    Rational arithmetic throughout, so every node recomputes the very same integers. Clients in
+    the ``null_players`` mask (their quantised update equals the previous global model's) get
+    exactly 0: the null-player axiom, which a sampled table only approximates (noise around 0
+    would pay a free rider, DESIGN §6).
     """
     values = adjusted_values(n, dict(table), Fraction)
-    return tuple(math.floor(v * SV_SCALE) for v in values)
+    return tuple(
+        0 if null_players >> i & 1 else math.floor(v * SV_SCALE) for i, v in enumerate(values)
+    )

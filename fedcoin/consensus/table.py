@@ -111,9 +111,12 @@ def first_difference(a: Table, b: Table) -> int | None:
     return None
 
 
-def table_estimate(n: int, schedule: Sequence[int], table: Table) -> tuple[int, ...]:
+def table_estimate(
+    n: int, schedule: Sequence[int], table: Table, null_players: int = 0
+) -> tuple[int, ...]:
     """SV of the round from its settled table: ``floor(φ_i · SV_SCALE)`` for each client,
-    exact (the stratified estimate, regression-adjusted when the table is sampled)."""
+    exact (the stratified estimate, regression-adjusted when the table is sampled), and 0 for
+    the clients of the ``null_players`` mask (``NullPlayerGame.null_players``)."""
     if len(schedule) != len(table):
         raise TableLengthMismatch(expected=len(schedule), got=len(table))
-    return fixed_point_estimate(n, list(zip(schedule, table, strict=True)))
+    return fixed_point_estimate(n, list(zip(schedule, table, strict=True)), null_players)

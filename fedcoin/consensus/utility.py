@@ -59,6 +59,7 @@ class CoalitionGame:
         self.game = NullPlayerGame(program, validation, previous, clients, samples, score)
         self.n = self.game.n
         self.weights = self.game.weights
+        self.null_players = self.game.null_players
         self.memo: dict[int, int] = {}
         self._lock = threading.Lock()
 

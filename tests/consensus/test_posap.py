@@ -40,6 +40,7 @@ class SmoothGame:
 
     def __init__(self, n: int) -> None:
         self.n = n
+        self.null_players = 0
         self.calls = 0
         self.memo: dict[int, int] = {}
 
