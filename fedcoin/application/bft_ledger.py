@@ -110,10 +110,7 @@ class ChainLedger:
         fresh = self.mempool.follows in (None, head.hash)
         txs = self.mempool.select(self.params.max_block_txs) if fresh else []
         posap = self.posap_section(state, now_ms)
-        kept: list[DuplicateVoteEvidence] = []
-        for e in evidence:  # one item per offence: a block refuses a second (validator, height)
-            if all((k.validator, k.height) != (e.validator, e.height) for k in kept):
-                kept += [e] if self._punishable(e) else []
+        kept = self.chain.punishable(evidence)
         for _ in range(len(txs) + len(kept) + (len(posap.shares) if posap else 0) + 2):
             try:
                 block, _ = self.chain.propose(
@@ -126,7 +123,7 @@ class ChainLedger:
                 txs = self.mempool.select(self.params.max_block_txs)
             except (BadEvidence, EvidenceAlreadyPunished) as exc:
                 log.info("leaving evidence out: %s", exc)
-                kept = []
+                kept = ()
             except ShareError as exc:
                 if posap is None:
                     raise
@@ -152,13 +149,6 @@ class ChainLedger:
         if not pool and now_ms >= sv.queued_ms + params.posap_timeout_ms:
             return PosapSection(sv.sv_task_id, ())
         return None
-
-    def _punishable(self, evidence: DuplicateVoteEvidence) -> bool:
-        try:
-            self.chain.check_evidence(evidence)
-        except FedCoinError:
-            return False
-        return True
 
     # --- checking and committing ---------------------------------------------------------------
     async def check(self, value: Block, *, now_ms: int) -> None:

@@ -38,13 +38,19 @@ from fedcoin.consensus.validators import (
     check_signature,
     verify_commit,
 )
-from fedcoin.data.block import Block, BlockHeader, PosapSection
+from fedcoin.data.block import MAX_EVIDENCE, Block, BlockHeader, PosapSection
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.state import Draft, State
 from fedcoin.data.store import ChainStore
 from fedcoin.data.tx import Transaction
 from fedcoin.data.vote import CommitCertificate, DuplicateVoteEvidence
-from fedcoin.errors import ConflictingCommit, StoreError, TimestampInFuture, UnknownParent
+from fedcoin.errors import (
+    BlockError,
+    ConflictingCommit,
+    StoreError,
+    TimestampInFuture,
+    UnknownParent,
+)
 from fedcoin.incentive.payouts import RoundPayout
 
 #: Proposals whose execution ``check_proposal`` keeps for ``commit`` (a height sees a few).
@@ -212,10 +218,33 @@ class Chain:
 
     def check_evidence(self, evidence: DuplicateVoteEvidence) -> None:
         """Raise unless ``evidence`` could go into the next block (valid, recent, unpunished):
-        what a node's evidence pool asks before gossiping an item or proposing with it."""
+        what a node's evidence pool asks before gossiping an item."""
         state = self.store.head_state()
+        self._punish(Draft(state), state, evidence)
+
+    def punishable(
+        self, evidence: Sequence[DuplicateVoteEvidence]
+    ) -> tuple[DuplicateVoteEvidence, ...]:
+        """The items, in order, that the next block may carry together: each valid, recent and
+        punished neither by the state nor by an earlier item (two proofs of one offence are
+        one punishment: a block carrying both is refused)."""
+        state = self.store.head_state()
+        draft = Draft(state)
+        kept: list[DuplicateVoteEvidence] = []
+        for item in evidence:
+            if len(kept) == MAX_EVIDENCE:
+                break
+            try:
+                self._punish(draft, state, item)
+            except BlockError:
+                continue
+            kept.append(item)
+        return tuple(kept)
+
+    def _punish(self, draft: Draft, state: State, evidence: DuplicateVoteEvidence) -> None:
+        """Apply one item to ``draft`` as the next block would (checks come before any change)."""
         apply_evidence(
-            Draft(state),
+            draft,
             (evidence,),
             chain_id=self.genesis.chain_id,
             height=self.head.height + 1,

@@ -320,6 +320,12 @@ def test_the_chain_tells_an_evidence_pool_what_the_next_block_may_carry() -> Non
     chain.check_evidence(fresh)
     with pytest.raises(BadEvidence):
         chain.check_evidence(equivocation(ALICE, 2))
+    # What a proposer may carry together: a second proof of the same offence (another round)
+    # and an invalid item are left out, the rest kept in order
+    same_offence, other = equivocation(MINER2, 2, round_=1), equivocation(MINER3, 2)
+    chain.check_evidence(same_offence)
+    picked = chain.punishable([fresh, equivocation(ALICE, 2), same_offence, other])
+    assert picked == (fresh, other)
     _, result = commit_next(chain, MINER, evidence=[fresh])
     assert result.applied is not None and result.applied.slashes[0].validator == MINER2.public
     with pytest.raises(EvidenceAlreadyPunished):
