@@ -10,7 +10,7 @@ height reads the state after that height from the store.
 
 from __future__ import annotations
 
-from fedcoin.consensus.stake import RANDAO_LENGTH
+from fedcoin.consensus.stake import RANDAO_LENGTH, randao_tip
 from fedcoin.data.encoding import sha256
 from fedcoin.errors import RandaoExhausted
 
@@ -64,10 +64,7 @@ class RandaoChain:
         """``H^index(secret)``, from the checkpoint below it."""
         if not 0 <= index <= self.length:
             raise ValueError(f"index {index} is off the chain")
-        value = self._checkpoints[index // self.every]
-        for _ in range(index % self.every):
-            value = sha256(value)
-        return value
+        return randao_tip(self._checkpoints[index // self.every], index % self.every)
 
     def reveal_for(self, tip: bytes) -> bytes:
         """The preimage of ``tip`` (the key's current tip in the state)."""
