@@ -78,6 +78,16 @@ class ChainParams(Record):
     """Part of the bond (and of later unbonding entries) an equivocation costs, in 1/10 000."""
     slash_reward_bps: int = field(default=1_000, metadata={"codec": U32})
     """Part of a slash paid to the creator of the block with the evidence; the rest is burned."""
+    max_open_sv: int = field(default=4, metadata={"codec": U32})
+    """Most SV tasks open on the chain at once (a round beyond that waits in the mempool)."""
+    fraud_blocks: int = field(default=20, metadata={"codec": U32})
+    """Blocks after a settlement during which a FraudProof against its table is accepted."""
+    fraud_deposit: int = field(default=UNIT, metadata={"codec": U64})
+    """What a FraudProof's sender escrows: returned if proven, burned if not."""
+    slash_fraud_bps: int = field(default=1_000, metadata={"codec": U32})
+    """Part of the bond a proven-wrong table costs each of its revealers, in 1/10 000."""
+    max_fraud_proofs: int = field(default=4, metadata={"codec": U32})
+    """Most FraudProof transactions one block may carry (each costs one exact evaluation)."""
 
 
 DEFAULT_PARAMS = ChainParams(
@@ -107,6 +117,14 @@ def check_stake_params(params: ChainParams) -> None:
         raise GenesisError("evidence_max_age must be at least 1 and below unbonding_blocks")
     if params.slash_bps > 10_000 or params.slash_reward_bps > 10_000:
         raise GenesisError("slash_bps and slash_reward_bps are parts of 10 000")
+    if params.slash_fraud_bps > 10_000:
+        raise GenesisError("slash_fraud_bps is a part of 10 000")
+    # At least one SV task can be open, and at least one fraud proof fits in a block
+    if params.max_open_sv < 1 or params.max_fraud_proofs < 1:
+        raise GenesisError("max_open_sv and max_fraud_proofs must be at least 1")
+    # Settled tables stay slashable for longer than a fraud proof may arrive
+    if not 1 <= params.fraud_blocks < params.unbonding_blocks:
+        raise GenesisError("fraud_blocks must be at least 1 and below unbonding_blocks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +198,6 @@ class Genesis(Record):
             timestamp_ms=self.timestamp_ms,
             proposer_pubkey=bytes(32),
             tx_root=ZERO_HASH,
-            posap_root=ZERO_HASH,
             state_root=state.root(),
             validators_hash=powers_hash(powers_of(state.validators)),
             next_validators_hash=powers_hash(powers_of(state.validators)),
