@@ -134,7 +134,7 @@ class WrongRound(ContractError):
 
 
 class RoundPending(ContractError):
-    """the task's previous round must be settled first"""
+    """at most two SV tasks of one task may be open: the earlier rounds must settle first"""
 
 
 class TaskExpired(ContractError):
@@ -589,3 +589,45 @@ class EvidenceAlreadyPunished(BlockError):
 
 class RandaoExhausted(FedCoinError):
     """the registered randao hash chain has no preimage left for this tip"""
+
+
+# --- PoSap v2 on chain (issue 11: commit, reveal, settle, fraud proofs) ---------------------
+class UnknownSvTask(PosapError):
+    """a ShareCommit or ShareReveal must name an open SV task"""
+
+
+class CommitFromNonMember(PosapError):
+    """only a member of the SV task's committee may commit to a table"""
+
+
+class OutsideWindow(PosapError):
+    """a ShareCommit must come in its SV task's commit window, a ShareReveal in its reveal
+    window"""
+
+
+class DuplicateCommit(PosapError):
+    """a member commits at most once per SV task and attempt"""
+
+
+class NoCommitment(PosapError):
+    """a member reveals only what it committed to in this attempt"""
+
+
+class DuplicateReveal(PosapError):
+    """a member reveals at most once per SV task and attempt"""
+
+
+class UnknownSettledSv(PosapError):
+    """a FraudProof must name an SV task settled within the last fraud_blocks blocks"""
+
+
+class AlreadyDisproven(PosapError):
+    """a settled table is disproven once: later fraud proofs against it are refused"""
+
+
+class TooManyFraudProofs(PosapError):
+    """a block carries at most max_fraud_proofs FraudProof transactions"""
+
+
+class TooManyOpenSv(ContractError):
+    """at most max_open_sv SV tasks may be open on the chain (the round waits in the mempool)"""
