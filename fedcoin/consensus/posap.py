@@ -26,6 +26,7 @@ from fedcoin.consensus.quantize import quantize_weights
 from fedcoin.consensus.table import table_estimate, table_root
 from fedcoin.consensus.utility import CoalitionGame
 from fedcoin.data.content import ContentSource, resolve
+from fedcoin.data.encoding import encode
 from fedcoin.data.state import SvTask, TaskState
 from fedcoin.data.tensors import decode_bundle, decode_dataset, weights_of
 from fedcoin.data.tx import ContentRef, SubmitRound, TaskSpec
@@ -49,8 +50,18 @@ def layout(weights: Sequence[np.ndarray]) -> list[tuple[tuple[int, ...], str]]:
 
 
 def game_key(sv_task: SvTask, spec: TaskSpec) -> bytes:
-    """What a cached game is valid for: the whole SV task and the task's bundle and data."""
-    return hashlib.sha256(sv_task.encode() + spec.model.sha256 + spec.validation.sha256).digest()
+    """What a cached game is valid for: the whole round the SV task values (its id, task,
+    number, updates and both global models) and the task's bundle and data — not the progress
+    of its valuation (commits, reveals), which changes block by block."""
+    round_ = [
+        sv_task.sv_task_id,
+        sv_task.task_id,
+        sv_task.round,
+        [u.to_wire() for u in sv_task.updates],
+        sv_task.prev_global.to_wire(),
+        sv_task.global_model.to_wire(),
+    ]
+    return hashlib.sha256(encode(round_) + spec.model.sha256 + spec.validation.sha256).digest()
 
 
 class PosapVerifier:
