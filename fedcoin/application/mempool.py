@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fedcoin.consensus.transactions import TxContext, apply_transaction
-from fedcoin.contract.task import RoundChecker
+from fedcoin.consensus.valuation import WorkVerifier
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.keys import TAG_TX, verify
 from fedcoin.data.state import Account, Draft, State, SvTask, TaskState
@@ -84,7 +84,7 @@ class Mempool:
     def __init__(
         self,
         genesis: Genesis,
-        checker: RoundChecker,
+        checker: WorkVerifier,
         capacity: int = DEFAULT_CAPACITY,
         per_sender: int = DEFAULT_PER_SENDER,
         on_change: Callable[[], None] = lambda: None,
@@ -123,7 +123,7 @@ class Mempool:
     @staticmethod
     def _try(
         state: State, before: Projection | None, tx: Transaction, ctx: TxContext,
-        checker: RoundChecker, *, signature_checked: bool,
+        checker: WorkVerifier, *, signature_checked: bool,
     ) -> Projection:  # fmt: skip
         """Apply ``tx`` on ``state`` as the sender's projection ``before`` left it; return the
         projection after it or raise what it breaks (nothing is changed either way)."""
