@@ -20,8 +20,8 @@ from fedcoin.network.addresses import format_host_port, is_unspecified, parse_ho
 #: The simulation's PoSap windows: short, since its validators value a round in well under a
 #: second and the windows close early once every member committed (and revealed); a crashed
 #: validator keeps the commit window open to its end.
-SIM_COMMIT_BLOCKS = 20
-SIM_REVEAL_BLOCKS = 10
+SIM_COMMIT_BLOCKS = 8
+SIM_REVEAL_BLOCKS = 8
 
 DEFAULT_NODE = "http://127.0.0.1:8700"
 

@@ -194,7 +194,7 @@ class FullNode:
         if cfg.mine:
             self.miner = Miner(
                 self.key, self.chain, self.verifier, self.resolver, self.mempool,
-                self.submit_tx, self.wake, cfg.tables or TableCache(),
+                self.submit_tx, self.wake, cfg.tables or TableCache(), self._halted,
             )  # fmt: skip
             self._mining = asyncio.create_task(self.miner.run(), name="valuation")
         head = self.chain.head
@@ -223,6 +223,9 @@ class FullNode:
     def _peer_addresses(self) -> Iterable[str]:
         seen = [p.hello.listen for p in self.p2p.peers.values() if p.hello and p.hello.listen]
         return seen + [a for a in self.config.bootstrap if a not in seen]
+
+    def _halted(self) -> bool:
+        return self.consensus is not None and self.consensus.driver.crashed
 
     def _poke(self) -> None:
         self.wake.set()

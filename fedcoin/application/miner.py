@@ -137,6 +137,9 @@ class Miner:
     """Admit to the node's mempool and gossip (``FullNode.submit_tx``)."""
     wake: asyncio.Event
     tables: TableCache = field(default_factory=TableCache)
+    halted: Callable[[], bool] = lambda: False
+    """True once the node's consensus stopped (the simulation's crash hook): a crashed
+    validator values nothing either."""
     pending: dict[tuple[bytes, int, str], bytes] = field(default_factory=dict)
     """(SV task, attempt, phase) → id of the transaction submitted for it."""
     unvaluable: set[bytes] = field(default_factory=set)
@@ -152,6 +155,8 @@ class Miner:
         return self.key.public.hex()[:16]
 
     async def step(self) -> None:
+        if self.halted():
+            return
         head = self.chain.head
         state = self.chain.store.get_state(head.hash)  # that head's state, not a newer one
         self.forget({sv.sv_task_id for sv in state.queue})
