@@ -261,6 +261,8 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
             report = build_report(
                 cfg.to_json(), nodes, server, reports, roster, server_key, escrow, consensus
             )
+            # One process: every honest validator's table came from the one shared cache
+            report["valuation"] = {"tables_computed": tables.computed}
             # Stop deciding heights everywhere first: closing 32 busy nodes one by one is slow
             await asyncio.gather(*(n.consensus.stop() for n in nodes if n.consensus is not None))
     write_outputs(cfg.out, report)
