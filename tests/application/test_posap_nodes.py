@@ -5,13 +5,16 @@ secret (only the key derives it) and survives a restart (the key file is all it 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from fedcoin.application.datasets import load_digits_dataset, make_clients, split_validation
 from fedcoin.application.fl_server import FLServer, FLServerConfig
+from fedcoin.application.full_node import FullNode
 from fedcoin.application.miner import SALT_SIGN_TAG, SALT_TAG, share_salt
 from fedcoin.application.training import build_mlp
 from fedcoin.consensus.table import SALT_BYTES, share_commitment, table_root
@@ -137,3 +140,39 @@ def test_the_salt_is_secret_and_stable(tmp_path: Path) -> None:
         if name.startswith("TAG_")
     ]
     assert published_tags and all(not SALT_SIGN_TAG.startswith(t) for t in published_tags)
+
+
+async def test_a_validator_restarted_between_commit_and_reveal_reveals_what_it_committed(
+    tmp_path: Path,
+) -> None:
+    """Node 3 commits, is stopped before the reveal window opens and started again from its
+    data directory and key file: it reveals with the salt it committed with (nothing but its key
+    derives it), so the chain accepts the reveal and pays it. The genesis lists a fifth
+    validator that never runs, so the commit window stays open to its end."""
+    posap = replace(FAST_POSAP, commit_blocks=30, reveal_blocks=30)
+    async with Cluster(tmp_path) as cluster:
+        for i in range(3):
+            await cluster.start(i)
+        restarting = FullNode(cluster.config(3))
+        await restarting.__aenter__()
+        first = cluster.nodes[0]
+        await cluster.wait_until(lambda: all(len(n.p2p.peers) >= 3 for n in cluster.nodes))
+        server = FLServer(replace(fl_config(first.url), posap=posap))
+        runner = asyncio.create_task(server.run())
+        me = MINER_KEYS[3].public
+
+        def committed() -> bool:
+            queue = first.chain.head_state().queue
+            return any(sv.committed(me) is not None for sv in queue)
+
+        await cluster.wait_until(committed, timeout=120)
+        (sv,) = first.chain.head_state().queue
+        assert first.chain.head.height < sv.commit_end  # stopped before it could reveal
+        await restarting.__aexit__(None, None, None)
+        async with FullNode(cluster.config(3)) as again:
+            (report,) = await asyncio.wait_for(runner, 180)
+            assert not report.voided
+            ((block, payout),) = settled_rounds(first)
+            won = next(s for s in first.store.get_state(block.hash).settled)
+            assert me in won.revealers and MINER_KEYS[3].address in dict(payout.miners)
+            assert again.chain.head.height > sv.commit_end  # it followed the chain again
