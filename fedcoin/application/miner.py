@@ -33,16 +33,21 @@ import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from fedcoin.application.content import ContentResolver
 from fedcoin.application.mempool import Mempool
 from fedcoin.application.supervise import supervised
 from fedcoin.consensus.chain import Chain
-from fedcoin.consensus.posap import PosapVerifier
 from fedcoin.consensus.table import share_commitment, table_root
-from fedcoin.consensus.valuation import ZERO_MIX, commit_open, reveal_open, schedule_of
+from fedcoin.consensus.valuation import (
+    ZERO_MIX,
+    TableOracle,
+    commit_open,
+    reveal_open,
+    schedule_of,
+)
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.state import State, SvTask, TaskState
 from fedcoin.data.tx import ContentRef, ShareCommit, ShareReveal, Transaction, TxBody, make_tx
@@ -58,6 +63,12 @@ SALT_TAG = b"fedcoin/posap/salt/v1"
 """Domain tag of the salt derived from that signature."""
 
 COMMIT, REVEAL = "commit", "reveal"
+
+
+class Fetcher(Protocol):
+    """Makes content local (the node's ``ContentResolver``)."""
+
+    async def ensure(self, refs: Iterable[ContentRef]) -> None: ...
 
 
 def sv_refs(sv: SvTask, task: TaskState) -> list[ContentRef]:
@@ -130,8 +141,9 @@ class Miner:
 
     key: PrivateKey
     chain: Chain
-    verifier: PosapVerifier
-    resolver: ContentResolver
+    verifier: TableOracle
+    """Exact ``U`` of the round's coalitions (the node's ``PosapVerifier``)."""
+    resolver: Fetcher
     mempool: Mempool
     submit: Callable[[Transaction], Awaitable[None]]
     """Admit to the node's mempool and gossip (``FullNode.submit_tx``)."""
@@ -204,8 +216,7 @@ class Miner:
 
         async def compute() -> Sequence[int]:
             def evaluate() -> list[int]:
-                schedule = schedule_of(sv, task.spec)
-                return self.verifier.game(sv, task).utilities(schedule)
+                return self.verifier.utilities(sv, task, schedule_of(sv, task.spec))
 
             log.info("computing the table of round %d of task %s", sv.round, sv.task_id.hex()[:12])
             return await asyncio.to_thread(evaluate)
