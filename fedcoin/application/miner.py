@@ -158,6 +158,8 @@ class Miner:
     """SV tasks whose content cannot form a game: not retried every tick."""
     missing: set[bytes] = field(default_factory=set)
     """SV tasks whose content was not found yet (warned about once)."""
+    validator: bool | None = None
+    """Whether the key was in the validator set at the last step (None before the first)."""
 
     async def run(self) -> None:
         await supervised("valuation step", self.step, self.wake, TICK_SECONDS, log)
@@ -171,6 +173,7 @@ class Miner:
             return
         head = self.chain.head
         state = self.chain.store.get_state(head.hash)  # that head's state, not a newer one
+        self.note_membership(state)
         self.forget({sv.sv_task_id for sv in state.queue})
         for sv in state.queue:
             if sv.mix == ZERO_MIX or not any(pk == self.key.public for pk, _ in sv.committee):
@@ -185,6 +188,15 @@ class Miner:
                 level = logging.DEBUG if sv.sv_task_id in self.missing else logging.WARNING
                 log.log(level, "cannot value round %d yet: %s", sv.round, exc)
                 self.missing.add(sv.sv_task_id)
+
+    def note_membership(self, state: State) -> None:
+        """Say once, each time it changes, whether this key is a validator (a committee member
+        of the rounds opened from then on)."""
+        member = state.is_validator(self.key.public)
+        if member != self.validator:
+            what = "is a validator: valuing rounds" if member else "is not a validator"
+            log.info("key %s %s", self.key_text, what)
+            self.validator = member
 
     def phase(self, sv: SvTask, height: int) -> str | None:
         """What this node still owes ``sv`` in a block at ``height``: a commit, a reveal, or
