@@ -63,14 +63,17 @@ specs = st.builds(
 #: Public keys: any 32 bytes but the small-order points, which the codec refuses.
 pubkeys = h32.filter(lambda k: not is_small_order(k))
 updates = st.builds(ClientUpdate, pubkeys, content_refs, u64, sig)
+share_commits = st.builds(ShareCommit, h32, h32)
+share_reveals = st.builds(ShareReveal, h32, h32, h32, st.lists(u32, max_size=8).map(tuple))
+fraud_proofs = st.builds(FraudProof, h32, u32)
 bodies = st.one_of(
     st.builds(Transfer, addr, u64),
     st.builds(PublishTask, specs),
     st.builds(SubmitRound, h32, u32, st.lists(updates, max_size=3).map(tuple), content_refs),
     st.builds(CloseTask, h32),
-    st.builds(ShareCommit, h32, h32),
-    st.builds(ShareReveal, h32, h32, h32, st.lists(u32, max_size=8).map(tuple)),
-    st.builds(FraudProof, h32, u32),
+    share_commits,
+    share_reveals,
+    fraud_proofs,
 )
 transactions = st.builds(Transaction, txt, pubkeys, u64, u64, bodies, sig)
 headers = st.builds(BlockHeader, u16, u64, h32, u64, pubkeys, h32, h32, h32, h32, h32, h32, h32)
@@ -136,6 +139,9 @@ ALL = {
     "TaskSpec": (TaskSpec, specs),
     "ClientUpdate": (ClientUpdate, updates),
     "Transaction": (Transaction, transactions),
+    "ShareCommit": (ShareCommit, share_commits),
+    "ShareReveal": (ShareReveal, share_reveals),
+    "FraudProof": (FraudProof, fraud_proofs),
     "BlockHeader": (BlockHeader, headers),
     "Block": (Block, blocks),
     "TaskState": (TaskState, task_states),
@@ -205,6 +211,15 @@ def test_unknown_transaction_kind_is_refused() -> None:
     raw = encode([99, b"c", bytes(32), 0, 0, [], bytes(64)])
     with pytest.raises(DecodeError, match="unknown kind"):
         Transaction.decode(raw)
+
+
+def test_a_revealed_table_longer_than_the_largest_schedule_is_refused() -> None:
+    longest = ShareReveal(bytes(32), bytes(32), bytes(32), (7,) * MAX_TABLE_ENTRIES)
+    assert ShareReveal.decode(longest.encode()) == longest
+    raw = longest.to_wire()
+    raw[3] = [*raw[3], 7]
+    with pytest.raises(DecodeError):
+        ShareReveal.decode(encode(raw))
 
 
 def test_wrong_field_types_are_refused() -> None:
