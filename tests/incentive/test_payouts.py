@@ -55,9 +55,8 @@ def queued() -> tuple[Draft, SvTask]:
 def test_settle_pays_everyone_and_conserves() -> None:
     draft, sv_task = queued()
     before = draft.freeze()
-    payout = settle_round(
-        draft, sv_task, (3, 1, 0), [MINER2.address, MINER3.address], MINER.address
-    )
+    miners = [(MINER2.address, 100_000), (MINER3.address, 100_000)]
+    payout = settle_round(draft, sv_task, (3, 1, 0), miners, MINER.address)
     after = draft.freeze()
     assert payout.total == sv_task.price
     assert [p for _, p in payout.clients] == [525_001, 175_000, 0]
