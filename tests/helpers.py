@@ -240,12 +240,14 @@ class TableVerifier:
     utility: Callable[[bytes, int], int] = linear_utility
     missing: set[bytes] = field(default_factory=set)
     max_entry: int = 1 << 24
+    round_work: int = 0
     evaluated: set[tuple[bytes, int]] = field(default_factory=set)
 
-    def check_task(self, spec: TaskSpec) -> None:
+    def check_task(self, spec: TaskSpec) -> int:
         for blob in (spec.model, spec.validation):
             if blob.sha256 in self.missing:
                 raise TaskContentUnavailable(sha256=blob.sha256)
+        return self.round_work
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
         for u in round_.updates:
