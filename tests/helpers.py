@@ -11,10 +11,10 @@ from fedcoin.consensus.chain import Chain, ImportResult
 from fedcoin.consensus.randao import randao_reveal_for
 from fedcoin.consensus.rules import Applied, Body, build_block
 from fedcoin.consensus.stake import randao_secret
-from fedcoin.consensus.table import share_commitment, table_estimate, table_root
-from fedcoin.consensus.valuation import TableOracle, reveal_open, schedule_of
 from fedcoin.consensus.stake import randao_tip as randao_chain_tip
+from fedcoin.consensus.table import share_commitment, table_estimate, table_root
 from fedcoin.consensus.validators import SignatureCache
+from fedcoin.consensus.valuation import TableOracle, reveal_open, schedule_of
 from fedcoin.data.block import Block, BlockHeader
 from fedcoin.data.genesis import DEFAULT_PARAMS, ChainParams, Genesis, GenesisValidator
 from fedcoin.data.keys import PrivateKey
