@@ -198,10 +198,6 @@ class BadVersion(BlockError):
     """the block version must be supported"""
 
 
-class TimestampNotIncreasing(BlockError):
-    """the timestamp must be greater than the parent's"""
-
-
 class TimestampInFuture(BlockError):
     """the timestamp must not be too far ahead of the receiver's clock"""
 
@@ -210,48 +206,16 @@ class BlockTooSoon(BlockError):
     """a transaction-only block must come at least min_block_interval_ms after its parent"""
 
 
-class BadBlockSignature(BlockError):
-    """the proposer's signature must verify"""
-
-
 class TxRootMismatch(BlockError):
     """tx_root must be the Merkle root of the block's transactions"""
-
-
-class PosapRootMismatch(BlockError):
-    """posap_root must be the hash of the block's PoSap section"""
 
 
 class StateRootMismatch(BlockError):
     """state_root must be the hash of the post-state"""
 
 
-class WeightMismatch(BlockError):
-    """weight must be the parent's weight plus this block's weight"""
-
-
-class EmptyBlock(BlockError):
-    """a block must carry a PoSap section or at least one transaction"""
-
-
 class TooManyTxs(BlockError):
     """a block may carry at most max_block_txs transactions"""
-
-
-class SettlementMissing(BlockError):
-    """while an SV task is pending, every block must settle or void the oldest one"""
-
-
-class SettlementUnexpected(BlockError):
-    """a PoSap section needs a pending SV task"""
-
-
-class WrongSvTask(BlockError):
-    """the PoSap section must settle the oldest pending SV task"""
-
-
-class VoidTooEarly(BlockError):
-    """an SV task may be voided only posap_timeout_ms after the block that queued it"""
 
 
 class BadTxInBlock(BlockError):
@@ -260,43 +224,12 @@ class BadTxInBlock(BlockError):
 
 # --- PoSap shares ---------------------------------------------------------------------------
 class ShareError(RuleViolation):
-    """A PoSap share breaks a rule."""
-
-
-class BadShareSignature(ShareError):
-    """the share must be signed by its miner"""
-
-
-class DuplicateMiner(ShareError):
-    """a block may carry one share per miner"""
-
-
-class WrongShareTask(ShareError):
-    """the share must be for the SV task being settled"""
-
-
-class WrongEstimateLength(ShareError):
-    """the estimate must have one value per client"""
-
-
-class ScheduleMismatch(ShareError):
-    """the table's coalitions must be exactly those the seed and budget prescribe"""
-
-
-class EstimatorMismatch(ShareError):
-    """the estimator must be the one the task's parameters prescribe"""
-
-
-class EstimateMismatch(ShareError):
-    """the estimate must equal its recomputation from the table"""
-
-
-class TableEntryMismatch(ShareError):
-    """every re-evaluated table entry must equal the exact evaluation"""
+    """PoSap work cannot be done or checked."""
 
 
 class ShareContentUnavailable(ShareError):
-    """the SV task's weights must be available to verify a share"""
+    """the SV task's content (weights, model, validation set) must be available to evaluate its
+    game"""
 
 
 # --- network --------------------------------------------------------------------------------
@@ -418,10 +351,6 @@ class WrongTensorShapes(ContractError):
     """client updates and the global model must have the task model's tensor shapes and dtypes"""
 
 
-class TooManyShares(ShareError):
-    """a PoSap section may carry at most MAX_SHARES shares"""
-
-
 # --- the exact evaluator (evaluator v1, DESIGN §5) -------------------------------------------
 class EvaluatorError(ContractError):
     """A model bundle, update or validation set the exact evaluator cannot take."""
@@ -507,10 +436,6 @@ class MissingRandaoTip(StakeError):
 
 class NotAValidator(BlockError):
     """only a member of the height's validator set may propose a block"""
-
-
-class ShareFromNonValidator(ShareError):
-    """only a member of the height's validator set may write a share"""
 
 
 # --- PoSap v2 pure core (issue 11: common schedule, table, settlement, fraud proofs) ----------

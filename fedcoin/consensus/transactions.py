@@ -101,7 +101,7 @@ def apply_transaction(
             ctx.height,
             ctx.timestamp_ms,
             checker,
-            ctx.params.max_open_sv,
+            ctx.params,
         )
     elif isinstance(body, CloseTask):
         close_task(draft, sender, body, ctx.height)

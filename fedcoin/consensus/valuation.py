@@ -35,7 +35,7 @@ from fedcoin.consensus.schedule import common_schedule, schedule_length
 from fedcoin.consensus.settlement import PROVER_REWARD_BPS, Settlement, Status, settle
 from fedcoin.consensus.slashing import slash
 from fedcoin.consensus.table import check_reveal, check_root_reveal
-from fedcoin.contract.limits import miners_pool
+from fedcoin.contract.limits import commit_window, miners_pool
 from fedcoin.contract.task import RoundChecker
 from fedcoin.data.genesis import ChainParams
 from fedcoin.data.keys import address_of
@@ -310,7 +310,10 @@ def _settle(
     index = draft.queue.index(sv)
     if outcome.status is Status.RETRY:
         # No table won: the task re-opens once, with fresh windows and the same schedule
-        commit_end = height + spec.posap.commit_blocks
+        window = commit_window(
+            spec, task.round_work, params.min_block_interval_ms, params.max_open_sv
+        )
+        commit_end = height + window
         draft.queue[index] = replace(
             sv,
             attempt=1,

@@ -41,8 +41,11 @@ MAX_VALIDATION_SAMPLES = 10_000
 """Most samples in a validation set."""
 MAX_PARAMETERS = 2**24
 """Most weights (scalars) in a task's model (the evaluator's own limit; 64 MiB of float32)."""
-MAX_EVALUATION_MACS = 2**32
-"""Most multiply-accumulates of one coalition's evaluation: MACs per sample × samples."""
+MAX_EVALUATION_MACS = 2**28
+"""Most multiply-accumulates of one coalition's evaluation: MACs per sample × samples (an
+MNIST MLP 784-128-10 on 2 600 validation samples). With ``MAX_BUDGET`` coalitions the largest
+table is ``T_ref`` (docs/BENCHMARKS.md, bench/shapley.py): at 2^32 it took 52–370 min on these
+machines, far beyond any commit window; at 2^28 it is 16× shorter."""
 WORK_UNIT_MACS = 2**20
 """The unit in which work is priced: 2^20 multiply-accumulates."""
 MIN_PAY_PER_WORK = 1
@@ -64,6 +67,23 @@ def evaluations_per_round(spec: TaskSpec) -> int:
 def round_work(spec: TaskSpec, macs_per_sample: int, samples: int) -> int:
     """``work(task)`` of DESIGN §6: evaluations × MACs per sample × validation size."""
     return evaluations_per_round(spec) * macs_per_sample * samples
+
+
+REF_MACS_PER_MS = 2**18
+"""The evaluation rate (protocol multiply-accumulates per millisecond, 0.26 G/s) the windows are
+sized for: 3× below the slowest rate measured on these machines (a CNN at MNIST scale, 0.79 G/s,
+docs/BENCHMARKS.md), so a slower validator still computes its table in time."""
+
+
+def commit_window(spec: TaskSpec, work: int, block_interval_ms: int, max_open_sv: int) -> int:
+    """Blocks of an SV task's commit window (DESIGN §5 step 6): the spec's ``commit_blocks``, or
+    more when the round's ``work`` needs it — ``blocks · block_interval_ms ≥ 2 · max_open_sv ·
+    T(work)`` with ``T(work) = ⌈work / REF_MACS_PER_MS⌉`` ms — so every member can compute its
+    table while every other open SV task is computed too. (The window closes early once every
+    member has committed, so a long window costs honest rounds nothing.)"""
+    t_work = -(-work // REF_MACS_PER_MS)
+    needed = -(-2 * max_open_sv * t_work // max(block_interval_ms, 1))
+    return max(spec.posap.commit_blocks, needed)
 
 
 def miners_pool(spec: TaskSpec) -> int:

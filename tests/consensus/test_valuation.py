@@ -13,7 +13,7 @@ from fedcoin.consensus.schedule import is_exact
 from fedcoin.consensus.shapley import SV_SCALE
 from fedcoin.consensus.table import table_estimate, table_root
 from fedcoin.consensus.valuation import schedule_of
-from fedcoin.contract.limits import miners_pool
+from fedcoin.contract.limits import REF_MACS_PER_MS, miners_pool
 from fedcoin.data.genesis import DEFAULT_PARAMS
 from fedcoin.data.state import State
 from fedcoin.data.tx import DEFAULT_POSAP, FraudProof, ShareCommit, ShareReveal
@@ -321,3 +321,19 @@ def test_open_sv_tasks_are_bounded_per_task_and_on_the_chain() -> None:
     chain.add([second])
     chain.add([tx(SERVER, 2, make_submit(second.id, 1, 2).body)])  # 3 open: max_open_sv
     rejected(chain, [tx(SERVER, 3, make_submit(second.id, 2, 3).body)], TooManyOpenSv)
+
+
+def test_the_commit_window_stretches_to_fit_the_rounds_work() -> None:
+    """DESIGN §5 step 6: commit_blocks · block_interval ≥ 2 · max_open_sv · T(work); a heavy
+    task's window is longer than its spec asks, a light one's is the spec's."""
+    for work_ms, expected in ((0, DEFAULT_POSAP.commit_blocks), (20_000, 120)):
+        genesis = make_genesis({ALICE: 1_000 * FC, SERVER: 10 * FC}, PARAMS, validators=COMMITTEE)
+        verifier = TableVerifier(round_work=work_ms * REF_MACS_PER_MS)
+        chain = ChainBuilder(genesis, verifier=verifier, proposer=V1)
+        publish = make_publish(ALICE, 0)
+        chain.add([publish])
+        assert chain.state.tasks[publish.id].round_work == work_ms * REF_MACS_PER_MS
+        chain.add([make_submit(publish.id, 1, 0)])
+        sv = chain.state.queue[0]
+        # 2 · max_open_sv (3) · 20 s over 1 s blocks = 120 blocks
+        assert sv.commit_end == chain.header.height + 1 + expected

@@ -131,12 +131,10 @@ def test_rounds_come_in_order() -> None:
         apply_tx(state, make_submit(task_id, 2, 0))
 
 
-def test_two_rounds_pending_at_a_time() -> None:
-    """PoSap v2: the next round trains while one is valued, so two SV tasks of a task may be
-    open, not three."""
+def test_two_rounds_open_at_a_time() -> None:
     state, task_id = published()
     state = apply_tx(state, make_submit(task_id, 1, 0))
-    state = apply_tx(state, make_submit(task_id, 2, 1))
+    state = apply_tx(state, make_submit(task_id, 2, 1))  # the next round trains meanwhile
     with pytest.raises(RoundPending):
         apply_tx(state, make_submit(task_id, 3, 2))
     apply_tx(drop_queue(state), make_submit(task_id, 3, 2))
