@@ -91,7 +91,7 @@ def apply_transaction(
     if isinstance(body, Transfer):
         _transfer(draft, sender, body)
     elif isinstance(body, PublishTask):
-        publish_task(draft, tx_id, sender, body.spec, ctx.height, checker)
+        publish_task(draft, tx_id, sender, body.spec, ctx.height, checker, ctx.params)
     elif isinstance(body, SubmitRound):
         submit_round(
             draft,

@@ -89,6 +89,21 @@ def schedule_of(sv: SvTask, spec: TaskSpec) -> tuple[int, ...]:
     return common_schedule(sv.n, p.budget, sv.sv_task_id, sv.mix, p.n_exact_max)
 
 
+def power_height(sv: SvTask, params: ChainParams) -> int:
+    """The height whose end snapshotted the committee's powers (the last epoch boundary ≤ q):
+    a slash for the task reaches every unbonding entry created after it, so stake that backed
+    the power cannot leave before it answers for the task."""
+    return sv.queued_height - sv.queued_height % params.epoch_blocks
+
+
+def liable(draft: Draft) -> set[bytes]:
+    """Keys a PoSap settlement or fraud proof may still slash: the committees of open SV tasks
+    and the revealers of settled tables in their fraud window. Their unbonding entries wait."""
+    keys = {pk for sv in draft.queue for pk, _ in sv.committee}
+    keys.update(pk for s in draft.settled if not s.disproven for pk in s.revealers)
+    return keys
+
+
 def commit_open(sv: SvTask, height: int) -> bool:
     """May a block at ``height`` carry a ShareCommit for ``sv``? (from q+2, when mix is set)"""
     return sv.mix != ZERO_MIX and height <= sv.commit_end
@@ -217,7 +232,7 @@ def apply_fraud_proof(
         slash(
             draft,
             validator,
-            entry.sv.queued_height,
+            power_height(entry.sv, params),
             height,
             pubkey,
             params,
@@ -300,7 +315,7 @@ def _settle(
         slash(
             draft,
             wrong.validator,
-            sv.queued_height,
+            power_height(sv, params),
             height,
             creator,
             params,

@@ -33,6 +33,7 @@ from fedcoin.errors import (
     BadUpdateSignature,
     ClientCountOutOfRange,
     ClientNotAllowed,
+    CommitWindowTooLong,
     DuplicateClient,
     DuplicateWeights,
     InsufficientBalance,
@@ -126,12 +127,22 @@ def validate_spec(spec: TaskSpec, height: int) -> None:
 
 
 def publish_task(
-    draft: Draft, task_id: bytes, sender: bytes, spec: TaskSpec, height: int, checker: RoundChecker
+    draft: Draft,
+    task_id: bytes,
+    sender: bytes,
+    spec: TaskSpec,
+    height: int,
+    checker: RoundChecker,
+    params: ChainParams,
 ) -> None:
     """Open the task and move ``rounds * price_per_round`` from the sender into escrow."""
     validate_spec(spec, height)
     # The model compiles, the validation set fits it, and the miners are paid for the work
     work = checker.check_task(spec)
+    # A round's work fits the longest commit window the protocol allows (DESIGN §5 step 6)
+    window = commit_window(spec, work, params.min_block_interval_ms, params.max_open_sv)
+    if window > MAX_COMMIT_BLOCKS:
+        raise CommitWindowTooLong(blocks=window, max=MAX_COMMIT_BLOCKS, work_macs=work)
     escrow = spec.escrow
     account = draft.account(sender)
     # The publisher's balance covers the escrow
