@@ -554,5 +554,11 @@ class TooManyFraudProofs(PosapError):
     """a block carries at most max_fraud_proofs FraudProof transactions"""
 
 
+class CommitWindowTooLong(ContractError):
+    """a round's work must fit the longest commit window (MAX_COMMIT_BLOCKS at the chain's block
+    interval and the reference evaluation rate): lower the budget, the model or the validation
+    set"""
+
+
 class TooManyOpenSv(ContractError):
     """at most max_open_sv SV tasks may be open on the chain (the round waits in the mempool)"""

@@ -11,10 +11,10 @@ from fedcoin.consensus.chain import Chain, ImportResult
 from fedcoin.consensus.randao import randao_reveal_for
 from fedcoin.consensus.rules import Applied, Body, build_block
 from fedcoin.consensus.stake import randao_secret
-from fedcoin.consensus.table import share_commitment, table_estimate, table_root
-from fedcoin.consensus.valuation import TableOracle, reveal_open, schedule_of
 from fedcoin.consensus.stake import randao_tip as randao_chain_tip
+from fedcoin.consensus.table import share_commitment, table_estimate, table_root
 from fedcoin.consensus.validators import SignatureCache
+from fedcoin.consensus.valuation import TableOracle, reveal_open, schedule_of
 from fedcoin.data.block import Block, BlockHeader
 from fedcoin.data.genesis import DEFAULT_PARAMS, ChainParams, Genesis, GenesisValidator
 from fedcoin.data.keys import PrivateKey
@@ -240,12 +240,14 @@ class TableVerifier:
     utility: Callable[[bytes, int], int] = linear_utility
     missing: set[bytes] = field(default_factory=set)
     max_entry: int = 1 << 24
+    round_work: int = 0
     evaluated: set[tuple[bytes, int]] = field(default_factory=set)
 
-    def check_task(self, spec: TaskSpec) -> None:
+    def check_task(self, spec: TaskSpec) -> int:
         for blob in (spec.model, spec.validation):
             if blob.sha256 in self.missing:
                 raise TaskContentUnavailable(sha256=blob.sha256)
+        return self.round_work
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
         for u in round_.updates:

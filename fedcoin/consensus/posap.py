@@ -13,9 +13,11 @@ its root: exact rational arithmetic, computed once per table.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 
 import numpy as np
 
@@ -44,6 +46,11 @@ ROUNDS_REMEMBERED = 64
 ESTIMATES_REMEMBERED = 64
 
 
+def estimate_worker() -> Executor:
+    """One worker process for estimates (spawned: the node's threads make fork unsafe)."""
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+
 def layout(weights: Sequence[np.ndarray]) -> list[tuple[tuple[int, ...], str]]:
     """Each tensor's shape and dtype, in order: what two models must share to be averaged."""
     return [(tuple(a.shape), a.dtype.str) for a in weights]
@@ -67,8 +74,13 @@ def game_key(sv_task: SvTask, spec: TaskSpec) -> bytes:
 class PosapVerifier:
     """The real ``WorkVerifier``: content from a source, FedAvg check, cached games."""
 
-    def __init__(self, content: ContentSource, cache_games: int = 8) -> None:
+    def __init__(
+        self, content: ContentSource, cache_games: int = 8, estimator: Executor | None = None
+    ) -> None:
         self.content = content
+        self.estimator = estimator
+        """Where sampled tables' estimates run: a process pool keeps their exact rational
+        arithmetic (about 1 s at 60 clients) from holding this process's GIL; None: inline."""
         self.games: OrderedDict[bytes, CoalitionGame] = OrderedDict()
         self.cache_games = cache_games
         self.rounds_ok: OrderedDict[bytes, None] = OrderedDict()
@@ -183,7 +195,11 @@ class PosapVerifier:
             found = self.estimates.get(key)
         if found is None:
             game = self.game(sv, task)
-            found = table_estimate(game.n, schedule, table, game.null_players)
+            args = (game.n, tuple(schedule), tuple(table), game.null_players)
+            if self.estimator is not None and len(table) < 1 << game.n:
+                found = self.estimator.submit(table_estimate, *args).result()
+            else:  # an exact table's estimate takes about a millisecond
+                found = table_estimate(*args)
             with self._lock:
                 self.estimates[key] = found
                 while len(self.estimates) > ESTIMATES_REMEMBERED:

@@ -29,7 +29,7 @@ from fedcoin.consensus.validators import (
     check_signature,
     verify_commit,
 )
-from fedcoin.consensus.valuation import WorkVerifier, end_block_valuation
+from fedcoin.consensus.valuation import WorkVerifier, end_block_valuation, liable
 from fedcoin.data.block import (
     BLOCK_VERSION,
     Block,
@@ -182,7 +182,7 @@ def execute_block(
     if params.block_reward:
         draft.credit(proposer, params.block_reward)
         draft.supply += params.block_reward
-    end_block_stake(draft, height, params)
+    end_block_stake(draft, height, params, liable(draft))
     payouts = end_block_valuation(draft, height, creator, params, verifier)
     return Applied(draft.freeze(), payouts, slashes)
 

@@ -91,7 +91,7 @@ def apply_transaction(
     if isinstance(body, Transfer):
         _transfer(draft, sender, body)
     elif isinstance(body, PublishTask):
-        publish_task(draft, tx_id, sender, body.spec, ctx.height, checker)
+        publish_task(draft, tx_id, sender, body.spec, ctx.height, checker, ctx.params)
     elif isinstance(body, SubmitRound):
         submit_round(
             draft,
@@ -101,7 +101,7 @@ def apply_transaction(
             ctx.height,
             ctx.timestamp_ms,
             checker,
-            ctx.params.max_open_sv,
+            ctx.params,
         )
     elif isinstance(body, CloseTask):
         close_task(draft, sender, body, ctx.height)

@@ -35,7 +35,7 @@ from fedcoin.consensus.schedule import common_schedule, schedule_length
 from fedcoin.consensus.settlement import PROVER_REWARD_BPS, Settlement, Status, settle
 from fedcoin.consensus.slashing import slash
 from fedcoin.consensus.table import check_reveal, check_root_reveal
-from fedcoin.contract.limits import miners_pool
+from fedcoin.contract.limits import commit_window, miners_pool
 from fedcoin.contract.task import RoundChecker
 from fedcoin.data.genesis import ChainParams
 from fedcoin.data.keys import address_of
@@ -87,6 +87,21 @@ def schedule_of(sv: SvTask, spec: TaskSpec) -> tuple[int, ...]:
         raise StoreError(f"SV task {sv.sv_task_id.hex()} has no schedule before block q+1")
     p = spec.posap
     return common_schedule(sv.n, p.budget, sv.sv_task_id, sv.mix, p.n_exact_max)
+
+
+def power_height(sv: SvTask, params: ChainParams) -> int:
+    """The height whose end snapshotted the committee's powers (the last epoch boundary ≤ q):
+    a slash for the task reaches every unbonding entry created after it, so stake that backed
+    the power cannot leave before it answers for the task."""
+    return sv.queued_height - sv.queued_height % params.epoch_blocks
+
+
+def liable(draft: Draft) -> set[bytes]:
+    """Keys a PoSap settlement or fraud proof may still slash: the committees of open SV tasks
+    and the revealers of settled tables in their fraud window. Their unbonding entries wait."""
+    keys = {pk for sv in draft.queue for pk, _ in sv.committee}
+    keys.update(pk for s in draft.settled if not s.disproven for pk in s.revealers)
+    return keys
 
 
 def commit_open(sv: SvTask, height: int) -> bool:
@@ -217,7 +232,7 @@ def apply_fraud_proof(
         slash(
             draft,
             validator,
-            entry.sv.queued_height,
+            power_height(entry.sv, params),
             height,
             pubkey,
             params,
@@ -300,7 +315,7 @@ def _settle(
         slash(
             draft,
             wrong.validator,
-            sv.queued_height,
+            power_height(sv, params),
             height,
             creator,
             params,
@@ -310,7 +325,10 @@ def _settle(
     index = draft.queue.index(sv)
     if outcome.status is Status.RETRY:
         # No table won: the task re-opens once, with fresh windows and the same schedule
-        commit_end = height + spec.posap.commit_blocks
+        window = commit_window(
+            spec, task.round_work, params.min_block_interval_ms, params.max_open_sv
+        )
+        commit_end = height + window
         draft.queue[index] = replace(
             sv,
             attempt=1,

@@ -69,6 +69,23 @@ def round_work(spec: TaskSpec, macs_per_sample: int, samples: int) -> int:
     return evaluations_per_round(spec) * macs_per_sample * samples
 
 
+REF_MACS_PER_MS = 2**18
+"""The evaluation rate (protocol multiply-accumulates per millisecond, 0.26 G/s) the windows are
+sized for: 3× below the slowest rate measured on these machines (a CNN at MNIST scale, 0.79 G/s,
+docs/BENCHMARKS.md), so a slower validator still computes its table in time."""
+
+
+def commit_window(spec: TaskSpec, work: int, block_interval_ms: int, max_open_sv: int) -> int:
+    """Blocks of an SV task's commit window (DESIGN §5 step 6): the spec's ``commit_blocks``, or
+    more when the round's ``work`` needs it — ``blocks · block_interval_ms ≥ 2 · max_open_sv ·
+    T(work)`` with ``T(work) = ⌈work / REF_MACS_PER_MS⌉`` ms — so every member can compute its
+    table while every other open SV task is computed too. (The window closes early once every
+    member has committed, so a long window costs honest rounds nothing.)"""
+    t_work = -(-work // REF_MACS_PER_MS)
+    needed = -(-2 * max_open_sv * t_work // max(block_interval_ms, 1))
+    return max(spec.posap.commit_blocks, needed)
+
+
 def miners_pool(spec: TaskSpec) -> int:
     """What the miners receive of one settled round: ``P − clients − server`` (DESIGN §6)."""
     price = spec.price_per_round

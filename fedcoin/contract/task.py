@@ -24,13 +24,16 @@ from fedcoin.contract.limits import (
     MAX_VALIDATION_BYTES,
     MIN_COMMIT_BLOCKS,
     MIN_REVEAL_BLOCKS,
+    commit_window,
 )
+from fedcoin.data.genesis import ChainParams
 from fedcoin.data.state import Account, Draft, SvTask, TaskState, TaskStatus
 from fedcoin.data.tx import MAX_CLIENTS, CloseTask, SubmitRound, TaskSpec
 from fedcoin.errors import (
     BadUpdateSignature,
     ClientCountOutOfRange,
     ClientNotAllowed,
+    CommitWindowTooLong,
     DuplicateClient,
     DuplicateWeights,
     InsufficientBalance,
@@ -56,9 +59,10 @@ MAX_OPEN_PER_TASK = 2
 class RoundChecker(Protocol):
     """Checks that need a task's or a round's content: supplied by the node, stubbed in tests."""
 
-    def check_task(self, spec: TaskSpec) -> None:
+    def check_task(self, spec: TaskSpec) -> int:
         """Raise the ``ContractError`` a task's model, validation set or pay for the work
-        breaks (``consensus.admission``); return when the task may open."""
+        breaks (``consensus.admission``); when the task may open, return one round's work in
+        multiply-accumulates."""
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
         """Raise ``RoundContentUnavailable``, ``WrongTensorShapes`` or ``NotFedAvg`` (the global
@@ -123,12 +127,22 @@ def validate_spec(spec: TaskSpec, height: int) -> None:
 
 
 def publish_task(
-    draft: Draft, task_id: bytes, sender: bytes, spec: TaskSpec, height: int, checker: RoundChecker
+    draft: Draft,
+    task_id: bytes,
+    sender: bytes,
+    spec: TaskSpec,
+    height: int,
+    checker: RoundChecker,
+    params: ChainParams,
 ) -> None:
     """Open the task and move ``rounds * price_per_round`` from the sender into escrow."""
     validate_spec(spec, height)
     # The model compiles, the validation set fits it, and the miners are paid for the work
-    checker.check_task(spec)
+    work = checker.check_task(spec)
+    # A round's work fits the longest commit window the protocol allows (DESIGN §5 step 6)
+    window = commit_window(spec, work, params.min_block_interval_ms, params.max_open_sv)
+    if window > MAX_COMMIT_BLOCKS:
+        raise CommitWindowTooLong(blocks=window, max=MAX_COMMIT_BLOCKS, work_macs=work)
     escrow = spec.escrow
     account = draft.account(sender)
     # The publisher's balance covers the escrow
@@ -145,6 +159,7 @@ def publish_task(
             status=TaskStatus.OPEN,
             global_model=spec.model,
             created_height=height,
+            round_work=work,
         ),
     )
 
@@ -157,7 +172,7 @@ def submit_round(
     height: int,
     timestamp_ms: int,
     checker: RoundChecker,
-    max_open_sv: int,
+    params: ChainParams,
 ) -> None:
     """Record the round, move the global model on, and queue its SV task."""
     task = draft.task(body.task_id)
@@ -178,6 +193,7 @@ def submit_round(
     if body.round != task.rounds_done + 1:
         raise WrongRound(expected=task.rounds_done + 1, got=body.round)
     # At most two SV tasks of one task are open (the next round trains while one is valued)
+    max_open_sv = params.max_open_sv
     if draft.open_for(body.task_id) >= MAX_OPEN_PER_TASK:
         raise RoundPending(task_id=body.task_id, open=draft.open_for(body.task_id))
     # At most max_open_sv SV tasks are open on the chain (the round waits in the mempool)
@@ -218,8 +234,10 @@ def submit_round(
     checker.check_round(task, body)
 
     rounds_done = task.rounds_done + 1
-    # Commits start at q+2 (the committee is fixed at the end of q, the schedule by block q+1)
-    commit_end = height + 1 + spec.posap.commit_blocks
+    # Commits start at q+2 (the committee is fixed at the end of q, the schedule by block q+1);
+    # the window fits the round's work
+    window = commit_window(spec, task.round_work, params.min_block_interval_ms, max_open_sv)
+    commit_end = height + 1 + window
     status = TaskStatus.DONE if rounds_done == spec.rounds else TaskStatus.OPEN
     draft.set_task(
         body.task_id,

@@ -20,6 +20,7 @@ from typing import Any, Self
 
 from fedcoin.data.encoding import (
     HASH,
+    MAX_OBJECTS,
     PUBKEY_OR_ZERO,
     U16,
     U64,
@@ -132,9 +133,13 @@ class Block:
 
     @classmethod
     def max_objects(cls) -> int:
-        return (
+        """The decoder's object bound: the sum of the parts' bounds, capped at ``MAX_OBJECTS``.
+        The cap matters since ``ShareReveal`` tables: 10 000 of them would be 41 M objects,
+        while an honest block holds at most one reveal per validator (≤ 1 024 × 4 100)."""
+        parts = (
             1 + BlockHeader.max_objects() + _TXS.objects + _LAST_COMMIT.objects + _EVIDENCE.objects
         )
+        return min(parts, MAX_OBJECTS)
 
     @classmethod
     def decode(cls, data: bytes) -> Self:

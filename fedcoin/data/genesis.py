@@ -46,6 +46,10 @@ from fedcoin.errors import DecodeError, GenesisError
 
 UNIT = 1_000_000
 """Base units per FC."""
+MAX_OPEN_SV = 256
+"""Largest ``max_open_sv`` (a block's receipt lists at most this many settled rounds)."""
+MAX_FRAUD_PROOFS = 64
+"""Largest ``max_fraud_proofs``: each costs every node an exact evaluation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +121,14 @@ def check_stake_params(params: ChainParams) -> None:
         raise GenesisError("evidence_max_age must be at least 1 and below unbonding_blocks")
     if params.slash_bps > 10_000 or params.slash_reward_bps > 10_000:
         raise GenesisError("slash_bps and slash_reward_bps are parts of 10 000")
-    if params.slash_fraud_bps > 10_000:
-        raise GenesisError("slash_fraud_bps is a part of 10 000")
-    # At least one SV task can be open, and at least one fraud proof fits in a block
-    if params.max_open_sv < 1 or params.max_fraud_proofs < 1:
-        raise GenesisError("max_open_sv and max_fraud_proofs must be at least 1")
+    # A proven-wrong table costs its revealers something; a fraud claim costs its sender something
+    if not 1 <= params.slash_fraud_bps <= 10_000 or params.fraud_deposit < 1:
+        raise GenesisError("slash_fraud_bps must be 1 to 10 000 and fraud_deposit at least 1")
+    # SV tasks can open, and what one block settles or evaluates is bounded
+    if not 1 <= params.max_open_sv <= MAX_OPEN_SV:
+        raise GenesisError(f"max_open_sv must be between 1 and {MAX_OPEN_SV}")
+    if not 1 <= params.max_fraud_proofs <= MAX_FRAUD_PROOFS:
+        raise GenesisError(f"max_fraud_proofs must be between 1 and {MAX_FRAUD_PROOFS}")
     # Settled tables stay slashable for longer than a fraud proof may arrive
     if not 1 <= params.fraud_blocks < params.unbonding_blocks:
         raise GenesisError("fraud_blocks must be at least 1 and below unbonding_blocks")

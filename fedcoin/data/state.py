@@ -82,6 +82,9 @@ class TaskState(Record):
     """Latest global model; the model bundle before round 1."""
     created_height: int = wire(U64)
     """Height of the block that published the task."""
+    round_work: int = field(default=0, metadata={"codec": U64})
+    """Multiply-accumulates one round's table costs (evaluations × MACs per sample ×
+    validation samples), learnt at admission; it sizes the commit window."""
 
 
 #: (validator public key, commitment or root), sorted by key.

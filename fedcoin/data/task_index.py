@@ -1,8 +1,9 @@
 """Which FL tasks a block touches: the rule behind the chain store's task index.
 
-A block touches a task when it publishes it, submits one of its rounds, or settles, retries or
-voids the SV task of one of its rounds. Settlement is an end-of-block step of the state, not a
-part of the block, so the chain passes in the tasks its execution settled.
+A block touches a task when it publishes it, submits one of its rounds, or settles or voids the
+SV task of one of its rounds (a retry pays nothing and is not indexed). Settlement is an
+end-of-block step of the state, not a part of the block, so the chain passes in the tasks its
+execution settled.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from fedcoin.data.encoding import (
     tuple_of,
     wire,
 )
+from fedcoin.data.genesis import MAX_OPEN_SV
 from fedcoin.data.state import Draft, SvTask
 from fedcoin.data.tx import MAX_CLIENTS
 from fedcoin.data.vote import MAX_VALIDATORS
@@ -140,8 +141,8 @@ def void_round(draft: Draft, sv_task: SvTask) -> RoundPayout:
     return RoundPayout(sv_task.task_id, sv_task.round, (), (), 0, (), 0, sv_task.price)
 
 
-MAX_SETTLED_PER_BLOCK = 256
-"""Decoder bound on the rounds one receipt lists (``max_open_sv`` is far below it)."""
+MAX_SETTLED_PER_BLOCK = MAX_OPEN_SV
+"""Decoder bound on the rounds one receipt lists (at most ``max_open_sv`` settle per block)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,15 @@
-"""The node's PoSap oracle: what its game cache is keyed by."""
+"""The node's PoSap oracle: what its game cache is keyed by, and where estimates run."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
-from fedcoin.consensus.posap import game_key
-from fedcoin.data.state import SvTask
+from fedcoin.consensus.posap import PosapVerifier, estimate_worker, game_key
+from fedcoin.consensus.schedule import common_schedule
+from fedcoin.consensus.table import table_estimate
+from fedcoin.data.content import MemoryContent
+from fedcoin.data.state import SvTask, TaskState
 from tests.helpers import MINER, key, make_spec, make_updates, ref
 
 
@@ -35,3 +39,27 @@ def test_valuation_progress_does_not_rebuild_the_game() -> None:
         task, committee=((MINER.public, 5),), mix=b"\x02" * 32, commits=((MINER.public, b"c" * 32),)
     )
     assert game_key(progressed, spec) == game_key(task, spec)
+
+
+class FakeGame:
+    """What ``PosapVerifier.estimate`` reads of a game."""
+
+    n = 14
+    null_players = 1 << 3
+
+
+def test_sampled_estimates_run_in_a_worker_process_with_the_same_result() -> None:
+    schedule = common_schedule(FakeGame.n, 256, b"\x01" * 32, b"\x02" * 32)
+    table = [bin(m).count("1") * 100 + m % 7 for m in schedule]
+    spec = make_spec()
+    task = TaskState(spec, bytes(20), 0, 0, 0, spec.model, 0)
+    pool = estimate_worker()
+    try:
+        verifier = PosapVerifier(MemoryContent(), estimator=pool)
+        verifier.game = lambda sv, task: FakeGame()  # type: ignore[assignment,method-assign,return-value]
+        got = verifier.estimate(sv_task(4), task, schedule, table)
+        assert got == table_estimate(FakeGame.n, schedule, table, FakeGame.null_players)
+        assert got[3] == 0  # the null player
+        assert pool.submit(os.getpid).result() != os.getpid()  # really another process
+    finally:
+        pool.shutdown()

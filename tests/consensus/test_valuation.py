@@ -13,15 +13,16 @@ from fedcoin.consensus.schedule import is_exact
 from fedcoin.consensus.shapley import SV_SCALE
 from fedcoin.consensus.table import table_estimate, table_root
 from fedcoin.consensus.valuation import schedule_of
-from fedcoin.contract.limits import miners_pool
+from fedcoin.contract.limits import MAX_COMMIT_BLOCKS, REF_MACS_PER_MS, miners_pool
 from fedcoin.data.genesis import DEFAULT_PARAMS
 from fedcoin.data.state import State
-from fedcoin.data.tx import DEFAULT_POSAP, FraudProof, ShareCommit, ShareReveal
+from fedcoin.data.tx import DEFAULT_POSAP, FraudProof, ShareCommit, ShareReveal, Unbond
 from fedcoin.errors import (
     AlreadyDisproven,
     BadTxInBlock,
     CommitFromNonMember,
     CommitmentMismatch,
+    CommitWindowTooLong,
     DuplicateCommit,
     FraudPositionOutOfRange,
     NoCommitment,
@@ -321,3 +322,68 @@ def test_open_sv_tasks_are_bounded_per_task_and_on_the_chain() -> None:
     chain.add([second])
     chain.add([tx(SERVER, 2, make_submit(second.id, 1, 2).body)])  # 3 open: max_open_sv
     rejected(chain, [tx(SERVER, 3, make_submit(second.id, 2, 3).body)], TooManyOpenSv)
+
+
+def test_the_commit_window_stretches_to_fit_the_rounds_work() -> None:
+    """DESIGN §5 step 6: commit_blocks · block_interval ≥ 2 · max_open_sv · T(work); a heavy
+    task's window is longer than its spec asks, a light one's is the spec's."""
+    for work_ms, expected in ((0, DEFAULT_POSAP.commit_blocks), (20_000, 120)):
+        genesis = make_genesis({ALICE: 1_000 * FC, SERVER: 10 * FC}, PARAMS, validators=COMMITTEE)
+        verifier = TableVerifier(round_work=work_ms * REF_MACS_PER_MS)
+        chain = ChainBuilder(genesis, verifier=verifier, proposer=V1)
+        publish = make_publish(ALICE, 0)
+        chain.add([publish])
+        assert chain.state.tasks[publish.id].round_work == work_ms * REF_MACS_PER_MS
+        chain.add([make_submit(publish.id, 1, 0)])
+        sv = chain.state.queue[0]
+        # 2 · max_open_sv (3) · 20 s over 1 s blocks = 120 blocks
+        assert sv.commit_end == chain.header.height + 1 + expected
+
+
+def test_stake_unbonded_before_the_task_still_answers_for_a_wrong_table() -> None:
+    """A member that unbonds all before q keeps its snapshotted power in the committee: its
+    unbonding entry is slashed (it was created after the power snapshot) and is not released
+    while the task can still slash it."""
+    genesis = make_genesis({ALICE: 1_000 * FC, SERVER: 10 * FC}, PARAMS, validators=COMMITTEE)
+    chain = ChainBuilder(genesis, verifier=TableVerifier(), proposer=V1)
+    publish = make_publish(ALICE, 0)
+    bond = chain.state.bond_of(V4.public)
+    chain.add([publish, tx(V4, 0, Unbond(bond))])
+    chain.add([make_submit(publish.id, 1, 0)])
+    sv_id = chain.state.queue[0].sv_task_id
+    assert dict(chain.state.queue[0].committee)[V4.public] == bond  # power from the snapshot
+    until_schedule(chain, sv_id)
+    table = honest_table(chain.verifier, chain.state, sv_id)
+    chain.value(sv_id, {V1: table, V2: table, V3: table, V4: forged(table, 2)})
+    (entry,) = [u for u in chain.state.unbonding if u.pubkey == V4.public]
+    assert entry.amount == bond - bond * PARAMS.slash_fraud_bps // 10_000
+    conserved(chain.state)
+
+
+def test_unbonding_waits_while_posap_can_still_slash_it() -> None:
+    params = replace(PARAMS, unbonding_blocks=30, epoch_blocks=25)  # no boundary before q
+    genesis = make_genesis({ALICE: 1_000 * FC, SERVER: 10 * FC}, params, validators=COMMITTEE)
+    chain = ChainBuilder(genesis, verifier=TableVerifier(), proposer=V1)
+    publish = make_publish(ALICE, 0)
+    chain.add([publish, tx(V4, 0, Unbond(chain.state.bond_of(V4.public) // 2))])
+    release = chain.state.unbonding[0].release
+    chain.add([make_submit(publish.id, 1, 0)])
+    sv_id = chain.state.queue[0].sv_task_id
+    while chain.header.height < release + 1:
+        chain.add()
+    assert chain.state.unbonding and chain.state.queue  # V4 sits on an open task's committee
+    chain.value(sv_id)
+    for _ in range(params.fraud_blocks):
+        assert chain.state.unbonding  # a revealer of the settled table, fraud window open
+        chain.add()
+    assert not chain.state.settled
+    chain.add()  # the stake step of the next block sees nothing left that can slash it
+    assert not chain.state.unbonding
+    conserved(chain.state)
+
+
+def test_a_task_whose_round_cannot_fit_the_longest_window_is_refused() -> None:
+    genesis = make_genesis({ALICE: 1_000 * FC, SERVER: 10 * FC}, PARAMS, validators=COMMITTEE)
+    heavy = (MAX_COMMIT_BLOCKS + 1) * 1_000 * REF_MACS_PER_MS // (2 * PARAMS.max_open_sv)
+    chain = ChainBuilder(genesis, verifier=TableVerifier(round_work=heavy), proposer=V1)
+    rejected(chain, [make_publish(ALICE, 0)], CommitWindowTooLong)
