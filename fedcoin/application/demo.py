@@ -40,8 +40,10 @@ from fedcoin.errors import RoundContentUnavailable, ShareContentUnavailable
 class NoContent(WorkVerifier):
     """The demo has no FL content: any round or valuation is refused as unavailable."""
 
-    def check_task(self, spec: TaskSpec) -> None:
-        """The demo's task names no real content and never runs a round: taken as it is."""
+    def check_task(self, spec: TaskSpec) -> int:
+        """The demo's task names no real content and never runs a round: taken as it is, with
+        no work to pay for."""
+        return 0
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
         raise RoundContentUnavailable(task=round_.task_id)
