@@ -32,7 +32,7 @@ from fedcoin.application.mempool import Mempool, check_signatures
 from fedcoin.application.miner import Miner, TableCache, sv_refs
 from fedcoin.application.node_consensus import ConsensusConfig, NodeConsensus
 from fedcoin.consensus.chain import Chain
-from fedcoin.consensus.posap import PosapVerifier
+from fedcoin.consensus.posap import LazyWorker, PosapVerifier
 from fedcoin.consensus.validators import SignatureCache
 from fedcoin.contract.task import validate_spec
 from fedcoin.data.block import Block
@@ -155,7 +155,10 @@ class FullNode:
         ipfs = await connect_ipfs(cfg.ipfs_api) if cfg.ipfs_api else None
         self.resolver = ContentResolver(self.content, self._peer_addresses, ipfs)
         self._stack.push_async_callback(self.resolver.close)
-        self.verifier = PosapVerifier(self.resolver)
+        # sampled tables' estimates run in a worker process, off this process's GIL
+        estimator = LazyWorker()
+        self._stack.callback(estimator.shutdown)
+        self.verifier = PosapVerifier(self.resolver, estimator=estimator)
         vote_check = cfg.vote_check if cfg.vote_check is not None else SignatureCache()
         self.chain = Chain(self.store, self.genesis, self.verifier, vote_check=vote_check)
         self.mempool = Mempool(

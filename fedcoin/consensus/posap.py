@@ -16,8 +16,9 @@ import hashlib
 import multiprocessing
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from fedcoin.errors import (
     WrongTensorShapes,
 )
 
+T = TypeVar("T")
 ROUNDS_REMEMBERED = 64
 ESTIMATES_REMEMBERED = 64
 
@@ -49,6 +51,27 @@ ESTIMATES_REMEMBERED = 64
 def estimate_worker() -> Executor:
     """One worker process for estimates (spawned: the node's threads make fork unsafe)."""
     return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+
+class LazyWorker(Executor):
+    """``estimate_worker`` started at the first estimate that needs it (most nodes of a test
+    or a simulation never settle a sampled table, and a spawned process costs a second)."""
+
+    def __init__(self) -> None:
+        self._pool: Executor | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = estimate_worker()
+            return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+                self._pool = None
 
 
 def layout(weights: Sequence[np.ndarray]) -> list[tuple[tuple[int, ...], str]]:

@@ -79,8 +79,9 @@ def apply_transaction(
     # The nonce is the sender's next nonce
     if tx.nonce != account.nonce:
         raise NonceMismatch(expected=account.nonce, got=tx.nonce)
-    # The fee is at least the chain's minimum
-    if tx.fee < ctx.params.min_fee:
+    # The fee is at least the chain's minimum (a committee's commits and reveals may be free:
+    # only members can send them, once per task and attempt, and they carry the PoSap work)
+    if tx.fee < ctx.params.min_fee and not isinstance(tx.body, ShareCommit | ShareReveal):
         raise FeeTooLow(fee=tx.fee, min_fee=ctx.params.min_fee)
     # The balance covers the fee
     if account.balance < tx.fee:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from fedcoin.consensus.posap import PosapVerifier, estimate_worker, game_key
+from fedcoin.consensus.posap import LazyWorker, PosapVerifier, estimate_worker, game_key
 from fedcoin.consensus.schedule import common_schedule
 from fedcoin.consensus.table import table_estimate
 from fedcoin.data.content import MemoryContent
@@ -63,3 +63,13 @@ def test_sampled_estimates_run_in_a_worker_process_with_the_same_result() -> Non
         assert pool.submit(os.getpid).result() != os.getpid()  # really another process
     finally:
         pool.shutdown()
+
+
+def test_the_node_starts_its_estimate_process_only_when_needed() -> None:
+    worker = LazyWorker()
+    try:
+        assert worker._pool is None  # a node that never settles a sampled table spawns nothing
+        assert worker.submit(os.getpid).result() != os.getpid()
+    finally:
+        worker.shutdown()
+    assert worker._pool is None

@@ -47,6 +47,7 @@ from tests.helpers import (
     make_genesis,
     make_publish,
     make_submit,
+    make_transfer,
     open_sv,
     reveal_txs,
     salt_of,
@@ -387,3 +388,21 @@ def test_a_task_whose_round_cannot_fit_the_longest_window_is_refused() -> None:
     heavy = (MAX_COMMIT_BLOCKS + 1) * 1_000 * REF_MACS_PER_MS // (2 * PARAMS.max_open_sv)
     chain = ChainBuilder(genesis, verifier=TableVerifier(round_work=heavy), proposer=V1)
     rejected(chain, [make_publish(ALICE, 0)], CommitWindowTooLong)
+
+
+def test_a_committees_commits_and_reveals_may_be_free() -> None:
+    """DESIGN §7: committee members' ShareCommit/Share may carry zero fee (a validator holding
+    only its bond can still value rounds); any other transaction pays min_fee."""
+    params = replace(PARAMS, min_fee=1_000)
+    genesis = make_genesis({ALICE: 1_000 * FC, SERVER: 10 * FC}, params, validators=COMMITTEE)
+    chain = ChainBuilder(genesis, verifier=TableVerifier(), proposer=V1)
+    publish = tx(ALICE, 0, make_publish(ALICE, 0).body, fee=1_000)
+    chain.add([publish])
+    chain.add([tx(SERVER, 0, make_submit(publish.id, 1, 0).body, fee=1_000)])
+    sv_id = chain.state.queue[0].sv_task_id
+    assert chain.state.balance(V4.address) == 0
+    (payout,) = chain.value(sv_id).payouts  # every commit and reveal at fee 0
+    assert V4.address in {a for a, _ in payout.miners}
+    with pytest.raises(BadTxInBlock) as err:
+        chain.make([make_transfer(ALICE, BOB, 1, 1, fee=0)])
+    assert err.value.details["rule"] == "FeeTooLow"
