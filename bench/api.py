@@ -33,20 +33,17 @@ import aiohttp  # noqa: E402
 
 from fedcoin.application.full_node import FullNode, FullNodeConfig  # noqa: E402
 from fedcoin.consensus.chain import Chain  # noqa: E402
-from fedcoin.data.block import PosapSection  # noqa: E402
 from fedcoin.data.store import SqliteChainStore  # noqa: E402
 from fedcoin.data.tx import SubmitRound  # noqa: E402
 from tests.helpers import (  # noqa: E402
     ALICE,
     BOB,
     CAROL,
-    MINER2,
-    MINER3,
+    SERVER,
     ChainBuilder,
     key,
     make_genesis,
     make_publish,
-    make_share,
     make_submit,
     make_transfer,
 )
@@ -61,13 +58,15 @@ def build_chain(folder: Path, blocks: int) -> bytes:
     publish = make_publish(ALICE, 0)
     builder.add([publish])
     for r in (1, 2, 3):
-        submit = make_submit(publish.id, r, r - 1)
-        builder.verifier.true_sv[submit.id] = (3, 2, 1)
+        # SERVER, ALICE and BOB are validators too: their nonces move with their commits
+        submit = make_submit(publish.id, r, builder.state.account(SERVER.address).nonce)
         builder.add([submit])
-        shares = tuple(make_share(m, submit.id, (3, 2, 1)) for m in (MINER2, MINER3))
-        builder.add(posap=PosapSection(submit.id, shares))
+        # PoSap v2: every validator commits to the honest table, then reveals; the last
+        # reveal's block settles the round
+        (payout,) = builder.value(submit.id).payouts
+        assert payout.round == r and not payout.voided
     started = time.monotonic()
-    nonce = 0
+    nonce = builder.state.account(BOB.address).nonce
     while builder.block.height < blocks:
         builder.add([make_transfer(BOB, CAROL, 1, nonce)])
         nonce += 1

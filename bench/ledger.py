@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -47,13 +48,24 @@ Wire = tuple[bytes, bytes]
 
 
 class NoRounds:
-    """The benchmark carries transfers only; any round or share here is a bug."""
+    """The benchmark carries transfers only; any round or PoSap table here is a bug."""
+
+    def check_task(self, spec: object) -> None:
+        raise AssertionError("no tasks in this benchmark")
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
         raise AssertionError("no rounds in this benchmark")
 
-    def verify_share(self, sv_task: SvTask, task: TaskState, share: object, parent: bytes) -> None:
-        raise AssertionError("no shares in this benchmark")
+    def utilities(self, sv: SvTask, task: TaskState, masks: Sequence[int]) -> list[int]:
+        raise AssertionError("no PoSap tables in this benchmark")
+
+    def max_utility(self, task: TaskState) -> int:
+        raise AssertionError("no PoSap tables in this benchmark")
+
+    def estimate(
+        self, sv: SvTask, task: TaskState, schedule: Sequence[int], table: Sequence[int]
+    ) -> tuple[int, ...]:
+        raise AssertionError("no PoSap tables in this benchmark")
 
 
 def make_blocks(blocks: int, per_block: int, senders: int) -> tuple[Genesis, list[Wire]]:

@@ -8,8 +8,7 @@
    of 2^n distinct evaluations, for our stratified estimator, plain permutation sampling and
    pyDVL's permutation sampler (run in its own virtual environment, created on first use).
    Targets: ≤ 0.10 at 30 % for n = 10; ≥ 3× lower error than pyDVL at equal utility calls.
-3. Verification cost of a PoSap v1 share: evaluations to verify a sampled share ÷ evaluations
-   to make it (n = 12). Target ≤ 10 %. (Skipped once v1 shares are gone from the code.)
+3. (PoSap v1's share-verification cost: gone with v1 shares; section 5 measures v2's.)
 4. The common schedule of PoSap v2 beyond n_exact_max (issue 11): at n = 16 and n = 20 clients
    (digits, same game as 2), the exact reference computed once here on the whole 2^n table of
    the null-player game, then the median relative L2 error over the seeds (the randao mix) of
@@ -23,7 +22,7 @@
    evaluator's measured rate on an MLP and a CNN at MNIST scale.
 
     python bench/shapley.py [--seeds 10] [--no-pydvl] [--pydvl-venv bench/.venv-pydvl]
-                            [--only speed|accuracy|verify|schedule|cost]
+                            [--only speed|accuracy|schedule|cost]
 
 pyDVL and shapiq run in their own virtual environment (``bench/.venv-pydvl``, created on first
 use): pyDVL 0.10 pins numpy 1.x, and shapiq 1.4.1 is the newest that runs on Python 3.11.
@@ -40,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +55,7 @@ from fedcoin.application.datasets import (  # noqa: E402
 from fedcoin.application.training import Trainer, build_mlp  # noqa: E402
 from fedcoin.consensus.game import max_utility  # noqa: E402
 from fedcoin.consensus.schedule import common_schedule  # noqa: E402
-from fedcoin.consensus.settlement import adjudicate_fraud, settle  # noqa: E402
+from fedcoin.consensus.settlement import settle  # noqa: E402
 from fedcoin.consensus.shapley import (  # noqa: E402
     SV_SCALE,
     estimate_shapley,
@@ -196,40 +194,6 @@ def bench_accuracy(seeds: int, pydvl_python: Path | None) -> None:
             print(f"   {frac:4.0%} {budget:5d}  {ours:6.3f}   {perm:10.3f}  {extra}")
 
 
-# --- 3. verification cost --------------------------------------------------------------------
-def bench_verification() -> None:
-    try:  # PoSap v1 shares; their module is being replaced by the v2 life cycle
-        from fedcoin.consensus.posap import make_share, verify_share
-        from fedcoin.data.keys import PrivateKey
-        from fedcoin.data.state import SvTask
-        from fedcoin.data.tx import DEFAULT_POSAP, ClientUpdate, ContentRef
-    except ImportError as exc:
-        print(f"\n3. Verification cost of v1 shares: skipped ({exc})")
-        return
-    n = 12
-    arch, prev, clients, samples, val = fl_game(n)
-    ref = ContentRef(bytes(32), 1, "")
-    updates = tuple(ClientUpdate(bytes([i]) * 32, ref, s, bytes(64)) for i, s in enumerate(samples))
-    task = SvTask(b"\x01" * 32, b"\x02" * 32, 1, updates, ref, ref, 1, 1, 0)
-    print("\n3. Verification cost, sampled mode, n = 12")
-
-    for budget in (DEFAULT_POSAP.budget, int(0.3 * (1 << n))):
-        params = replace(DEFAULT_POSAP, budget=budget)
-        maker = CoalitionGame(arch, prev, clients, samples, val.x, val.y)
-        share = make_share(task, params, maker, PrivateKey.generate())
-        made = maker.evaluations
-        checker = CoalitionGame(arch, prev, clients, samples, val.x, val.y)
-        verify_share(share, task, params, checker, b"\x00" * 32)
-        first = checker.evaluations
-        other = make_share(task, params, CoalitionGame(arch, prev, clients, samples, val.x, val.y),
-                           PrivateKey.generate())  # fmt: skip
-        verify_share(other, task, params, checker, b"\x00" * 32)
-        second = checker.evaluations - first
-        print(f"   budget {budget}: make {made}, verify {first} = {first / made:.1%}; "
-              f"a second share of the same task adds {second} = {second / made:.1%}"
-              "   (target <= 10%)")  # fmt: skip
-
-
 # --- 4. the common schedule beyond n_exact_max (PoSap v2) -------------------------------------
 def exact_table(n: int) -> tuple[CoalitionGame, list[int], float]:
     """The round's game and its whole 2^n table, with the seconds it took."""
@@ -359,10 +323,9 @@ def bench_cost() -> None:
               f"({took / make:.2%} of making it), {len(outcome.slashed)} slashed")  # fmt: skip
     position = next(p for p, (a, b) in enumerate(zip(shift, honest, strict=True)) if a != b)
     start = time.perf_counter()
-    verdict = adjudicate_fraud(position, shift, {members[0]: 10**9},
-                               evaluate, slash_bps=1000, deposit=10**6)  # fmt: skip
+    proven = evaluate(position) != shift[position]  # what valuation.apply_fraud_proof evaluates
     took = time.perf_counter() - start
-    print(f"   fraud proof: 1 evaluation, {took * 1e3:.1f} ms, proven = {verdict.proven}")
+    print(f"   fraud proof: 1 evaluation, {took * 1e3:.1f} ms, proven = {proven}")
     bench_t_ref()
 
 
@@ -406,7 +369,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--no-pydvl", action="store_true", help="skip the pyDVL column")
     parser.add_argument("--pydvl-venv", type=Path, default=ROOT / "bench" / ".venv-pydvl")
-    parser.add_argument("--only", choices=["speed", "accuracy", "verify", "schedule", "cost"])
+    parser.add_argument("--only", choices=["speed", "accuracy", "schedule", "cost"])
     args = parser.parse_args()
     if args.only in (None, "speed"):
         bench_speed()
@@ -415,8 +378,6 @@ def main() -> None:
         python = ensure_pydvl(args.pydvl_venv)
     if args.only in (None, "accuracy"):
         bench_accuracy(args.seeds, python)
-    if args.only in (None, "verify"):
-        bench_verification()
     if args.only in (None, "schedule"):
         bench_common_schedule(args.seeds, python)
     if args.only in (None, "cost"):

@@ -134,7 +134,7 @@ class WrongRound(ContractError):
 
 
 class RoundPending(ContractError):
-    """the task's previous round must be settled first"""
+    """at most two SV tasks of one task may be open: the earlier rounds must settle first"""
 
 
 class TaskExpired(ContractError):
@@ -198,10 +198,6 @@ class BadVersion(BlockError):
     """the block version must be supported"""
 
 
-class TimestampNotIncreasing(BlockError):
-    """the timestamp must be greater than the parent's"""
-
-
 class TimestampInFuture(BlockError):
     """the timestamp must not be too far ahead of the receiver's clock"""
 
@@ -210,48 +206,16 @@ class BlockTooSoon(BlockError):
     """a transaction-only block must come at least min_block_interval_ms after its parent"""
 
 
-class BadBlockSignature(BlockError):
-    """the proposer's signature must verify"""
-
-
 class TxRootMismatch(BlockError):
     """tx_root must be the Merkle root of the block's transactions"""
-
-
-class PosapRootMismatch(BlockError):
-    """posap_root must be the hash of the block's PoSap section"""
 
 
 class StateRootMismatch(BlockError):
     """state_root must be the hash of the post-state"""
 
 
-class WeightMismatch(BlockError):
-    """weight must be the parent's weight plus this block's weight"""
-
-
-class EmptyBlock(BlockError):
-    """a block must carry a PoSap section or at least one transaction"""
-
-
 class TooManyTxs(BlockError):
     """a block may carry at most max_block_txs transactions"""
-
-
-class SettlementMissing(BlockError):
-    """while an SV task is pending, every block must settle or void the oldest one"""
-
-
-class SettlementUnexpected(BlockError):
-    """a PoSap section needs a pending SV task"""
-
-
-class WrongSvTask(BlockError):
-    """the PoSap section must settle the oldest pending SV task"""
-
-
-class VoidTooEarly(BlockError):
-    """an SV task may be voided only posap_timeout_ms after the block that queued it"""
 
 
 class BadTxInBlock(BlockError):
@@ -260,43 +224,12 @@ class BadTxInBlock(BlockError):
 
 # --- PoSap shares ---------------------------------------------------------------------------
 class ShareError(RuleViolation):
-    """A PoSap share breaks a rule."""
-
-
-class BadShareSignature(ShareError):
-    """the share must be signed by its miner"""
-
-
-class DuplicateMiner(ShareError):
-    """a block may carry one share per miner"""
-
-
-class WrongShareTask(ShareError):
-    """the share must be for the SV task being settled"""
-
-
-class WrongEstimateLength(ShareError):
-    """the estimate must have one value per client"""
-
-
-class ScheduleMismatch(ShareError):
-    """the table's coalitions must be exactly those the seed and budget prescribe"""
-
-
-class EstimatorMismatch(ShareError):
-    """the estimator must be the one the task's parameters prescribe"""
-
-
-class EstimateMismatch(ShareError):
-    """the estimate must equal its recomputation from the table"""
-
-
-class TableEntryMismatch(ShareError):
-    """every re-evaluated table entry must equal the exact evaluation"""
+    """PoSap work cannot be done or checked."""
 
 
 class ShareContentUnavailable(ShareError):
-    """the SV task's weights must be available to verify a share"""
+    """the SV task's content (weights, model, validation set) must be available to evaluate its
+    game"""
 
 
 # --- network --------------------------------------------------------------------------------
@@ -418,10 +351,6 @@ class WrongTensorShapes(ContractError):
     """client updates and the global model must have the task model's tensor shapes and dtypes"""
 
 
-class TooManyShares(ShareError):
-    """a PoSap section may carry at most MAX_SHARES shares"""
-
-
 # --- the exact evaluator (evaluator v1, DESIGN §5) -------------------------------------------
 class EvaluatorError(ContractError):
     """A model bundle, update or validation set the exact evaluator cannot take."""
@@ -509,10 +438,6 @@ class NotAValidator(BlockError):
     """only a member of the height's validator set may propose a block"""
 
 
-class ShareFromNonValidator(ShareError):
-    """only a member of the height's validator set may write a share"""
-
-
 # --- PoSap v2 pure core (issue 11: common schedule, table, settlement, fraud proofs) ----------
 class PosapError(RuleViolation):
     """A PoSap v2 schedule, commitment, reveal or fraud proof breaks a rule."""
@@ -589,3 +514,51 @@ class EvidenceAlreadyPunished(BlockError):
 
 class RandaoExhausted(FedCoinError):
     """the registered randao hash chain has no preimage left for this tip"""
+
+
+# --- PoSap v2 on chain (issue 11: commit, reveal, settle, fraud proofs) ---------------------
+class UnknownSvTask(PosapError):
+    """a ShareCommit or ShareReveal must name an open SV task"""
+
+
+class CommitFromNonMember(PosapError):
+    """only a member of the SV task's committee may commit to a table"""
+
+
+class OutsideWindow(PosapError):
+    """a ShareCommit must come in its SV task's commit window, a ShareReveal in its reveal
+    window"""
+
+
+class DuplicateCommit(PosapError):
+    """a member commits at most once per SV task and attempt"""
+
+
+class NoCommitment(PosapError):
+    """a member reveals only what it committed to in this attempt"""
+
+
+class DuplicateReveal(PosapError):
+    """a member reveals at most once per SV task and attempt"""
+
+
+class UnknownSettledSv(PosapError):
+    """a FraudProof must name an SV task settled within the last fraud_blocks blocks"""
+
+
+class AlreadyDisproven(PosapError):
+    """a settled table is disproven once: later fraud proofs against it are refused"""
+
+
+class TooManyFraudProofs(PosapError):
+    """a block carries at most max_fraud_proofs FraudProof transactions"""
+
+
+class CommitWindowTooLong(ContractError):
+    """a round's work must fit the longest commit window (MAX_COMMIT_BLOCKS at the chain's block
+    interval and the reference evaluation rate): lower the budget, the model or the validation
+    set"""
+
+
+class TooManyOpenSv(ContractError):
+    """at most max_open_sv SV tasks may be open on the chain (the round waits in the mempool)"""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -12,8 +12,10 @@ from fedcoin.consensus.randao import randao_reveal_for
 from fedcoin.consensus.rules import Applied, Body, build_block
 from fedcoin.consensus.stake import randao_secret
 from fedcoin.consensus.stake import randao_tip as randao_chain_tip
+from fedcoin.consensus.table import share_commitment, table_estimate, table_root
 from fedcoin.consensus.validators import SignatureCache
-from fedcoin.data.block import Block, BlockHeader, PosapSection, Share
+from fedcoin.consensus.valuation import TableOracle, reveal_open, schedule_of
+from fedcoin.data.block import Block, BlockHeader
 from fedcoin.data.genesis import DEFAULT_PARAMS, ChainParams, Genesis, GenesisValidator
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.state import State, SvTask, TaskState
@@ -24,6 +26,8 @@ from fedcoin.data.tx import (
     CloseTask,
     ContentRef,
     PublishTask,
+    ShareCommit,
+    ShareReveal,
     SubmitRound,
     TaskSpec,
     Transaction,
@@ -33,7 +37,6 @@ from fedcoin.data.tx import (
 )
 from fedcoin.data.vote import TAG_VOTE, CommitCertificate, DuplicateVoteEvidence, Vote, VoteType
 from fedcoin.errors import (
-    EstimateMismatch,
     NotFedAvg,
     RoundContentUnavailable,
     ShareContentUnavailable,
@@ -219,22 +222,32 @@ def tx(sender: PrivateKey, nonce: int, body: TxBody, fee: int = 0) -> Transactio
     return make_tx(sender, CHAIN_ID, nonce, body, fee)
 
 
+def linear_utility(sv_task_id: bytes, mask: int) -> int:
+    """The tests' default game: client i adds 256·(i + 1) to every coalition it joins."""
+    return sum(256 * (i + 1) for i in range(mask.bit_length()) if mask >> i & 1)
+
+
 @dataclass
 class TableVerifier:
     """A table-driven stand-in for the Shapley engine: it knows the right answers by table.
 
     - A round is sound when every weight blob is in ``available`` and the global model is the
       one ``global_ref`` names (standing in for the FedAvg check).
-    - A share is sound when its estimate equals ``true_sv[sv_task_id]``.
+    - ``U(mask)`` of an SV task is ``utility(sv_task_id, mask)``; ``evaluations`` counts the
+      masks evaluated (each once, as a node's memo does).
     """
 
-    true_sv: dict[bytes, tuple[int, ...]] = field(default_factory=dict)
+    utility: Callable[[bytes, int], int] = linear_utility
     missing: set[bytes] = field(default_factory=set)
+    max_entry: int = 1 << 24
+    round_work: int = 0
+    evaluated: set[tuple[bytes, int]] = field(default_factory=set)
 
-    def check_task(self, spec: TaskSpec) -> None:
+    def check_task(self, spec: TaskSpec) -> int:
         for blob in (spec.model, spec.validation):
             if blob.sha256 in self.missing:
                 raise TaskContentUnavailable(sha256=blob.sha256)
+        return self.round_work
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
         for u in round_.updates:
@@ -243,15 +256,90 @@ class TableVerifier:
         if round_.global_model != global_ref(round_.task_id, round_.round):
             raise NotFedAvg(round=round_.round)
 
-    def verify_share(self, sv_task: SvTask, task: TaskState, share: Share, parent: bytes) -> None:
-        if sv_task.sv_task_id not in self.true_sv:
-            raise ShareContentUnavailable(sv_task=sv_task.sv_task_id)
-        if tuple(share.estimate) != self.true_sv[sv_task.sv_task_id]:
-            raise EstimateMismatch(miner=share.miner_pubkey)
+    def utilities(self, sv: SvTask, task: TaskState, masks: Sequence[int]) -> list[int]:
+        if any(u.weights.sha256 in self.missing for u in sv.updates):
+            raise ShareContentUnavailable(sv_task=sv.sv_task_id)
+        self.evaluated.update((sv.sv_task_id, m) for m in masks)
+        return [self.utility(sv.sv_task_id, m) for m in masks]
+
+    def max_utility(self, task: TaskState) -> int:
+        return self.max_entry
+
+    def estimate(
+        self, sv: SvTask, task: TaskState, schedule: Sequence[int], table: Sequence[int]
+    ) -> tuple[int, ...]:
+        return table_estimate(sv.n, schedule, table)
 
 
-def make_share(miner: PrivateKey, sv_task_id: bytes, estimate: Sequence[int]) -> Share:
-    return Share(sv_task_id, miner.public, 0, ((0, 0),), tuple(estimate), bytes(64)).signed(miner)
+def salt_of(k: PrivateKey, sv_task_id: bytes, attempt: int = 0) -> bytes:
+    return hashlib.sha256(b"test-salt" + k.public + sv_task_id + bytes([attempt])).digest()
+
+
+def open_sv(state: State, sv_task_id: bytes) -> SvTask:
+    return next(sv for sv in state.queue if sv.sv_task_id == sv_task_id)
+
+
+def honest_table(verifier: TableOracle, state: State, sv_task_id: bytes) -> tuple[int, ...]:
+    """The table every honest member computes: ``U`` on the common schedule."""
+    sv = open_sv(state, sv_task_id)
+    task = state.tasks[sv.task_id]
+    return tuple(verifier.utilities(sv, task, schedule_of(sv, task.spec)))
+
+
+def commit_txs(
+    state: State, sv_task_id: bytes, tables: dict[PrivateKey, Sequence[int]]
+) -> list[Transaction]:
+    """Each member's ShareCommit to its table (salt from ``salt_of``)."""
+    sv = open_sv(state, sv_task_id)
+    out = []
+    for k, table in tables.items():
+        root = table_root(sv_task_id, table)
+        c = share_commitment(sv_task_id, k.public, root, salt_of(k, sv_task_id, sv.attempt))
+        out.append(tx(k, state.account(k.address).nonce, ShareCommit(sv_task_id, c)))
+    return out
+
+
+def reveal_txs(
+    state: State, sv_task_id: bytes, tables: dict[PrivateKey, Sequence[int]]
+) -> list[Transaction]:
+    """Each member's ShareReveal: the first of each root carries the table, the rest the root."""
+    sv = open_sv(state, sv_task_id)
+    out = []
+    shown = {root for root, _ in sv.tables}
+    for k, table in tables.items():
+        root = table_root(sv_task_id, table)
+        body = ShareReveal(
+            sv_task_id,
+            salt_of(k, sv_task_id, sv.attempt),
+            root,
+            () if root in shown else tuple(table),
+        )
+        shown.add(root)
+        out.append(tx(k, state.account(k.address).nonce, body))
+    return out
+
+
+def value_round(
+    add: Callable[[Sequence[Transaction]], Applied],
+    state: Callable[[], State],
+    height: Callable[[], int],
+    verifier: TableOracle,
+    sv_task_id: bytes,
+    tables: dict[PrivateKey, Sequence[int]] | None = None,
+) -> Applied:
+    """Drive an SV task to its settlement: empty blocks until its schedule is known, every
+    member's commit in one block, every reveal in the next (the settling block).
+
+    ``tables``: member → table it commits to (default: every committee member, honest)."""
+    while open_sv(state(), sv_task_id).mix == bytes(32):
+        add(())
+    if tables is None:
+        honest = honest_table(verifier, state(), sv_task_id)
+        tables = {KEYS[pk]: honest for pk, _ in open_sv(state(), sv_task_id).committee}
+    add(commit_txs(state(), sv_task_id, tables))
+    while not reveal_open(open_sv(state(), sv_task_id), height() + 1):
+        add(())  # not every member committed: the commit window runs its length
+    return add(reveal_txs(state(), sv_task_id, tables))
 
 
 @dataclass
@@ -288,7 +376,6 @@ class ChainBuilder:
     def body(
         self,
         txs: Sequence[Transaction] = (),
-        posap: PosapSection | None = None,
         *,
         gap: int | None = None,
         proposer: PrivateKey | None = None,
@@ -296,19 +383,18 @@ class ChainBuilder:
     ) -> Body:
         creator = proposer or self.proposer
         reveal = reveal_of(creator, self.state)
-        return Body(self.next_time(gap), creator.public, reveal, txs, posap, evidence)
+        return Body(self.next_time(gap), creator.public, reveal, txs, evidence)
 
     def make(
         self,
         txs: Sequence[Transaction] = (),
-        posap: PosapSection | None = None,
         *,
         gap: int | None = None,
         proposer: PrivateKey | None = None,
         evidence: Sequence[DuplicateVoteEvidence] = (),
     ) -> tuple[Block, Applied]:
         """Build the next block (not yet committed)."""
-        body = self.body(txs, posap, gap=gap, proposer=proposer, evidence=evidence)
+        body = self.body(txs, gap=gap, proposer=proposer, evidence=evidence)
         return build_block(
             self.state,
             self.header,
@@ -335,6 +421,15 @@ class ChainBuilder:
         self.commit(block, applied)
         return applied
 
+    def value(
+        self, sv_task_id: bytes, tables: dict[PrivateKey, Sequence[int]] | None = None
+    ) -> Applied:
+        """Settle an SV task through commits and reveals (``value_round``)."""
+        return value_round(
+            self.add, lambda: self.state, lambda: self.header.height, self.verifier, sv_task_id,
+            tables,
+        )  # fmt: skip
+
 
 def make_chain(genesis: Genesis, store: ChainStore | None = None, **kwargs: object) -> Chain:
     """A ``Chain`` over ``store`` (in memory by default) with the table verifier."""
@@ -353,7 +448,6 @@ def commit_next(
     txs: Sequence[Transaction] = (),
     *,
     gap: int | None = None,
-    posap: PosapSection | None = None,
     evidence: Sequence[DuplicateVoteEvidence] = (),
 ) -> tuple[Block, ImportResult]:
     """Propose the next block on ``chain`` as ``proposer`` and commit it with a certificate."""
@@ -365,7 +459,6 @@ def commit_next(
         reveal_of(proposer, state),
         timestamp_ms=head.timestamp_ms + step,
         txs=txs,
-        posap=posap,
         evidence=evidence,
     )
     return block, chain.commit(block, certify(block, state))
@@ -388,3 +481,21 @@ def apply_tx(
     ctx = TxContext(CHAIN_ID, params, height, T0 + height * 1000, proposer.address)
     apply_transaction(draft, transaction, ctx, verifier or TableVerifier())
     return draft.freeze()
+
+
+def value_on_chain(
+    chain: Chain,
+    sv_task_id: bytes,
+    tables: dict[PrivateKey, Sequence[int]] | None = None,
+    proposer: PrivateKey = MINER,
+) -> Applied:
+    """``value_round`` through ``chain.propose``/``commit``."""
+
+    def add(txs: Sequence[Transaction]) -> Applied:
+        result = commit_next(chain, proposer, txs)[1]
+        assert result.applied is not None
+        return result.applied
+
+    return value_round(
+        add, chain.head_state, lambda: chain.head.height, chain.verifier, sv_task_id, tables
+    )

@@ -5,7 +5,7 @@
     GET  /blocks?from=H&limit=N       canonical blocks from height H (N ≤ 100)
     GET  /accounts/{address}          balance and nonce
     GET  /tasks                       every task, summarised
-    GET  /tasks/{id}                  spec, status, every round with its SVs, shares, payouts
+    GET  /tasks/{id}                  spec, status, every round: valuation, SVs, payouts, slashes
     POST /tx                          body: the transaction's canonical bytes → {"tx_id"}
     GET  /content/{sha256}            a blob
     PUT  /content/{sha256}[?size=N]   store a blob (hash- and size-checked, capped, rate-limited)
@@ -37,12 +37,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from fedcoin.application.explorer import add_explorer_routes
 from fedcoin.application.mempool import Mempool, MempoolFull
+from fedcoin.application.round_views import task_view
 from fedcoin.application.views import (
     AccountView,
     block_view,
     ref_from_json,
     ref_json,
-    task_view,
     validators_json,
 )
 from fedcoin.consensus.chain import Chain

@@ -2,9 +2,9 @@
 
 ``ChainLedger`` adapts ``Chain`` (finality: propose / check_proposal / commit) to the driver's
 ``Ledger``. The block a validator proposes (``build``) carries:
-- the mempool's transactions (a transaction that no longer applies is dropped from the pool);
-- the PoSap section when an SV task heads the queue: the verified shares this node holds once
-  ``share_window_ms`` has passed since the first, or a void after ``posap_timeout_ms`` with none;
+- the mempool's transactions (a transaction that no longer applies is dropped from the pool),
+  among them the committee members' ``ShareCommit``/``ShareReveal`` (Proof of Shapley travels
+  in transactions and settles as an end-of-block step: the proposer has no PoSap input);
 - the evidence the driver collected that the chain can still punish;
 - its randao reveal (the preimage of its registered tip);
 - ``timestamp = max(now, parent.timestamp + min_block_interval_ms)``.
@@ -20,20 +20,16 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from fedcoin.application.chain_link import ChainLink
 from fedcoin.application.mempool import Mempool
-from fedcoin.application.miner import SharePools
 from fedcoin.consensus.chain import Chain
 from fedcoin.consensus.randao import RandaoChain
-from fedcoin.consensus.rules import select_shares
 from fedcoin.consensus.validators import ValidatorSet
-from fedcoin.data.block import Block, PosapSection
-from fedcoin.data.state import State
+from fedcoin.data.block import Block
 from fedcoin.data.vote import CommitCertificate, DuplicateVoteEvidence
 from fedcoin.errors import (
     BadEvidence,
     BadTxInBlock,
     EvidenceAlreadyPunished,
     FedCoinError,
-    ShareError,
 )
 
 log = logging.getLogger("fedcoin.consensus")
@@ -49,7 +45,6 @@ class ChainLedger:
         chain: Chain,
         link: ChainLink,
         mempool: Mempool,
-        shares: SharePools,
         *,
         proposer: bytes | None,
         randao_secret: bytes | None,
@@ -58,7 +53,6 @@ class ChainLedger:
         self.chain = chain
         self.link = link
         self.mempool = mempool
-        self.shares = shares
         self.proposer = proposer
         self.randao_secret = randao_secret
         self.prepare = prepare
@@ -79,6 +73,8 @@ class ChainLedger:
         return self.chain.validator_set()
 
     def busy(self) -> bool:
+        """Propose at the block interval while a transaction is pending or an SV task is open
+        (its windows are counted in blocks, so heights must keep coming until it settles)."""
         return len(self.mempool) > 0 or bool(self.chain.head_state().queue)
 
     def value_id(self, value: Block) -> bytes:
@@ -109,12 +105,11 @@ class ChainLedger:
         timestamp = max(now_ms, head.timestamp_ms + self.params.min_block_interval_ms) + variant
         fresh = self.mempool.follows in (None, head.hash)
         txs = self.mempool.select(self.params.max_block_txs) if fresh else []
-        posap = self.posap_section(state, now_ms)
         kept = self.chain.punishable(evidence)
-        for _ in range(len(txs) + len(kept) + (len(posap.shares) if posap else 0) + 2):
+        for _ in range(len(txs) + len(kept) + 2):
             try:
                 block, _ = self.chain.propose(
-                    proposer, reveal, timestamp_ms=timestamp, txs=txs, posap=posap, evidence=kept
+                    proposer, reveal, timestamp_ms=timestamp, txs=txs, evidence=kept
                 )
             except BadTxInBlock as exc:
                 bad = txs[exc.details["index"]]
@@ -124,31 +119,9 @@ class ChainLedger:
             except (BadEvidence, EvidenceAlreadyPunished) as exc:
                 log.info("leaving evidence out: %s", exc)
                 kept = ()
-            except ShareError as exc:
-                if posap is None:
-                    raise
-                log.info("leaving shares out: %s", exc)
-                posap = None
             else:
                 return block
         raise StaleHeight(f"could not build a valid block at height {height}")
-
-    def posap_section(self, state: State, now_ms: int) -> PosapSection | None:
-        """Settle the oldest SV task with the shares held after the window, or void it after
-        the timeout with none; None while waiting."""
-        if not state.queue:
-            return None
-        sv = state.queue[0]
-        params = state.tasks[sv.task_id].spec.posap
-        pool = self.shares.pool(sv.sv_task_id)
-        since = self.shares.first_ms.get(sv.sv_task_id)
-        if pool and since is not None and now_ms >= since + params.share_window_ms:
-            shares = [s for s in pool.values() if state.is_validator(s.miner_pubkey)]
-            if shares:
-                return PosapSection(sv.sv_task_id, select_shares(shares))
-        if not pool and now_ms >= sv.queued_ms + params.posap_timeout_ms:
-            return PosapSection(sv.sv_task_id, ())
-        return None
 
     # --- checking and committing ---------------------------------------------------------------
     async def check(self, value: Block, *, now_ms: int) -> None:

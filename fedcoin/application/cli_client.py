@@ -162,7 +162,7 @@ def show_task(task: dict[str, Any]) -> None:
         f"escrow left {fc_text(task['escrow'])} FC, server {task['spec']['server']}"
     )
     table = Table()
-    for col in ("round", "settled", "SV (samples)", "paid to clients (FC)", "shares"):
+    for col in ("round", "settled", "SV (samples)", "paid to clients (FC)", "revealers"):
         table.add_column(col)
     for r in task["rounds"]:
         payout = r.get("payout") or {}
@@ -173,6 +173,6 @@ def show_task(task: dict[str, Any]) -> None:
             str(r["settled"]),
             sv or "–",
             paid or "–",
-            str(len(r.get("shares", []))),
+            str(len(r.get("revealers", []))),
         )
     console.print(table)

@@ -12,10 +12,16 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from fedcoin.application.bundle import add_bundle_parser
-from fedcoin.application.light import add_light_arguments
+from fedcoin.application.light import add_light_arguments, add_posap_arguments
 from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT
 from fedcoin.errors import BadAddress
 from fedcoin.network.addresses import format_host_port, is_unspecified, parse_host_port
+
+#: The simulation's PoSap windows: short, since its validators value a round in well under a
+#: second and the windows close early once every member committed (and revealed); a crashed
+#: validator keeps the commit window open to its end.
+SIM_COMMIT_BLOCKS = 8
+SIM_REVEAL_BLOCKS = 8
 
 DEFAULT_NODE = "http://127.0.0.1:8700"
 
@@ -148,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-mine", action="store_true",
-        help="follow only: never sign votes or proposals nor write shares, even if the key is "
+        help="follow only: never sign votes or proposals nor value rounds, even if the key is "
         "a validator",
     )  # fmt: skip
     t = p.add_argument_group(
@@ -245,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--connect-timeout", type=float, default=30.0, metavar="SECONDS",
         help="give up when a validator has no peer after this long (default %(default)s)",
     )  # fmt: skip
+    add_posap_arguments(p, SIM_COMMIT_BLOCKS, SIM_REVEAL_BLOCKS)
 
     def wallet(name: str, help_text: str) -> argparse.ArgumentParser:
         w = sub.add_parser(name, help=help_text, description=help_text)
@@ -288,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--validation", type=Path, help="validation dataset file (fcd1) instead of digits"
     )
     w.add_argument("--seed", type=int, default=0, help="seed of the default model and split")
+    add_posap_arguments(w)
     w = wallet("bond", "lock FC of your balance as validator stake (power from the next epoch)")
     w.add_argument("--amount", type=fc_amount, required=True, help="FC to bond, up to 6 decimals")
     w.add_argument("--wait", action="store_true", help="wait until a block includes it")

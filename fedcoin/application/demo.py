@@ -7,6 +7,7 @@ same path a node uses, stored in a real SQLite file, and the coins conserved at 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -15,7 +16,7 @@ from rich.table import Table
 from fedcoin.consensus.chain import Chain
 from fedcoin.consensus.randao import randao_reveal_for
 from fedcoin.consensus.stake import randao_secret, randao_tip_of
-from fedcoin.contract.task import RoundChecker
+from fedcoin.consensus.valuation import WorkVerifier
 from fedcoin.data.block import Block
 from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT, Genesis, GenesisValidator
 from fedcoin.data.keys import PrivateKey, format_address
@@ -36,17 +37,27 @@ from fedcoin.data.vote import TAG_VOTE, CommitCertificate, Vote, VoteType
 from fedcoin.errors import RoundContentUnavailable, ShareContentUnavailable
 
 
-class NoContent(RoundChecker):
-    """The demo has no FL content: any round or share is refused as unavailable."""
+class NoContent(WorkVerifier):
+    """The demo has no FL content: any round or valuation is refused as unavailable."""
 
-    def check_task(self, spec: TaskSpec) -> None:
-        """The demo's task names no real content and never runs a round: taken as it is."""
+    def check_task(self, spec: TaskSpec) -> int:
+        """The demo's task names no real content and never runs a round: taken as it is, with
+        no work to pay for."""
+        return 0
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
         raise RoundContentUnavailable(task=round_.task_id)
 
-    def verify_share(self, sv_task: SvTask, task: TaskState, share: object, parent: bytes) -> None:
-        raise ShareContentUnavailable(sv_task=sv_task.sv_task_id)
+    def utilities(self, sv: SvTask, task: TaskState, masks: Sequence[int]) -> list[int]:
+        raise ShareContentUnavailable(sv_task=sv.sv_task_id)
+
+    def max_utility(self, task: TaskState) -> int:
+        raise ShareContentUnavailable(task=task.spec.name)
+
+    def estimate(
+        self, sv: SvTask, task: TaskState, schedule: Sequence[int], table: Sequence[int]
+    ) -> tuple[int, ...]:
+        raise ShareContentUnavailable(sv_task=sv.sv_task_id)
 
 
 def run_demo(data_dir: Path | None = None, console: Console | None = None) -> int:

@@ -122,8 +122,9 @@ class FLServerConfig:
 
 def default_deadline_blocks(rounds: int) -> int:
     """100 blocks per round and 100 spare: a round takes a few blocks (its submission, the
-    shares, the settling block), so this leaves room for a busy chain without locking the
-    escrow for long when the FL server goes away (``close-task`` refunds after the deadline)."""
+    committee's commits and reveals, the settling block) when the validators are up, so this
+    leaves room for a busy chain without locking the escrow for long when the FL server goes
+    away (``close-task`` refunds after the deadline)."""
     return 100 * rounds + 100
 
 

@@ -1,12 +1,13 @@
-"""The full node: chain store, content, P2P, HTTP API, mempool, consensus and the share worker.
+"""The full node: chain store, content, P2P, HTTP API, mempool, consensus and the valuation worker.
 
 ``async with FullNode(config) as node`` opens the SQLite store and content store under the
 data directory, serves peers and the API on one port, and runs Tendermint (``node_consensus``:
 the driver, its private validator and its gossip handlers) and, on a validator, the PoSap
-share worker (``miner``); leaving the block (or SIGINT/SIGTERM in ``main.py full``) stops
-everything. Each committed block is one SQLite transaction, so stopping at any moment loses no
-block that was committed. A node whose key is not in the validator set follows: it commits
-what the validators decide (or syncs it, with certificates) and serves the API.
+valuation worker (``miner``: tables, ``ShareCommit`` and ``ShareReveal`` transactions); leaving
+the block (or SIGINT/SIGTERM in ``main.py full``) stops everything. Each committed block is one
+SQLite transaction, so stopping at any moment loses no block that was committed. A node whose
+key is not in the validator set follows: it commits what the validators decide (or syncs it,
+with certificates) and serves the API.
 
 Transactions are admitted signatures first (off the event loop), before any content fetch.
 """
@@ -28,32 +29,44 @@ from fedcoin.application.api import add_api_routes
 from fedcoin.application.chain_link import ChainLink, wall_clock_ms
 from fedcoin.application.content import ContentResolver, IpfsClient
 from fedcoin.application.mempool import Mempool, check_signatures
-from fedcoin.application.miner import Miner, SharePools, sv_refs
+from fedcoin.application.miner import Miner, TableCache, sv_refs
 from fedcoin.application.node_consensus import ConsensusConfig, NodeConsensus
 from fedcoin.consensus.chain import Chain
-from fedcoin.consensus.posap import PosapVerifier
+from fedcoin.consensus.posap import LazyWorker, PosapVerifier
 from fedcoin.consensus.validators import SignatureCache
 from fedcoin.contract.task import validate_spec
 from fedcoin.data.block import Block
 from fedcoin.data.content import DEFAULT_MAX_BLOB, ContentStore
 from fedcoin.data.genesis import Genesis
-from fedcoin.data.keys import PrivateKey, address_of, format_address
+from fedcoin.data.keys import PrivateKey, format_address
 from fedcoin.data.state import State
 from fedcoin.data.store import SqliteChainStore
-from fedcoin.data.tx import ContentRef, PublishTask, SubmitRound, Transaction
+from fedcoin.data.tx import (
+    ContentRef,
+    FraudProof,
+    PublishTask,
+    ShareReveal,
+    SubmitRound,
+    Transaction,
+)
 from fedcoin.errors import (
     ContentMissing,
     FedCoinError,
     Ignore,
     Reject,
     RuleViolation,
-    ShareError,
     StartupError,
 )
-from fedcoin.network.messages import Message, ShareMessage, TxMessage
+from fedcoin.network.messages import Message, TxMessage
 from fedcoin.network.node import NetConfig, Notifier, P2PNode
 
 log = logging.getLogger("fedcoin.node")
+#: Rules a gossiped transaction breaks by being late, not malicious: ignored, not penalised.
+LATE_RULES = frozenset(
+    {"NonceMismatch", "InsufficientBalance", "RoundPending", "WrongRound", "TooManyOpenSv",
+     "OutsideWindow", "DuplicateCommit", "DuplicateReveal", "UnknownSvTask", "UnknownSettledSv",
+     "AlreadyDisproven"}
+)  # fmt: skip
 
 
 @dataclass
@@ -79,12 +92,15 @@ class FullNodeConfig:
     max_content_bytes: int = DEFAULT_MAX_BLOB
     """Largest blob accepted (uploads, fetches)."""
     mine: bool = True
-    """Sign as a validator and compute shares when the key is in the set (False: follow only,
+    """Sign as a validator and value SV tasks when the key is in the set (False: follow only,
     never sign)."""
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     """Local consensus timeouts, heartbeat and test hooks."""
     vote_check: SignatureCache | None = None
     """Verified vote signatures; nodes of one process (a simulation) share one."""
+    tables: TableCache | None = None
+    """Computed PoSap tables; nodes of one process (a simulation) share one, so a table all
+    honest validators compute identically is computed once (None: the node's own)."""
     clock_ms: Callable[[], int] = wall_clock_ms
     """Milliseconds since the epoch."""
     notifier: Notifier | None = None
@@ -116,9 +132,9 @@ class FullNode:
         self.key = config.key
         self.notifier = config.notifier or Notifier()
         self.wake = asyncio.Event()
-        self.shares = SharePools()
         self._stack = contextlib.AsyncExitStack()
         self._mining: asyncio.Task[None] | None = None
+        self.miner: Miner | None = None
         self.consensus: NodeConsensus | None = None
 
     # --- lifetime ---------------------------------------------------------------------------
@@ -139,7 +155,10 @@ class FullNode:
         ipfs = await connect_ipfs(cfg.ipfs_api) if cfg.ipfs_api else None
         self.resolver = ContentResolver(self.content, self._peer_addresses, ipfs)
         self._stack.push_async_callback(self.resolver.close)
-        self.verifier = PosapVerifier(self.resolver)
+        # sampled tables' estimates run in a worker process, off this process's GIL
+        estimator = LazyWorker()
+        self._stack.callback(estimator.shutdown)
+        self.verifier = PosapVerifier(self.resolver, estimator=estimator)
         vote_check = cfg.vote_check if cfg.vote_check is not None else SignatureCache()
         self.chain = Chain(self.store, self.genesis, self.verifier, vote_check=vote_check)
         self.mempool = Mempool(
@@ -162,14 +181,13 @@ class FullNode:
         )
         self.p2p = P2PNode(net, self.link, self.key, app=app, notifier=self.notifier)
         self.p2p.register(TxMessage, self._on_tx)
-        self.p2p.register(ShareMessage, self._on_share)
         try:
             await self._stack.enter_async_context(self.p2p)
         except OSError as exc:
             where = f"{cfg.host}:{cfg.port}"
             raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         self.consensus = NodeConsensus(
-            chain=self.chain, link=self.link, mempool=self.mempool, shares=self.shares,
+            chain=self.chain, link=self.link, mempool=self.mempool,
             p2p=self.p2p, key=self.key, validator=cfg.mine, data_dir=cfg.data_dir,
             config=cfg.consensus, vote_check=vote_check, prepare=self._prefetch,
             clock_ms=cfg.clock_ms,
@@ -177,11 +195,11 @@ class FullNode:
         self._stack.push_async_callback(self.consensus.stop)
         self.consensus.start()
         if cfg.mine:
-            miner = Miner(
-                self.key, self.chain, self.verifier, self.resolver, self.shares,
-                self.p2p.broadcast, cfg.clock_ms, self.wake,
+            self.miner = Miner(
+                self.key, self.chain, self.verifier, self.resolver, self.mempool,
+                self.submit_tx, self.wake, cfg.tables or TableCache(), self._halted,
             )  # fmt: skip
-            self._mining = asyncio.create_task(miner.run(), name="shares")
+            self._mining = asyncio.create_task(self.miner.run(), name="valuation")
         head = self.chain.head
         log.info(
             "full node %s serving on %s, head %s at height %d",
@@ -208,6 +226,9 @@ class FullNode:
     def _peer_addresses(self) -> Iterable[str]:
         seen = [p.hello.listen for p in self.p2p.peers.values() if p.hello and p.hello.listen]
         return seen + [a for a in self.config.bootstrap if a not in seen]
+
+    def _halted(self) -> bool:
+        return self.consensus is not None and self.consensus.driver.crashed
 
     def _poke(self) -> None:
         self.wake.set()
@@ -256,16 +277,22 @@ class FullNode:
                 refs += self._round_refs(tx.body, state, block)
             elif isinstance(tx.body, PublishTask):
                 refs += [tx.body.spec.model, tx.body.spec.validation]
-        if block.posap is not None and block.posap.shares and state.queue:
-            sv = state.queue[0]
-            refs += sv_refs(sv, state.tasks[sv.task_id])
+        # PoSap: a reveal is checked against the game's largest U, a fraud proof and a
+        # settlement may evaluate coalitions: all read the SV task's content
+        named = {
+            t.body.sv_task_id for t in block.txs if isinstance(t.body, ShareReveal | FraudProof)
+        }
+        settling = [sv for sv in state.queue if sv.commit_end < block.height <= sv.reveal_end]
+        for sv in [*state.queue, *(s.sv for s in state.settled)]:
+            task = state.tasks.get(sv.task_id)
+            if task is not None and (sv.sv_task_id in named or sv in settling):
+                refs += sv_refs(sv, task)
         await self.resolver.ensure(refs)
 
     # --- gossip handlers --------------------------------------------------------------------
     def _on_committed(self, block: Block, synced: bool) -> None:
         state = self.chain.head_state()
         self.mempool.refresh(state, block.height, self.config.clock_ms(), head=block.hash)
-        self.shares.keep_only(sv.sv_task_id for sv in state.queue)
         if synced and self.consensus is not None:
             self.consensus.driver.chain_moved()
         self._poke()
@@ -308,7 +335,7 @@ class FullNode:
             raise Ignore(str(exc)) from None
         except RuleViolation as exc:
             # A nonce already used or a balance already spent is just late, not malicious.
-            if exc.rule in ("NonceMismatch", "InsufficientBalance", "RoundPending", "WrongRound"):
+            if exc.rule in LATE_RULES:
                 raise Ignore(str(exc)) from None
             raise Reject(str(exc)) from None
         except FedCoinError as exc:
@@ -316,43 +343,3 @@ class FullNode:
         except Exception as exc:
             log.exception("transaction %s could not be checked", tx.id.hex()[:12])
             raise Reject(f"transaction could not be checked: {type(exc).__name__}") from None
-
-    async def _on_share(self, message: Message, peer: object) -> None:
-        if not isinstance(message, ShareMessage):
-            raise Reject("not a share")
-        share = message.share
-        state = self.chain.head_state()
-        sv = next((s for s in state.queue if s.sv_task_id == share.sv_task_id), None)
-        if sv is None:
-            raise Ignore("share for an SV task that is not pending here")
-        if not self.shares.wants(sv.sv_task_id, share.miner_pubkey):
-            raise Ignore("already have this miner's share or enough shares")
-        # Only members of the height's validator set write shares
-        if not state.is_validator(share.miner_pubkey):
-            raise Reject("share from a key that is not a validator")
-        # Work before authentication: the signature and size first, then content and the game
-        if len(share.estimate) != sv.n or not await asyncio.to_thread(share.signature_ok):
-            raise Reject("malformed or unsigned share")
-        task = state.tasks[sv.task_id]
-        try:
-            await self.resolver.ensure(sv_refs(sv, task))
-        except ContentMissing as exc:
-            raise Ignore(str(exc)) from None
-        try:
-            await asyncio.to_thread(
-                self.verifier.verify_share, sv, task, share, self.chain.head.hash
-            )
-        except ShareError as exc:
-            raise Reject(str(exc)) from None
-        except FedCoinError:
-            raise
-        except Exception as exc:
-            log.exception("share from %s could not be checked", share.miner_pubkey.hex()[:12])
-            raise Reject(f"share could not be checked: {type(exc).__name__}") from None
-        if self.shares.add(share, self.config.clock_ms()):
-            log.info(
-                "share for round %d from %s",
-                sv.round,
-                format_address(address_of(share.miner_pubkey)),
-            )
-            self._poke()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedcoin.data.genesis import UNIT
 from fedcoin.data.keys import PrivateKey, format_address
-from fedcoin.data.tx import DEFAULT_MAX_SAMPLES
+from fedcoin.data.tx import DEFAULT_MAX_SAMPLES, DEFAULT_POSAP, PosapParams
 from fedcoin.errors import ConfigError
 
 if TYPE_CHECKING:  # the command imports numpy, aiohttp and the rest only when it runs
@@ -29,6 +29,31 @@ if TYPE_CHECKING:  # the command imports numpy, aiohttp and the rest only when i
     from fedcoin.application.fl_server import RoundReport
 
 TASK_FILE = "task-id"
+
+
+def add_posap_arguments(
+    p: argparse.ArgumentParser, commit_blocks: int = DEFAULT_POSAP.commit_blocks,
+    reveal_blocks: int = DEFAULT_POSAP.reveal_blocks,
+) -> None:  # fmt: skip
+    """The PoSap windows of a task to publish (``posap_from_args`` reads them)."""
+    p.add_argument(
+        "--commit-blocks", type=int, default=commit_blocks, metavar="N",
+        help="blocks the validators have to commit to a round's table; the window closes "
+        "early once all have (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--reveal-blocks", type=int, default=reveal_blocks, metavar="N",
+        help="blocks to reveal the tables after the commit window; the round settles at its "
+        "end, or earlier once every committer revealed (default %(default)s)",
+    )  # fmt: skip
+
+
+def posap_from_args(args: argparse.Namespace) -> PosapParams:
+    """The task's PoSap parameters: the defaults with the windows of the command line."""
+    return PosapParams(
+        n_exact_max=DEFAULT_POSAP.n_exact_max, budget=DEFAULT_POSAP.budget,
+        commit_blocks=args.commit_blocks, reveal_blocks=args.reveal_blocks,
+    )  # fmt: skip
 
 
 def add_light_arguments(
@@ -84,6 +109,7 @@ def add_light_arguments(
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per wait (default 300)")
     p.add_argument("--out", type=Path, help="report.json and plots (default DATA_DIR/report)")
     p.add_argument("--seed", type=int, default=0, help="data split and training seed")
+    add_posap_arguments(p)
 
 
 def parse_task_id(text: str) -> bytes:
@@ -147,7 +173,7 @@ def run_light(args: argparse.Namespace) -> int:
         task_id=task_id, task_file=task_file, ipfs_api=args.ipfs_api, seed=args.seed,
         settle_timeout=args.timeout, progress=sys.stderr.isatty(),
         allowed_clients=tuple(k.public for k in client_keys) if args.allowed_clients else (),
-        max_samples=args.max_samples,
+        max_samples=args.max_samples, posap=posap_from_args(args),
         on_round=lambda r: print(round_line(r), flush=True),
     )  # fmt: skip
     server = FLServer(config)

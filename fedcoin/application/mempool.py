@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fedcoin.consensus.transactions import TxContext, apply_transaction
-from fedcoin.contract.task import RoundChecker
+from fedcoin.consensus.valuation import WorkVerifier
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.keys import TAG_TX, verify
 from fedcoin.data.state import Account, Draft, State, SvTask, TaskState
@@ -29,10 +29,9 @@ from fedcoin.data.tx import CloseTask, PublishTask, SubmitRound, Transaction
 from fedcoin.errors import (
     BadSignature,
     BadUpdateSignature,
-    ContractError,
+    FedCoinError,
     MempoolFull,
     SenderQueueFull,
-    TxError,
 )
 
 __all__ = ["Mempool", "MempoolFull", "SenderQueueFull", "check_signatures"]
@@ -85,7 +84,7 @@ class Mempool:
     def __init__(
         self,
         genesis: Genesis,
-        checker: RoundChecker,
+        checker: WorkVerifier,
         capacity: int = DEFAULT_CAPACITY,
         per_sender: int = DEFAULT_PER_SENDER,
         on_change: Callable[[], None] = lambda: None,
@@ -109,6 +108,13 @@ class Mempool:
     def __contains__(self, tx_id: bytes) -> bool:
         return tx_id in self.sender_of
 
+    def next_nonce(self, sender: bytes, state: State) -> int:
+        """The nonce ``sender``'s next transaction needs: after its pending ones, if any."""
+        run = self.runs.get(sender)
+        if run is not None and run.after:
+            return run.after[-1].account.nonce
+        return state.account(sender).nonce
+
     def _context(self, height: int, timestamp_ms: int) -> TxContext:
         return TxContext(
             self.genesis.chain_id, self.genesis.params, height, timestamp_ms, bytes(20)
@@ -117,7 +123,7 @@ class Mempool:
     @staticmethod
     def _try(
         state: State, before: Projection | None, tx: Transaction, ctx: TxContext,
-        checker: RoundChecker, *, signature_checked: bool,
+        checker: WorkVerifier, *, signature_checked: bool,
     ) -> Projection:  # fmt: skip
         """Apply ``tx`` on ``state`` as the sender's projection ``before`` left it; return the
         projection after it or raise what it breaks (nothing is changed either way)."""
@@ -145,7 +151,7 @@ class Mempool:
         self, tx: Transaction, state: State, height: int, now_ms: int,
         *, signature_checked: bool = False,
     ) -> None:  # fmt: skip
-        """Admit ``tx`` or raise the ``TxError``/``ContractError``/``MempoolFull`` it breaks
+        """Admit ``tx`` or raise the rule (``RuleViolation``) or ``MempoolFull`` it breaks
         (the pool unchanged)."""
         tx_id = tx.id
         if tx_id in self.sender_of:
@@ -242,7 +248,7 @@ class Mempool:
                 before = kept.after[-1] if kept.after else None
                 try:
                     after = self._try(state, before, tx, ctx, self.checker, signature_checked=True)
-                except (TxError, ContractError):
+                except FedCoinError:  # any rule it breaks now (a PoSap window closed, …)
                     break
                 kept.txs.append(tx)
                 kept.after.append(after)

@@ -1,37 +1,74 @@
-"""The share worker of a validator: compute this node's PoSap share, gossip it, collect others'.
+"""The valuation worker of a validator: compute the SV task's table, commit to it, reveal it.
 
-Woken by a new committed block or a share (or a short tick): when an SV task heads the queue,
-make sure its content is here (local store, IPFS, peers), compute this node's share off the
-event loop and gossip it. Others' shares are verified on arrival (``full_node``) and kept in
-``SharePools``; the consensus driver's proposer reads them when it builds a block
-(``bft_ledger``). Proposing is the driver's: there is no mining loop and no stagger any more.
+Proof of Shapley v2 (DESIGN §5 "Valuation"): every open SV task has a committee (the validator
+set of the height after the one that opened it) and, from the block after that, a common
+schedule. Woken by each committed block (or a short tick), this worker looks at the head state
+and, for every open SV task whose committee holds this node's key and whose schedule is known:
 
-The loop runs under ``supervised``: no error ends it. ``SharePools`` holds the shares heard
-for pending SV tasks, bounded: at most ``MAX_SHARES`` per task (the lowest miner keys, the
-same choice ``build_block`` makes) and at most ``MAX_POOLS`` tasks.
+1. makes sure the round's content is here (local store, IPFS, peers) and computes the table
+   ``U(mask)`` over the schedule **once** per SV task, off the event loop (``TableCache``);
+2. while the commit window is open for the next block and the key has not committed, submits
+   ``ShareCommit(sv_task_id, sha256(tag ‖ sv_task_id ‖ key ‖ root ‖ salt))``;
+3. once the reveal window is open, submits ``ShareReveal(sv_task_id, salt, root, table)`` —
+   without the table when a table with that root is already recorded for the SV task.
+
+Both travel as ordinary transactions through the node's own mempool and gossip
+(``FullNode.submit_tx``), with the sender's next nonce counting its pending transactions. A
+retried SV task (``attempt`` 1) is committed and revealed again. Settlement is the chain's, at
+the end of the block that closes the reveal window: this worker never proposes anything.
+
+The salt is secret and needs no storage: ``sha256("fedcoin/posap/salt/v1" ‖ sig)`` where ``sig``
+is the key's Ed25519 signature (deterministic) over ``sv_task_id ‖ attempt`` with a tag that no
+message of the protocol is signed with, so nobody without the key can derive it, and a node
+that restarts between its commit and its reveal derives the same salt.
+
+Bounds: one pending submission per (SV task, attempt, phase), forgotten once the SV task is no
+longer open; the table cache keeps the ``capacity`` most recent tables. The loop runs under
+``supervised``: no error ends it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from fedcoin.application.content import ContentResolver
+from fedcoin.application.mempool import Mempool
 from fedcoin.application.supervise import supervised
 from fedcoin.consensus.chain import Chain
-from fedcoin.consensus.posap import PosapVerifier, make_share
-from fedcoin.data.block import MAX_SHARES, BlockHeader, Share
+from fedcoin.consensus.table import share_commitment, table_root
+from fedcoin.consensus.valuation import (
+    ZERO_MIX,
+    TableOracle,
+    commit_open,
+    reveal_open,
+    schedule_of,
+)
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.state import State, SvTask, TaskState
-from fedcoin.data.tx import ContentRef
+from fedcoin.data.tx import ContentRef, ShareCommit, ShareReveal, Transaction, TxBody, make_tx
 from fedcoin.errors import ContentMissing, FedCoinError
-from fedcoin.network.messages import Message, ShareMessage
 
 log = logging.getLogger("fedcoin.miner")
-TICK_SECONDS = 0.1
-MAX_POOLS = 16
+TICK_SECONDS = 0.2
+TABLES_KEPT = 16
+
+SALT_SIGN_TAG = b"fedcoin/posap/salt-seed/v1"
+"""Signing tag of a salt's seed: never used for anything that is published."""
+SALT_TAG = b"fedcoin/posap/salt/v1"
+"""Domain tag of the salt derived from that signature."""
+
+COMMIT, REVEAL = "commit", "reveal"
+
+
+class Fetcher(Protocol):
+    """Makes content local (the node's ``ContentResolver``)."""
+
+    async def ensure(self, refs: Iterable[ContentRef]) -> None: ...
 
 
 def sv_refs(sv: SvTask, task: TaskState) -> list[ContentRef]:
@@ -39,117 +76,198 @@ def sv_refs(sv: SvTask, task: TaskState) -> list[ContentRef]:
     return [task.spec.model, task.spec.validation, sv.prev_global, *(u.weights for u in sv.updates)]
 
 
-class SharePools:
-    """Verified shares per pending SV task, bounded, and when the first one came."""
+def share_salt(key: PrivateKey, sv_task_id: bytes, attempt: int) -> bytes:
+    """The secret 32-byte salt of ``key``'s commitment for one attempt of an SV task."""
+    seed = key.sign(SALT_SIGN_TAG, sv_task_id + bytes([attempt]))
+    return hashlib.sha256(SALT_TAG + seed).digest()
 
-    def __init__(self) -> None:
-        self.pools: dict[bytes, dict[bytes, Share]] = {}
-        self.first_ms: dict[bytes, int] = {}
-        self.unvaluable: set[bytes] = set()
-        """SV tasks this node failed to value (it waits for others' shares or the timeout)."""
 
-    def pool(self, sv_task_id: bytes) -> dict[bytes, Share]:
-        return self.pools.get(sv_task_id, {})
+def table_key(sv: SvTask, task: TaskState) -> bytes:
+    """What a table depends on: the schedule (SV task, mix, PoSap parameters) and the game (the
+    bundle, the validation set, the previous global and the updates). Commits and reveals,
+    which change the SV task's encoding, do not enter it."""
+    spec = task.spec
+    parts = [sv.sv_task_id, sv.mix, spec.posap.encode(), spec.model.sha256, spec.validation.sha256]
+    parts += [sv.prev_global.sha256, *(u.weights.sha256 for u in sv.updates)]
+    return hashlib.sha256(b"".join(parts)).digest()
 
-    def wants(self, sv_task_id: bytes, miner: bytes) -> bool:
-        """Would a share by ``miner`` be kept (new, and among the lowest ``MAX_SHARES`` keys)?"""
-        pool = self.pools.get(sv_task_id)
-        if pool is None:
-            return len(self.pools) < MAX_POOLS
-        if miner in pool:
-            return False
-        return len(pool) < MAX_SHARES or miner < max(pool)
 
-    def add(self, share: Share, now_ms: int) -> bool:
-        """Keep ``share`` if wanted, dropping the highest key beyond ``MAX_SHARES``."""
-        if not self.wants(share.sv_task_id, share.miner_pubkey):
-            return False
-        pool = self.pools.setdefault(share.sv_task_id, {})
-        pool[share.miner_pubkey] = share
-        if len(pool) > MAX_SHARES:
-            del pool[max(pool)]
-        self.first_ms.setdefault(share.sv_task_id, now_ms)
-        return True
+class TableCache:
+    """Computed tables by ``table_key``, bounded; a table asked for while it is being computed
+    is awaited, not computed again. A node has its own; the nodes of a one-process simulation
+    share one (honest validators compute the same table, so N would compute it N times)."""
 
-    def discard(self, sv_task_id: bytes, miner: bytes) -> None:
-        self.pools.get(sv_task_id, {}).pop(miner, None)
+    def __init__(self, capacity: int = TABLES_KEPT) -> None:
+        self.capacity = capacity
+        self._tables: OrderedDict[bytes, asyncio.Future[tuple[int, ...]]] = OrderedDict()
+        self.computed = 0
+        """How many tables were computed (not taken from the cache)."""
 
-    def keep_only(self, sv_task_ids: Iterable[bytes]) -> None:
-        """Forget pools of SV tasks no longer pending."""
-        keep = set(sv_task_ids)
-        for sv_id in [s for s in self.pools if s not in keep]:
-            del self.pools[sv_id]
-        for sv_id in [s for s in self.first_ms if s not in keep]:
-            del self.first_ms[sv_id]
-        self.unvaluable &= keep
+    async def get(
+        self, key: bytes, compute: Callable[[], Awaitable[Sequence[int]]]
+    ) -> tuple[int, ...]:
+        """The table under ``key``, computing it with ``compute`` unless it is cached or being
+        computed; a failure is not cached (the next ask computes again)."""
+        while (found := self._tables.get(key)) is not None:
+            self._tables.move_to_end(key)
+            try:
+                return await asyncio.shield(found)
+            except _Interrupted:
+                continue  # whoever computed it stopped (its node shut down): compute it here
+        future: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
+        self._tables[key] = future
+        while len(self._tables) > self.capacity:
+            self._tables.popitem(last=False)
+        try:
+            table = tuple(await compute())
+        except BaseException as exc:
+            if self._tables.get(key) is future:
+                del self._tables[key]
+            future.set_exception(exc if isinstance(exc, Exception) else _Interrupted())
+            future.exception()  # retrieved: no warning when nobody was waiting
+            raise
+        self.computed += 1
+        future.set_result(table)
+        return table
+
+
+class _Interrupted(Exception):
+    """The computation a waiter relied on was cancelled."""
 
 
 @dataclass
 class Miner:
+    """The valuation worker of one node (see the module docstring)."""
+
     key: PrivateKey
     chain: Chain
-    verifier: PosapVerifier
-    resolver: ContentResolver
-    shares: SharePools
-    broadcast: Callable[[Message], None]
-    clock_ms: Callable[[], int]
+    verifier: TableOracle
+    """Exact ``U`` of the round's coalitions (the node's ``PosapVerifier``)."""
+    resolver: Fetcher
+    mempool: Mempool
+    submit: Callable[[Transaction], Awaitable[None]]
+    """Admit to the node's mempool and gossip (``FullNode.submit_tx``)."""
     wake: asyncio.Event
+    tables: TableCache = field(default_factory=TableCache)
+    halted: Callable[[], bool] = lambda: False
+    """True once the node's consensus stopped (the simulation's crash hook): a crashed
+    validator values nothing either."""
+    pending: dict[tuple[bytes, int, str], bytes] = field(default_factory=dict)
+    """(SV task, attempt, phase) → id of the transaction submitted for it."""
+    unvaluable: set[bytes] = field(default_factory=set)
+    """SV tasks whose content cannot form a game: not retried every tick."""
+    missing: set[bytes] = field(default_factory=set)
+    """SV tasks whose content was not found yet (warned about once)."""
     validator: bool | None = None
-    """Whether the key was a member of the set at the last step (None before the first)."""
+    """Whether the key was in the validator set at the last step (None before the first)."""
 
     async def run(self) -> None:
-        await supervised("share step", self.step, self.wake, TICK_SECONDS, log)
-
-    def is_member(self, state: State) -> bool:
-        """Only validators propose and write shares; log once each time membership changes."""
-        member = state.is_validator(self.key.public)
-        if member != self.validator:
-            if member:
-                log.info("key %s is a validator: writing shares", self.key_text)
-            else:
-                log.info("key %s is not a validator: writing no shares", self.key_text)
-            self.validator = member
-        return member
+        await supervised("valuation step", self.step, self.wake, TICK_SECONDS, log)
 
     @property
     def key_text(self) -> str:
         return self.key.public.hex()[:16]
 
     async def step(self) -> None:
+        if self.halted():
+            return
         head = self.chain.head
         state = self.chain.store.get_state(head.hash)  # that head's state, not a newer one
-        if not self.is_member(state) or not state.queue:
-            return
-        sv = state.queue[0]
-        if (
-            self.key.public not in self.shares.pool(sv.sv_task_id)
-            and sv.sv_task_id not in self.shares.unvaluable
-        ):
-            await self.value(sv, state.tasks[sv.task_id], head)
+        self.note_membership(state)
+        self.forget({sv.sv_task_id for sv in state.queue})
+        for sv in state.queue:
+            if sv.mix == ZERO_MIX or not any(pk == self.key.public for pk, _ in sv.committee):
+                continue  # no schedule yet, or not this node's work
+            phase = self.phase(sv, head.height + 1)
+            if phase is None or self.is_pending(sv, phase):
+                continue
+            try:
+                await self.act(sv, state.tasks[sv.task_id], phase)
+            except ContentMissing as exc:
+                # the content may still arrive: try again next step, say so once
+                level = logging.DEBUG if sv.sv_task_id in self.missing else logging.WARNING
+                log.log(level, "cannot value round %d yet: %s", sv.round, exc)
+                self.missing.add(sv.sv_task_id)
 
-    async def value(self, sv: SvTask, task: TaskState, head: BlockHeader) -> bool:
-        """Compute and gossip this node's share; True when it was gossiped."""
+    def note_membership(self, state: State) -> None:
+        """Say once, each time it changes, whether this key is a validator (a committee member
+        of the rounds opened from then on)."""
+        member = state.is_validator(self.key.public)
+        if member != self.validator:
+            what = "is a validator: valuing rounds" if member else "is not a validator"
+            log.info("key %s %s", self.key_text, what)
+            self.validator = member
+
+    def phase(self, sv: SvTask, height: int) -> str | None:
+        """What this node still owes ``sv`` in a block at ``height``: a commit, a reveal, or
+        nothing (done, or outside both windows)."""
+        me = self.key.public
+        if commit_open(sv, height) and sv.committed(me) is None:
+            return COMMIT
+        if reveal_open(sv, height) and sv.committed(me) is not None and sv.revealed(me) is None:
+            return REVEAL
+        return None
+
+    def is_pending(self, sv: SvTask, phase: str) -> bool:
+        """Is a transaction for this (SV task, attempt, phase) still in the mempool?"""
+        tx_id = self.pending.get((sv.sv_task_id, sv.attempt, phase))
+        return tx_id is not None and tx_id in self.mempool
+
+    def forget(self, open_ids: set[bytes]) -> None:
+        """Drop what is kept for SV tasks that are no longer open."""
+        for entry in [k for k in self.pending if k[0] not in open_ids]:
+            del self.pending[entry]
+        self.unvaluable &= open_ids
+        self.missing &= open_ids
+
+    async def table_of(self, sv: SvTask, task: TaskState) -> tuple[int, ...] | None:
+        """The SV task's table (computed once, off the event loop); None if it cannot be."""
+        if sv.sv_task_id in self.unvaluable:
+            return None
+        await self.resolver.ensure(sv_refs(sv, task))
+
+        async def compute() -> Sequence[int]:
+            def evaluate() -> list[int]:
+                return self.verifier.utilities(sv, task, schedule_of(sv, task.spec))
+
+            log.info("computing the table of round %d of task %s", sv.round, sv.task_id.hex()[:12])
+            return await asyncio.to_thread(evaluate)
+
         try:
-            await self.resolver.ensure(sv_refs(sv, task))
-        except ContentMissing as exc:
-            log.warning("cannot value round %d yet: %s", sv.round, exc)
-            return False
-        try:
-            game = await asyncio.to_thread(self.verifier.game, sv, task)
-            share = await asyncio.to_thread(make_share, sv, task.spec.posap, game, self.key)
-        except Exception as exc:
-            # Content that cannot be valued will not improve by retrying every tick: wait for
-            # others' shares or void the round at the timeout.
-            self.shares.unvaluable.add(sv.sv_task_id)
-            if not isinstance(exc, FedCoinError):
-                raise
+            return await self.tables.get(table_key(sv, task), compute)
+        except FedCoinError as exc:
+            # Content that cannot be valued will not improve by retrying every tick: the
+            # committee's other members value the round, or it is retried and voided.
+            self.unvaluable.add(sv.sv_task_id)
             log.warning("cannot value round %d: %s", sv.round, exc)
-            return False
-        if self.chain.head.hash != head.hash and not any(
-            s.sv_task_id == sv.sv_task_id for s in self.chain.head_state().queue
-        ):
-            return False  # settled while we computed
-        self.shares.add(share, self.clock_ms())
-        self.broadcast(ShareMessage(share))
-        log.info("computed share for round %d of task %s", sv.round, sv.task_id.hex()[:12])
-        return True
+            return None
+
+    async def act(self, sv: SvTask, task: TaskState, phase: str) -> None:
+        """Submit this node's commit or reveal for ``sv``."""
+        table = await self.table_of(sv, task)
+        if table is None:
+            return
+        salt = share_salt(self.key, sv.sv_task_id, sv.attempt)
+        root = table_root(sv.sv_task_id, table)
+        body: TxBody
+        if phase == COMMIT:
+            body = ShareCommit(
+                sv.sv_task_id, share_commitment(sv.sv_task_id, self.key.public, root, salt)
+            )
+        else:
+            # The table travels once: a reveal of a root already recorded names only the root
+            body = ShareReveal(sv.sv_task_id, salt, root, () if sv.table(root) else table)
+        tx = self.transaction(body)
+        self.pending[(sv.sv_task_id, sv.attempt, phase)] = tx.id
+        await self.submit(tx)
+        log.info(
+            "%s for round %d of task %s (attempt %d, root %s)",
+            phase, sv.round, sv.task_id.hex()[:12], sv.attempt, root.hex()[:12],
+        )  # fmt: skip
+
+    def transaction(self, body: TxBody) -> Transaction:
+        """``body`` signed with the node's key at its next nonce (pending ones counted)."""
+        genesis = self.chain.genesis
+        state: State = self.chain.head_state()
+        nonce = self.mempool.next_nonce(self.key.address, state)
+        return make_tx(self.key, genesis.chain_id, nonce, body, fee=genesis.params.min_fee)

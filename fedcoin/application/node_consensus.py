@@ -2,7 +2,7 @@
 
 ``NodeConsensus`` builds, for one full node, the ``FilePrivValidator`` (its state file under the
 data directory: the last height, round and step signed, written before each signature), the
-``ChainLedger`` over the node's chain, mempool and share pools, the ``ConsensusDriver`` and the
+``ChainLedger`` over the node's chain and mempool, the ``ConsensusDriver`` and the
 gossip handlers of the consensus messages, and registers them with the P2P service. A node
 without a validator key (``validator=False``) runs the machine with ``me=None``: it follows,
 commits what more than 2/3 of the power decide, and never signs.
@@ -28,7 +28,6 @@ from fedcoin.application.consensus_driver import ConsensusDriver
 from fedcoin.application.consensus_gossip import ConsensusGossip
 from fedcoin.application.consensus_ports import Faults
 from fedcoin.application.mempool import Mempool
-from fedcoin.application.miner import SharePools
 from fedcoin.application.timers import Cadence
 from fedcoin.consensus.chain import Chain
 from fedcoin.consensus.stake import randao_secret
@@ -67,7 +66,6 @@ class NodeConsensus:
         chain: Chain,
         link: ChainLink,
         mempool: Mempool,
-        shares: SharePools,
         p2p: P2PNode,
         key: PrivateKey,
         validator: bool,
@@ -81,7 +79,7 @@ class NodeConsensus:
         self.config = config
         self.signer = FilePrivValidator(key, data_dir / PRIVVAL_FILE) if validator else None
         self.ledger = ChainLedger(
-            chain, link, mempool, shares,
+            chain, link, mempool,
             proposer=key.public if validator else None,
             randao_secret=randao_secret(key) if validator else None,
             prepare=prepare,

@@ -85,13 +85,13 @@ def pool_income(chain: Chain, reports: list[RoundReport]) -> dict[bytes, int]:
     income: dict[bytes, int] = {}
     for height in sorted({r.block_height for r in reports}):  # one receipt per block
         block = chain.store.block_at(height)
-        payout = chain.payout_of(block.hash) if block is not None else None
-        if block is None or payout is None:
+        if block is None:
             continue
-        for address, paid in payout.miners:
-            income[address] = income.get(address, 0) + paid
-        creator = address_of(block.header.proposer_pubkey)
-        income[creator] = income.get(creator, 0) + payout.proposer
+        for payout in chain.payouts_of(block.hash):  # a block may settle several rounds
+            for address, paid in payout.miners:
+                income[address] = income.get(address, 0) + paid
+            creator = address_of(block.header.proposer_pubkey)
+            income[creator] = income.get(creator, 0) + payout.proposer
     return income
 
 

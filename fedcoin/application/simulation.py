@@ -25,10 +25,12 @@ from typing import Any
 from rich.console import Console
 
 from fedcoin.application.chain_link import wall_clock_ms
+from fedcoin.application.cli_parser import SIM_COMMIT_BLOCKS, SIM_REVEAL_BLOCKS
 from fedcoin.application.consensus_ports import Faults
 from fedcoin.application.datasets import ClientKind, load_task_data
 from fedcoin.application.fl_server import FLServer, FLServerConfig, RoundReport
 from fedcoin.application.full_node import FullNode, FullNodeConfig
+from fedcoin.application.miner import TableCache
 from fedcoin.application.node_consensus import ConsensusConfig
 from fedcoin.application.sim_consensus import (
     CommitClock,
@@ -68,7 +70,10 @@ class SimConfig:
     data_dir: Path | None = None
     connect_seconds: float = 30.0
     """How long the validators may take to find a peer each before the simulation gives up."""
-    share_window_ms: int = 500
+    commit_blocks: int = SIM_COMMIT_BLOCKS
+    """The task's PoSap commit window in blocks (``--commit-blocks``)."""
+    reveal_blocks: int = SIM_REVEAL_BLOCKS
+    """The task's PoSap reveal window in blocks (``--reveal-blocks``)."""
     min_block_interval_ms: int = 300
     delta_free_riders: int = 0
     disguised_free_riders: int = 0
@@ -102,6 +107,7 @@ class SimConfig:
             sybil_split=args.sybil_split, server_copies=args.server_copies,
             inflate_samples=args.inflate_samples, allowed_clients=args.allowed_clients,
             byzantine=args.byzantine, crashed=args.crashed, crash_at_height=args.crash_at_height,
+            commit_blocks=args.commit_blocks, reveal_blocks=args.reveal_blocks,
         )  # fmt: skip
 
     def kind_counts(self) -> KindCounts:
@@ -191,7 +197,7 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
     miner_keys = [derived_key(cfg.seed, f"miner-{i}") for i in range(cfg.miners)]
     escrow = cfg.rounds * cfg.price
     genesis = sim_genesis(cfg, miner_keys, server_key.address, escrow + 10 * UNIT)
-    posap = replace(DEFAULT_POSAP, share_window_ms=cfg.share_window_ms)
+    posap = replace(DEFAULT_POSAP, commit_blocks=cfg.commit_blocks, reveal_blocks=cfg.reveal_blocks)
     roles = cfg.roles()
 
     from fedcoin.application.training import build_mlp
@@ -211,6 +217,7 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
     )
     notifier = Notifier()
     cache = SignatureCache()  # one process: each vote signature is verified once, not N times
+    tables = TableCache()  # and each PoSap table (the same for every honest validator) made once
     clocks = [CommitClock(notifier, wall_clock_ms) for _ in miner_keys]
     with contextlib.ExitStack() as tmp_stack:
         root = cfg.data_dir or Path(tmp_stack.enter_context(tempfile.TemporaryDirectory()))
@@ -221,6 +228,7 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
                     data_dir=root / f"miner{i}", genesis=genesis, key=key, notifier=clocks[i],
                     bootstrap=(nodes[(i - 1) // 2].address,) if nodes else (),
                     consensus=cfg.consensus(i), vote_check=cache, clock_ms=wall_clock_ms,
+                    tables=tables,
                 )  # fmt: skip
                 node = await stack.enter_async_context(FullNode(config))
                 nodes.append(node)
@@ -253,6 +261,8 @@ async def simulate(cfg: SimConfig, console: Console) -> dict[str, Any]:
             report = build_report(
                 cfg.to_json(), nodes, server, reports, roster, server_key, escrow, consensus
             )
+            # One process: every honest validator's table came from the one shared cache
+            report["valuation"] = {"tables_computed": tables.computed}
             # Stop deciding heights everywhere first: closing 32 busy nodes one by one is slow
             await asyncio.gather(*(n.consensus.stop() for n in nodes if n.consensus is not None))
     write_outputs(cfg.out, report)

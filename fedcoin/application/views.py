@@ -17,16 +17,18 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Self, TypeVar
 
 from fedcoin.consensus.chain import Chain
-from fedcoin.consensus.game import max_utility
-from fedcoin.data.block import Block, Share
+from fedcoin.data.block import Block
 from fedcoin.data.genesis import ChainParams
 from fedcoin.data.keys import address_of, format_address
-from fedcoin.data.state import State, TaskState, TaskStatus
+from fedcoin.data.state import State
 from fedcoin.data.tx import (
     Bond,
     CloseTask,
     ContentRef,
+    FraudProof,
     PublishTask,
+    ShareCommit,
+    ShareReveal,
     SubmitRound,
     TaskSpec,
     Transaction,
@@ -61,7 +63,7 @@ def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _load(cls: type[V], data: Any, build: Any) -> V:
+def load_view(cls: type[V], data: Any, build: Any) -> V:
     """Run ``build(data)``, turning a missing key or a wrong type into ``DecodeError``."""
     if not isinstance(data, dict):
         raise DecodeError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
@@ -84,7 +86,7 @@ def ref_json(ref: ContentRef) -> JSON:
 
 def ref_from_json(data: Any) -> ContentRef:
     """The inverse of ``ref_json``."""
-    return _load(
+    return load_view(
         ContentRef,
         data,
         lambda d: ContentRef(bytes.fromhex(d["sha256"]), int(d["size"]), str(d["cid"])),
@@ -114,14 +116,13 @@ class SpecView(View):
             spec.name, ref_json(spec.model), ref_json(spec.validation),
             format_address(spec.server), spec.rounds, spec.price_per_round,
             list(spec.split_bps), spec.min_clients, spec.max_clients, spec.deadline_height,
-            {"n_exact_max": p.n_exact_max, "budget": p.budget, "spot_checks": p.spot_checks,
-             "tolerance": p.tolerance, "posap_timeout_ms": p.posap_timeout_ms,
-             "share_window_ms": p.share_window_ms},
+            {"n_exact_max": p.n_exact_max, "budget": p.budget, "commit_blocks": p.commit_blocks,
+             "reveal_blocks": p.reveal_blocks},
         )  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
-        return _load(cls, data, lambda d: cls(**{f.name: d[f.name] for f in fields(cls)}))
+        return load_view(cls, data, lambda d: cls(**{f.name: d[f.name] for f in fields(cls)}))
 
 
 # --- transactions and blocks -------------------------------------------------------------------
@@ -140,6 +141,12 @@ def tx_body(tx: Transaction) -> JSON:
         return {"amount": b.amount, "randao_tip": b.randao_tip.hex()}
     if isinstance(b, Unbond):
         return {"amount": b.amount}
+    if isinstance(b, ShareCommit):
+        return {"sv_task_id": b.sv_task_id.hex(), "commitment": b.commitment.hex()}
+    if isinstance(b, ShareReveal):
+        return {"sv_task_id": b.sv_task_id.hex(), "root": b.root.hex(), "entries": len(b.table)}
+    if isinstance(b, FraudProof):
+        return {"sv_task_id": b.sv_task_id.hex(), "position": b.position}
     return {}
 
 
@@ -160,7 +167,7 @@ class TxView(View):
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
-        return _load(cls, data, lambda d: cls(**{f.name: d[f.name] for f in fields(cls)}))
+        return load_view(cls, data, lambda d: cls(**{f.name: d[f.name] for f in fields(cls)}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +177,7 @@ class Paid(View):
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
-        return _load(cls, data, lambda d: cls(str(d["address"]), int(d["paid"])))
+        return load_view(cls, data, lambda d: cls(str(d["address"]), int(d["paid"])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +204,7 @@ class PayoutView(View):
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
-        return _load(
+        return load_view(
             cls,
             data,
             lambda d: cls(
@@ -210,51 +217,6 @@ class PayoutView(View):
 
 
 @dataclass(frozen=True, slots=True)
-class ShareView(View):
-    """A miner's PoSap share: its SV estimate and how many coalitions it evaluated."""
-
-    miner: str
-    estimate: list[int]
-    entries: int
-    utility_all: int | None
-    """U of the grand coalition (the round model's summed clipped margins), if tabled."""
-    utility_none: int | None
-    """U of the empty coalition (the previous global model), if tabled."""
-
-    @classmethod
-    def of(cls, share: Share) -> ShareView:
-        table = dict(share.table)
-        everyone = (1 << len(share.estimate)) - 1
-        return cls(
-            key_text(share.miner_pubkey), list(share.estimate), len(share.table),
-            table.get(everyone), table.get(0),
-        )  # fmt: skip
-
-    @classmethod
-    def from_json(cls, data: Any) -> Self:
-        return _load(cls, data, lambda d: cls(**{f.name: d[f.name] for f in fields(cls)}))
-
-
-@dataclass(frozen=True, slots=True)
-class PosapView(View):
-    sv_task_id: str
-    voided: bool
-    shares: list[ShareView]
-
-    @classmethod
-    def from_json(cls, data: Any) -> Self:
-        return _load(
-            cls,
-            data,
-            lambda d: cls(
-                str(d["sv_task_id"]),
-                bool(d["voided"]),
-                [ShareView.from_json(s) for s in d["shares"]],
-            ),
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class BlockView(View):
     hash: str
     height: int
@@ -264,8 +226,8 @@ class BlockView(View):
     commit_round: int | None
     state_root: str
     txs: list[TxView]
-    posap: PosapView | None
-    payout: PayoutView | None
+    payouts: list[PayoutView]
+    """The rounds this block settled or voided (its end-of-block PoSap step), in order."""
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
@@ -274,26 +236,20 @@ class BlockView(View):
                 str(d["hash"]), int(d["height"]), str(d["parent"]), int(d["timestamp_ms"]),
                 str(d["proposer"]), _opt_int(d["commit_round"]), str(d["state_root"]),
                 [TxView.from_json(t) for t in d["txs"]],
-                None if d["posap"] is None else PosapView.from_json(d["posap"]),
-                None if d["payout"] is None else PayoutView.from_json(d["payout"]),
+                [PayoutView.from_json(p) for p in d["payouts"]],
             )  # fmt: skip
 
-        return _load(cls, data, build)
+        return load_view(cls, data, build)
 
 
 def block_view(block: Block, chain: Chain) -> BlockView:
     h = block.header
-    payout = chain.payout_of(block.hash)
     certificate = chain.certificate(h.height)
     commit_round = None if certificate is None else certificate.round
-    posap = None
-    if block.posap is not None:
-        shares = [ShareView.of(s) for s in block.posap.shares]
-        posap = PosapView(block.posap.sv_task_id.hex(), block.posap.voids, shares)
     return BlockView(
         h.hash.hex(), h.height, h.parent.hex(), h.timestamp_ms, key_text(h.proposer_pubkey),
-        commit_round, h.state_root.hex(), [TxView.of(t) for t in block.txs], posap,
-        PayoutView.of(payout) if payout else None,
+        commit_round, h.state_root.hex(), [TxView.of(t) for t in block.txs],
+        [PayoutView.of(p) for p in chain.payouts_of(block.hash)],
     )  # fmt: skip
 
 
@@ -313,7 +269,7 @@ class StatusView(View):
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
-        return _load(cls, data, lambda d: cls(**{f.name: d[f.name] for f in fields(cls)}))
+        return load_view(cls, data, lambda d: cls(**{f.name: d[f.name] for f in fields(cls)}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,119 +280,9 @@ class AccountView(View):
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
-        return _load(
+        return load_view(
             cls, data, lambda d: cls(str(d["address"]), int(d["balance"]), int(d["nonce"]))
         )
-
-
-# --- tasks and rounds --------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class RoundView(View):
-    """One round of a task: its submission and, once settled, the shares and the payout."""
-
-    task_id: str
-    round: int
-    global_model: JSON
-    updates: list[JSON]
-    sv_task_id: str
-    submitted_height: int
-    settled: bool
-    settled_height: int | None
-    shares: list[ShareView]
-    payout: PayoutView | None
-    accuracy: float | None
-    """The round's model on the validation set (U of the grand coalition ÷ its maximum, ≤ the
-    accuracy: the protocol's U sums clipped margins), if known."""
-
-    @classmethod
-    def from_json(cls, data: Any) -> Self:
-        def build(d: JSON) -> Any:
-            return cls(
-                str(d["task_id"]), int(d["round"]), dict(d["global_model"]), list(d["updates"]),
-                str(d["sv_task_id"]), int(d["submitted_height"]), bool(d["settled"]),
-                d["settled_height"], [ShareView.from_json(s) for s in d["shares"]],
-                None if d["payout"] is None else PayoutView.from_json(d["payout"]),
-                d["accuracy"],
-            )  # fmt: skip
-
-        return _load(cls, data, build)
-
-
-@dataclass(frozen=True, slots=True)
-class TaskView(View):
-    id: str
-    spec: SpecView
-    publisher: str
-    escrow: int
-    rounds_done: int
-    status: str
-    global_model: JSON
-    created_height: int
-    validation_samples: int | None
-    rounds: list[RoundView] | None
-    """Every round, in order (``None`` in the task list, which leaves them out)."""
-
-    @classmethod
-    def from_json(cls, data: Any) -> Self:
-        def build(d: JSON) -> Any:
-            rounds = d.get("rounds")
-            return cls(
-                str(d["id"]), SpecView.from_json(d["spec"]), str(d["publisher"]),
-                int(d["escrow"]), int(d["rounds_done"]), str(d["status"]),
-                dict(d["global_model"]), int(d["created_height"]), d.get("validation_samples"),
-                None if rounds is None else [RoundView.from_json(r) for r in rounds],
-            )  # fmt: skip
-
-        return _load(cls, data, build)
-
-
-def task_view(
-    task_id: bytes,
-    task: TaskState,
-    chain: Chain,
-    *,
-    with_rounds: bool,
-    validation_samples: int | None = None,
-) -> TaskView:
-    rounds = task_rounds(task_id, chain, validation_samples) if with_rounds else None
-    return TaskView(
-        task_id.hex(), SpecView.of(task.spec), format_address(task.publisher), task.escrow,
-        task.rounds_done, TaskStatus(task.status).name.lower(), ref_json(task.global_model),
-        task.created_height, validation_samples, rounds,
-    )  # fmt: skip
-
-
-def task_rounds(task_id: bytes, chain: Chain, samples: int | None) -> list[RoundView]:
-    """Every round of a task from the canonical blocks that touch it (the store's task index)."""
-    submitted: dict[bytes, tuple[SubmitRound, int]] = {}
-    settled: dict[bytes, tuple[Block, int]] = {}
-    for height, block_hash in chain.store.task_blocks(task_id):
-        block = chain.store.get_block(block_hash)
-        if block is None:
-            continue
-        for tx in block.txs:
-            if isinstance(tx.body, SubmitRound) and tx.body.task_id == task_id:
-                submitted[tx.id] = (tx.body, height)
-        if block.posap is not None:
-            settled[block.posap.sv_task_id] = (block, height)
-    rounds: dict[int, RoundView] = {}
-    for sv_id, (body, height) in submitted.items():
-        found = settled.get(sv_id)
-        shares: list[ShareView] = []
-        payout = settled_height = accuracy = None
-        if found is not None:
-            block, settled_height = found
-            assert block.posap is not None  # settled only holds blocks with a PoSap section
-            shares = [ShareView.of(s) for s in block.posap.shares]
-            paid = chain.payout_of(block.hash)
-            payout = PayoutView.of(paid) if paid else None
-            accuracy = round_accuracy(shares, samples)
-        base = round_body(body)
-        rounds[body.round] = RoundView(
-            task_id.hex(), body.round, base["global_model"], base["updates"], sv_id.hex(), height,
-            found is not None, settled_height, shares, payout, accuracy,
-        )  # fmt: skip
-    return [rounds[r] for r in sorted(rounds)]
 
 
 def round_body(body: SubmitRound) -> JSON:
@@ -445,17 +291,6 @@ def round_body(body: SubmitRound) -> JSON:
         "updates": [{"client": format_address(u.address), "samples": u.samples,
                      "weights": ref_json(u.weights)} for u in body.updates],
     }  # fmt: skip
-
-
-def round_accuracy(shares: list[ShareView], samples: int | None) -> float | None:
-    """The round model's score in [0, 1] from the first share that tabled the grand coalition:
-    U(N) ÷ its maximum (the clipped margin of every sample at the cap), at most the accuracy."""
-    if not samples:
-        return None
-    for share in shares:
-        if share.utility_all is not None:
-            return share.utility_all / max_utility(samples)
-    return None
 
 
 # --- stake -------------------------------------------------------------------------------------

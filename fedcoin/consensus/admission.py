@@ -104,14 +104,15 @@ def check_content(model: ContentRef, validation: ContentRef, content: ContentSou
     return TaskContent(program.macs, samples)
 
 
-def check_pay(spec: TaskSpec, facts: TaskContent) -> None:
-    """Step 6: the miners' pool of one round pays for the round's work."""
+def check_pay(spec: TaskSpec, facts: TaskContent) -> int:
+    """Step 6: the miners' pool of one round pays for the round's work; return that work."""
     work = round_work(spec, facts.macs_per_sample, facts.samples)
     needed = required_miners_pay(work)
     pool = miners_pool(spec)
     # miners ≥ MIN_PAY_PER_WORK · work(task)
     if pool < needed:
         raise MinersUnderpaid(miners=pool, needed=needed, work_macs=work)
+    return work
 
 
 class TaskAdmission:
@@ -124,8 +125,9 @@ class TaskAdmission:
         self.passed: OrderedDict[tuple[bytes, bytes], TaskContent] = OrderedDict()
         self._lock = threading.Lock()
 
-    def check_task(self, spec: TaskSpec) -> None:
-        """Raise the ``ContractError`` a task's content or pay breaks; return when it may open."""
+    def check_task(self, spec: TaskSpec) -> int:
+        """Raise the ``ContractError`` a task's content or pay breaks; when it may open, return
+        one round's work in multiply-accumulates."""
         key = (_ref_key(spec.model), _ref_key(spec.validation))
         with self._lock:
             facts = self.passed.get(key)
@@ -137,4 +139,4 @@ class TaskAdmission:
                 self.passed[key] = facts
                 while len(self.passed) > self.remembered:
                     self.passed.popitem(last=False)
-        check_pay(spec, facts)
+        return check_pay(spec, facts)

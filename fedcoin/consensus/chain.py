@@ -38,7 +38,7 @@ from fedcoin.consensus.validators import (
     check_signature,
     verify_commit,
 )
-from fedcoin.data.block import MAX_EVIDENCE, Block, BlockHeader, PosapSection
+from fedcoin.data.block import MAX_EVIDENCE, Block, BlockHeader
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.state import Draft, State
 from fedcoin.data.store import ChainStore
@@ -51,7 +51,7 @@ from fedcoin.errors import (
     TimestampInFuture,
     UnknownParent,
 )
-from fedcoin.incentive.payouts import RoundPayout
+from fedcoin.incentive.payouts import BlockReceipt, RoundPayout
 
 #: Proposals whose execution ``check_proposal`` keeps for ``commit`` (a height sees a few).
 APPLIED_CACHE = 16
@@ -71,7 +71,7 @@ class ImportResult:
     outcome: Imported
     """What happened."""
     applied: Applied | None = None
-    """For ``HEAD``: the block's execution (post-state, payout, slashes)."""
+    """For ``HEAD``: the block's execution (post-state, payouts, slashes)."""
 
 
 class Chain:
@@ -136,12 +136,11 @@ class Chain:
         *,
         timestamp_ms: int,
         txs: Sequence[Transaction] = (),
-        posap: PosapSection | None = None,
         evidence: Sequence[DuplicateVoteEvidence] = (),
     ) -> tuple[Block, Applied]:
         """The block ``proposer_pubkey`` makes on the head; raise the rule it would break."""
         head = self.head
-        body = Body(timestamp_ms, proposer_pubkey, randao_reveal, txs, posap, evidence)
+        body = Body(timestamp_ms, proposer_pubkey, randao_reveal, txs, evidence)
         last_commit = self.store.get_certificate(head.height) if head.height > 0 else None
         block, applied = build_block(
             self.store.head_state(),
@@ -210,8 +209,9 @@ class Chain:
             self.vote_check,
         )
         applied = self.check_proposal(block, now_ms=None)
-        receipt = applied.payout.encode() if applied.payout is not None else b""
-        self.store.commit(block, applied.state, certificate, receipt=receipt)
+        receipt = BlockReceipt(applied.payouts).encode() if applied.payouts else b""
+        settled = tuple(p.task_id for p in applied.payouts)
+        self.store.commit(block, applied.state, certificate, receipt=receipt, settled=settled)
         with self._lock:
             self._applied.clear()
         return ImportResult(Imported.HEAD, applied)
@@ -262,9 +262,10 @@ class Chain:
         """Up to ``limit`` committed blocks above ``after_height``, each with its certificate."""
         return self.store.committed_range(after_height, limit)
 
-    def payout_of(self, block_hash: bytes) -> RoundPayout | None:
+    def payouts_of(self, block_hash: bytes) -> tuple[RoundPayout, ...]:
+        """The rounds the block's end-of-block step settled or voided (none: empty)."""
         receipt = self.store.get_receipt(block_hash)
-        return RoundPayout.decode(receipt) if receipt else None
+        return BlockReceipt.decode(receipt).payouts if receipt else ()
 
     def _cached(self, block: Block) -> Applied | None:
         """The execution of this very block (same header *and* body: a peer may pair a valid

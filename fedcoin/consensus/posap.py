@@ -1,150 +1,77 @@
-"""Proof of Shapley shares (DESIGN §5): make one, verify one, aggregate many.
-
-A share is a miner's table of evaluated coalitions ``(mask, U)`` and the fixed-point Shapley
-estimate recomputed from it. Which coalitions a share holds is fixed by
-``seed = sha256("fedcoin/posap/seed" || sv_task_id || miner_pubkey)`` and the task's budget, so
-a miner cannot choose them; up to ``n_exact_max`` clients the table is all ``2**n`` coalitions.
-``U`` is the exact null-player game (``utility.CoalitionGame``): every node computes the same
-integers, so a table entry is right or wrong — there is no tolerance.
-
-Verifying a share, cheapest check first (a bogus share costs little):
-1. its estimator and coalitions are exactly what the seed and budget prescribe;
-2. the border entries (∅, N, singletons, (n−1)-coalitions) and ``spot_checks`` more entries,
-   chosen by ``sha256(share || parent_hash)``, are re-evaluated and must be EQUAL to the
-   re-evaluation (``PosapParams.tolerance`` is ignored: any difference is a mismatch).
-   Re-evaluations go through the game's memo, so checking many shares of one SV task costs
-   little more than checking one;
-3. its estimate equals the recomputation from its table (exact rational arithmetic).
+"""The node's Proof-of-Shapley oracle (DESIGN §4–§5): checks of a round's content, and exact
+answers about an SV task's game for the valuation rules (``valuation.TableOracle``).
 
 ``PosapVerifier`` is the node's ``WorkVerifier``: it reads the round's weights from a content
 source, checks the round (shapes, evaluator bounds, bit-exact FedAvg), builds the game and caches
 it by the hash of the whole SV task and the task's model and validation set (not by the SV task
-id alone: an equivocating FL server could otherwise poison the cache with another round).
+id alone: an equivocating FL server could otherwise poison the cache with another round). The
+game memoises ``U`` per mask, so a node evaluates each (SV task, position) at most once however
+many reveals, settlements and fraud proofs name it. The estimate of a settled table is cached by
+its root: exact rational arithmetic, computed once per table.
 """
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
 from fedcoin.consensus.admission import TaskAdmission
-from fedcoin.consensus.aggregate import aggregate_estimates
 from fedcoin.consensus.evaluator import compile_architecture
-from fedcoin.consensus.game import is_exact_fedavg
+from fedcoin.consensus.game import is_exact_fedavg, max_utility
 from fedcoin.consensus.quantize import quantize_weights
-from fedcoin.consensus.shapley import (
-    ESTIMATOR_EXACT,
-    ESTIMATOR_STRATIFIED,
-    SeededRng,
-    border,
-    fixed_point_estimate,
-    stratified_schedule,
-)
+from fedcoin.consensus.table import table_estimate, table_root
 from fedcoin.consensus.utility import CoalitionGame
-from fedcoin.data.block import Share
 from fedcoin.data.content import ContentSource, resolve
-from fedcoin.data.keys import PrivateKey
+from fedcoin.data.encoding import encode
 from fedcoin.data.state import SvTask, TaskState
 from fedcoin.data.tensors import decode_bundle, decode_dataset, weights_of
-from fedcoin.data.tx import ContentRef, PosapParams, SubmitRound, TaskSpec
+from fedcoin.data.tx import ContentRef, SubmitRound, TaskSpec
 from fedcoin.errors import (
     DecodeError,
-    EstimateMismatch,
-    EstimatorMismatch,
     EvaluatorError,
     NotFedAvg,
     RoundContentUnavailable,
     RuleViolation,
-    ScheduleMismatch,
     ShareContentUnavailable,
-    TableEntryMismatch,
     WrongTensorShapes,
 )
 
-SEED_TAG = b"fedcoin/posap/seed"
-SPOT_TAG = b"fedcoin/posap/spot"
+T = TypeVar("T")
 ROUNDS_REMEMBERED = 64
+ESTIMATES_REMEMBERED = 64
 
 
-class Game(Protocol):
-    """What PoSap needs of a game: its size and memoised integer utilities."""
-
-    n: int
-    null_players: int
-    """Mask of the clients whose quantised update equals the previous global's."""
-
-    def utilities(self, masks: Sequence[int]) -> list[int]: ...
+def estimate_worker() -> Executor:
+    """One worker process for estimates (spawned: the node's threads make fork unsafe)."""
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
 
 
-def share_seed(sv_task_id: bytes, miner_pubkey: bytes) -> bytes:
-    return hashlib.sha256(SEED_TAG + sv_task_id + miner_pubkey).digest()
+class LazyWorker(Executor):
+    """``estimate_worker`` started at the first estimate that needs it (most nodes of a test
+    or a simulation never settle a sampled table, and a spawned process costs a second)."""
 
+    def __init__(self) -> None:
+        self._pool: Executor | None = None
+        self._lock = threading.Lock()
 
-def plan(n: int, params: PosapParams, seed: bytes) -> tuple[int, list[int]]:
-    """(estimator, coalitions in order) for a game of ``n`` clients."""
-    if n <= params.n_exact_max or params.budget >= 1 << n:
-        return ESTIMATOR_EXACT, list(range(1 << n))
-    return ESTIMATOR_STRATIFIED, stratified_schedule(n, params.budget, seed)
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = estimate_worker()
+            return self._pool.submit(fn, *args, **kwargs)
 
-
-def make_share(sv_task: SvTask, params: PosapParams, game: Game, key: PrivateKey) -> Share:
-    """Evaluate the prescribed coalitions and sign the resulting share."""
-    estimator, masks = plan(game.n, params, share_seed(sv_task.sv_task_id, key.public))
-    values = game.utilities(masks)
-    table = tuple(zip(masks, values, strict=True))
-    estimate = posap_estimate(game, table)
-    unsigned = Share(sv_task.sv_task_id, key.public, estimator, table, estimate, bytes(64))
-    return unsigned.signed(key)
-
-
-def checked_positions(share: Share, n: int, parent_hash: bytes, spot_checks: int) -> list[int]:
-    """Table positions a verifier re-evaluates: the border, then seeded spot checks."""
-    position = {mask: i for i, (mask, _) in enumerate(share.table)}
-    chosen = [position[m] for m in border(n) if m in position]
-    fixed = set(chosen)
-    rest = [i for i in range(len(share.table)) if i not in fixed]
-    rng = SeededRng(hashlib.sha256(SPOT_TAG + share.encode() + parent_hash).digest())
-    for j in range(min(spot_checks, len(rest))):
-        pick = j + rng.below(len(rest) - j)
-        rest[j], rest[pick] = rest[pick], rest[j]
-        chosen.append(rest[j])
-    return chosen
-
-
-def verify_share(
-    share: Share, sv_task: SvTask, params: PosapParams, game: Game, parent_hash: bytes
-) -> None:
-    """Raise the ``ShareError`` a share breaks; return when its work checks out."""
-    n = sv_task.n
-    estimator, masks = plan(n, params, share_seed(sv_task.sv_task_id, share.miner_pubkey))
-    # The estimator is the one the parameters prescribe
-    if share.estimator != estimator:
-        raise EstimatorMismatch(expected=estimator, got=share.estimator)
-    # The table holds exactly the prescribed coalitions, in order
-    if len(share.table) != len(masks) or any(
-        m != expected for (m, _), expected in zip(share.table, masks, strict=False)
-    ):
-        raise ScheduleMismatch(expected=len(masks), got=len(share.table))
-    # Border and spot-checked entries equal an exact re-evaluation (no tolerance: U is exact)
-    positions = checked_positions(share, n, parent_hash, params.spot_checks)
-    claimed = [share.table[i] for i in positions]
-    actual = game.utilities([m for m, _ in claimed])
-    for (mask, value), real in zip(claimed, actual, strict=True):
-        if value != real:
-            raise TableEntryMismatch(mask=mask, claimed=value, evaluated=real)
-    # The estimate is the recomputation from the table (the costliest check, so the last)
-    if tuple(share.estimate) != posap_estimate(game, share.table):
-        raise EstimateMismatch(miner=share.miner_pubkey)
-
-
-def posap_estimate(game: Game, table: Sequence[tuple[int, int]]) -> tuple[int, ...]:
-    """The share's estimate: ``fixed_point_estimate`` of its table, 0 for the null players."""
-    return fixed_point_estimate(game.n, table, game.null_players)
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+                self._pool = None
 
 
 def layout(weights: Sequence[np.ndarray]) -> list[tuple[tuple[int, ...], str]]:
@@ -152,25 +79,36 @@ def layout(weights: Sequence[np.ndarray]) -> list[tuple[tuple[int, ...], str]]:
     return [(tuple(a.shape), a.dtype.str) for a in weights]
 
 
-def aggregate_shares(shares: Sequence[Share]) -> tuple[int, ...]:
-    """The round's consensus SV: coordinate-wise median of the shares' estimates."""
-    return aggregate_estimates([s.estimate for s in shares])
-
-
-# --- the node's verifier -------------------------------------------------------------------
 def game_key(sv_task: SvTask, spec: TaskSpec) -> bytes:
-    """What a cached game is valid for: the whole SV task and the task's bundle and data."""
-    return hashlib.sha256(sv_task.encode() + spec.model.sha256 + spec.validation.sha256).digest()
+    """What a cached game is valid for: the whole round the SV task values (its id, task,
+    number, updates and both global models) and the task's bundle and data — not the progress
+    of its valuation (commits, reveals), which changes block by block."""
+    round_ = [
+        sv_task.sv_task_id,
+        sv_task.task_id,
+        sv_task.round,
+        [u.to_wire() for u in sv_task.updates],
+        sv_task.prev_global.to_wire(),
+        sv_task.global_model.to_wire(),
+    ]
+    return hashlib.sha256(encode(round_) + spec.model.sha256 + spec.validation.sha256).digest()
 
 
 class PosapVerifier:
     """The real ``WorkVerifier``: content from a source, FedAvg check, cached games."""
 
-    def __init__(self, content: ContentSource, cache_games: int = 8) -> None:
+    def __init__(
+        self, content: ContentSource, cache_games: int = 8, estimator: Executor | None = None
+    ) -> None:
         self.content = content
+        self.estimator = estimator
+        """Where sampled tables' estimates run: a process pool keeps their exact rational
+        arithmetic (about 1 s at 60 clients) from holding this process's GIL; None: inline."""
         self.games: OrderedDict[bytes, CoalitionGame] = OrderedDict()
         self.cache_games = cache_games
         self.rounds_ok: OrderedDict[bytes, None] = OrderedDict()
+        self.estimates: OrderedDict[bytes, tuple[int, ...]] = OrderedDict()
+        self.samples: OrderedDict[bytes, int] = OrderedDict()
         self._lock = threading.Lock()  # games are built and looked up from worker threads
         self.check_task = TaskAdmission(content).check_task  # PublishTask's content checks
 
@@ -251,7 +189,42 @@ class PosapVerifier:
             self.games.popitem(last=False)
         return game
 
-    def verify_share(
-        self, sv_task: SvTask, task: TaskState, share: Share, parent_hash: bytes
-    ) -> None:
-        verify_share(share, sv_task, task.spec.posap, self.game(sv_task, task), parent_hash)
+    # --- valuation.TableOracle ---------------------------------------------------------------
+    def utilities(self, sv: SvTask, task: TaskState, masks: Sequence[int]) -> list[int]:
+        return self.game(sv, task).utilities(masks)
+
+    def max_utility(self, task: TaskState) -> int:
+        key = task.spec.validation.sha256
+        with self._lock:
+            found = self.samples.get(key)
+        if found is None:
+            data = self._blob(task.spec.validation, ShareContentUnavailable)
+            try:
+                x, _ = decode_dataset(data)
+            except DecodeError as exc:
+                raise ShareContentUnavailable(reason=f"undecodable validation set: {exc}") from None
+            found = len(x)
+            with self._lock:
+                self.samples[key] = found
+                while len(self.samples) > ROUNDS_REMEMBERED:
+                    self.samples.popitem(last=False)
+        return max_utility(found)
+
+    def estimate(
+        self, sv: SvTask, task: TaskState, schedule: Sequence[int], table: Sequence[int]
+    ) -> tuple[int, ...]:
+        key = table_root(sv.sv_task_id, table) + game_key(sv, task.spec)
+        with self._lock:
+            found = self.estimates.get(key)
+        if found is None:
+            game = self.game(sv, task)
+            args = (game.n, tuple(schedule), tuple(table), game.null_players)
+            if self.estimator is not None and len(table) < 1 << game.n:
+                found = self.estimator.submit(table_estimate, *args).result()
+            else:  # an exact table's estimate takes about a millisecond
+                found = table_estimate(*args)
+            with self._lock:
+                self.estimates[key] = found
+                while len(self.estimates) > ESTIMATES_REMEMBERED:
+                    self.estimates.popitem(last=False)
+        return found

@@ -4,11 +4,12 @@ post-state; ``build_block`` runs the same execution to make a block. Both are pu
 
 Order of checks: header (version, parent, height, time, roots), then the parent's commit
 certificate (``LastCommit``) against the parent height's set, this height's ``validators_hash``,
-the creator's membership and ``randao_reveal``; then the evidence (slashes), the PoSap section
-against the queue of SV tasks (shares from members only, one per member), the transactions in
-order, the end-of-block stake steps (unbonding releases, the next epoch's set, priorities), and
-finally ``next_validators_hash`` and the state root. Execution happens on a ``Draft``; any
-violation discards it, so an invalid block changes nothing.
+the creator's membership and ``randao_reveal``; then the evidence (slashes), the transactions in
+order (PoSap commits, reveals and fraud proofs among them), the end-of-block stake steps
+(unbonding releases, the next epoch's set, priorities), the end-of-block PoSap steps (committee
+and schedule of new SV tasks, windows, settlements: ``valuation``), and finally
+``next_validators_hash`` and the state root. Execution happens on a ``Draft``; any violation
+discards it, so an invalid block changes nothing.
 
 Blocks are final once committed, so nothing here weighs or compares chains.
 """
@@ -18,13 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedcoin.consensus.posap_section import (
-    ShareVerifier,
-    WorkVerifier,
-    apply_posap,
-    check_shares,
-    select_shares,
-)
 from fedcoin.consensus.randao import next_mix, reveal_ok
 from fedcoin.consensus.slashing import Slash, apply_evidence
 from fedcoin.consensus.stake import end_block_stake
@@ -35,21 +29,19 @@ from fedcoin.consensus.validators import (
     check_signature,
     verify_commit,
 )
+from fedcoin.consensus.valuation import WorkVerifier, end_block_valuation, liable
 from fedcoin.data.block import (
     BLOCK_VERSION,
-    MAX_SHARES,
     Block,
     BlockHeader,
-    PosapSection,
     evidence_root,
     last_commit_hash,
-    posap_root,
     tx_root,
 )
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.keys import address_of
 from fedcoin.data.state import Draft, Stake, State, powers_hash, powers_of
-from fedcoin.data.tx import Transaction
+from fedcoin.data.tx import FraudProof, Transaction
 from fedcoin.data.vote import CommitCertificate, DuplicateVoteEvidence
 from fedcoin.errors import (
     BadRandaoReveal,
@@ -61,10 +53,11 @@ from fedcoin.errors import (
     LastCommitHashMismatch,
     LastCommitMissing,
     NotAValidator,
-    PosapRootMismatch,
+    PosapError,
     StateRootMismatch,
     StoreError,
     TimestampInFuture,
+    TooManyFraudProofs,
     TooManyTxs,
     TxError,
     TxRootMismatch,
@@ -77,15 +70,12 @@ from fedcoin.incentive.payouts import RoundPayout
 __all__ = [
     "Applied",
     "Body",
-    "ShareVerifier",
     "WorkVerifier",
     "apply_block",
     "build_block",
     "check_header",
     "check_last_commit",
-    "check_shares",
     "execute_block",
-    "select_shares",
     "set_at",
 ]
 
@@ -96,8 +86,8 @@ class Applied:
 
     state: State
     """The post-state."""
-    payout: RoundPayout | None
-    """The round settled or voided by the block's PoSap section, if any."""
+    payouts: tuple[RoundPayout, ...] = ()
+    """The rounds settled or voided at the end of the block."""
     slashes: tuple[Slash, ...] = ()
     """What the block's evidence cost each equivocating validator."""
 
@@ -110,7 +100,6 @@ class Body:
     proposer_pubkey: bytes
     randao_reveal: bytes
     txs: Sequence[Transaction] = ()
-    posap: PosapSection | None = None
     evidence: Sequence[DuplicateVoteEvidence] = ()
 
 
@@ -175,31 +164,27 @@ def execute_block(
         check=check,
         set_of=lambda h: set_at(state, h),
     )
-    payout = apply_posap(
-        draft,
-        state,
-        parent.hash,
-        body.posap,
-        timestamp_ms=body.timestamp_ms,
-        creator=creator,
-        verifier=verifier,
-    )
     # At most max_block_txs transactions
     if len(body.txs) > params.max_block_txs:
         raise TooManyTxs(count=len(body.txs), max=params.max_block_txs)
+    # At most max_fraud_proofs fraud proofs (each costs every node an exact evaluation)
+    proofs = sum(isinstance(tx.body, FraudProof) for tx in body.txs)
+    if proofs > params.max_fraud_proofs:
+        raise TooManyFraudProofs(count=proofs, max=params.max_fraud_proofs)
     proposer = address_of(creator)
     ctx = TxContext(chain.chain_id, params, height, body.timestamp_ms, proposer)
     for index, tx in enumerate(body.txs):
         # Every transaction is valid in order
         try:
             apply_transaction(draft, tx, ctx, verifier, signature_checked=signatures_checked)
-        except (TxError, ContractError) as exc:
+        except (TxError, ContractError, PosapError) as exc:
             raise BadTxInBlock(index=index, rule=exc.rule, error=str(exc)) from exc
     if params.block_reward:
         draft.credit(proposer, params.block_reward)
         draft.supply += params.block_reward
-    end_block_stake(draft, height, params)
-    return Applied(draft.freeze(), payout, slashes)
+    end_block_stake(draft, height, params, liable(draft))
+    payouts = end_block_valuation(draft, height, creator, params, verifier)
+    return Applied(draft.freeze(), payouts, slashes)
 
 
 def replace_tip(stake: Stake, reveal: bytes) -> Stake:
@@ -234,9 +219,6 @@ def check_header(
     # tx_root commits to the transactions
     if header.tx_root != tx_root(block.txs):
         raise TxRootMismatch()
-    # posap_root commits to the PoSap section
-    if header.posap_root != posap_root(block.posap):
-        raise PosapRootMismatch()
     # last_commit_hash commits to the parent's certificate
     if header.last_commit_hash != last_commit_hash(block.last_commit):
         raise LastCommitHashMismatch()
@@ -274,7 +256,6 @@ def apply_block(
         header.proposer_pubkey,
         header.randao_reveal,
         block.txs,
-        block.posap,
         block.evidence,
     )
     applied = execute_block(
@@ -301,21 +282,8 @@ def build_block(
 ) -> tuple[Block, Applied]:
     """Make the block ``body.proposer_pubkey`` proposes on ``parent``; raise if it is invalid.
 
-    Nothing is signed here: the proposer signs a ``Proposal`` naming the block's hash. A PoSap
-    section with more shares than a block may carry keeps the first ``MAX_SHARES`` by miner
-    public key: the same choice on every node, whatever order the shares arrived in.
+    Nothing is signed here: the proposer signs a ``Proposal`` naming the block's hash.
     """
-    posap = body.posap
-    if posap is not None and len(posap.shares) > MAX_SHARES:
-        posap = PosapSection(posap.sv_task_id, select_shares(posap.shares))
-        body = Body(
-            body.timestamp_ms,
-            body.proposer_pubkey,
-            body.randao_reveal,
-            body.txs,
-            posap,
-            body.evidence,
-        )
     check_last_commit(last_commit, parent, state, chain, check)
     applied = execute_block(state, parent, chain, verifier, body, check=check)
     header = BlockHeader(
@@ -325,7 +293,6 @@ def build_block(
         timestamp_ms=body.timestamp_ms,
         proposer_pubkey=body.proposer_pubkey,
         tx_root=tx_root(body.txs),
-        posap_root=posap_root(posap),
         state_root=applied.state.root(),
         validators_hash=powers_hash(powers_of(state.validators)),
         next_validators_hash=powers_hash(powers_of(applied.state.validators)),
@@ -333,7 +300,7 @@ def build_block(
         last_commit_hash=last_commit_hash(last_commit),
         evidence_root=evidence_root(body.evidence),
     )
-    block = Block(header, tuple(body.txs), posap, last_commit, tuple(body.evidence))
+    block = Block(header, tuple(body.txs), last_commit, tuple(body.evidence))
     # The header rules hold too (time after the parent, roots)
     check_header(header, parent, chain, block, now_ms=None)
     return block, applied

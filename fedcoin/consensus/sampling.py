@@ -154,9 +154,11 @@ def paired_schedule(n: int, budget: int, seed: bytes) -> list[int]:
     or the other), so a pair's errors largely cancel in the stratified means; measured at
     n = 20 (0/1-count game): 0.096 → 0.064 median relative error at 1 024 evaluations
     (bench/shapley.py).
-    Draws go round-robin over the lower middle sizes ``k < n − k`` (and ``k = n/2``) in
-    ascending order — one uniform draw of size k, unseen, then its complement if unseen —
-    skipping a size whose coalitions are all taken, until ``budget`` masks are chosen.
+    Draws go round-robin, in ascending order, over the middle sizes k with ``2k ≤ n``, and the
+    middle sizes whose complement size is a complete stratum (when size 2 is complete but n − 2
+    is not, n − 2 is drawn directly: its complements are already chosen) — one uniform draw of
+    size k, unseen, then its complement if unseen — skipping a size whose coalitions are all
+    taken, until ``budget`` masks are chosen (always: ``budget < 2^n``).
     """
     if n < 1:
         raise ValueError("a game needs at least one player")
@@ -166,7 +168,7 @@ def paired_schedule(n: int, budget: int, seed: bytes) -> list[int]:
     chosen, middle, _ = _outer_strata(n, budget)
     full = total - 1
     seen = set(chosen)
-    lower = sorted(k for k in middle if 2 * k <= n)
+    lower = sorted(k for k in middle if 2 * k <= n or n - k not in middle)
     taken = dict.fromkeys(range(n + 1), 0)
     rng = SeededRng(seed)
     while len(chosen) < budget:

@@ -25,8 +25,7 @@ function of the recorded reveals. The rule:
 Every position is evaluated at most once per settlement (``evaluated`` lists them in order):
 that, plus fraud proofs, is what a node spends to check a round beyond making its own table.
 
-``adjudicate_fraud`` decides a ``FraudProof(sv_task_id, position)`` against the settled table.
-Coins are conserved: ``Σ slashed + deposit = reward + burned + deposit_returned``.
+Fraud proofs against a settled table are judged on the chain (``valuation.apply_fraud_proof``).
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fedcoin.consensus.table import first_difference, table_root
-from fedcoin.errors import FraudPositionOutOfRange, RevealFromNonMember, UnknownRoot
+from fedcoin.errors import RevealFromNonMember, UnknownRoot
 
 BPS = 10_000
 """Basis points in a whole."""
@@ -224,58 +223,3 @@ def _check_inputs(
         # Every revealed root comes with its table, which hashes to it
         if root not in tables or table_root(sv_task_id, tables[root]) != root:
             raise UnknownRoot(root=root)
-
-
-@dataclass(frozen=True, slots=True)
-class FraudVerdict:
-    """The outcome of a ``FraudProof`` against a settled table (DESIGN §5 step 5)."""
-
-    proven: bool
-    """The table's entry differs from the exact U at the position."""
-    position: int
-    """The schedule position the proof names."""
-    value: int
-    """The exact U there."""
-    slashed: tuple[Payout, ...]
-    """Each revealer of the table and the stake taken from it (empty unless proven)."""
-    reward: int
-    """To the proof's sender: ``PROVER_REWARD_BPS`` of the stake slashed (floor)."""
-    burned: int
-    """Slashed stake beyond the reward, or the deposit of a false claim."""
-    deposit_returned: int
-    """The deposit, returned to the sender of a proven claim; 0 for a false one."""
-
-
-def adjudicate_fraud(
-    position: int,
-    table: Sequence[int],
-    bonds: Mapping[bytes, int],
-    evaluate: Evaluate,
-    *,
-    slash_bps: int,
-    deposit: int,
-) -> FraudVerdict:
-    """Decide ``FraudProof(sv_task_id, position)`` against the settled table T.
-
-    ``bonds``: each revealer of T → its bond at the block that includes the proof. A proven
-    wrong entry slashes every revealer ``bond·slash_bps // 10⁴``; 10 % of the total goes to the
-    sender, the rest is burned, and the deposit comes back. A false claim burns the deposit.
-    Payouts already made stand. One evaluation, of ``U(schedule[position])``.
-    """
-    # The position must be one of the schedule's
-    if type(position) is not int or not 0 <= position < len(table):
-        raise FraudPositionOutOfRange(position=position, length=len(table))
-    if type(slash_bps) is not int or not 0 <= slash_bps <= BPS:
-        raise ValueError("slash_bps is a fraction in basis points, 0 to 10 000")
-    if type(deposit) is not int or deposit < 0:
-        raise ValueError("the deposit is a non-negative amount")
-    if any(type(b) is not int or b < 0 for b in bonds.values()):
-        raise ValueError("bonds are non-negative amounts")
-    value = evaluate(position)
-    if table[position] == value:
-        # A false claim: the deposit is burned, nobody is slashed
-        return FraudVerdict(False, position, value, (), 0, deposit, 0)
-    slashed = tuple(Payout(v, bonds[v] * slash_bps // BPS) for v in sorted(bonds))
-    taken = sum(s.amount for s in slashed)
-    reward = taken * PROVER_REWARD_BPS // BPS
-    return FraudVerdict(True, position, value, slashed, reward, taken - reward, deposit)

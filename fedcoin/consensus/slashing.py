@@ -89,25 +89,34 @@ def slash(
     height: int,
     creator: bytes,
     params: ChainParams,
+    *,
+    bps: int | None = None,
+    reward_bps: int | None = None,
 ) -> Slash:
-    """Take the slash from ``validator``'s stake, pay the creator's part, burn the rest, jail."""
+    """Take the slash from ``validator``'s stake, pay ``creator``'s part, burn the rest, jail.
+
+    ``bps`` and ``reward_bps`` default to the equivocation's ``slash_bps`` and
+    ``slash_reward_bps``; PoSap passes its own (``slash_fraud_bps``; nothing or 10 % to the
+    sender of a fraud proof, who is then ``creator``)."""
+    bps = params.slash_bps if bps is None else bps
+    reward_bps = params.slash_reward_bps if reward_bps is None else reward_bps
     taken = 0
     stake = draft.stake(validator)
     if stake is not None:
-        cut = stake.bond * params.slash_bps // BPS
+        cut = stake.bond * bps // BPS
         taken += cut
         jailed_until = max(stake.jailed_until, height + params.jail_blocks)
         draft.set_stake(validator, Stake(stake.bond - cut, stake.randao_tip, jailed_until))
     entries: list[Unbonding] = []
     for entry in draft.unbonding:
         if entry.pubkey == validator and entry.created > offence_height:
-            cut = entry.amount * params.slash_bps // BPS
+            cut = entry.amount * bps // BPS
             taken += cut
             entries.append(Unbonding(validator, entry.amount - cut, entry.created, entry.release))
         else:
             entries.append(entry)
     draft.unbonding = entries
-    reward = taken * params.slash_reward_bps // BPS
+    reward = taken * reward_bps // BPS
     draft.credit(address_of(creator), reward)
     draft.supply -= taken - reward
     return Slash(validator, offence_height, taken, reward)

@@ -15,6 +15,8 @@ punished equivocations once they are too old to be evidenced again.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from fedcoin.consensus.proposer import apply_changes, next_height_set
 from fedcoin.consensus.validators import Validator, ValidatorSet, select_validators
 from fedcoin.data.encoding import sha256
@@ -97,12 +99,15 @@ def apply_unbond(
     draft.unbonding.append(Unbonding(pubkey, body.amount, height, height + params.unbonding_blocks))
 
 
-def end_block_stake(draft: Draft, height: int, params: ChainParams) -> None:
-    """Release matured unbonding entries; at an epoch's last block, snapshot the next set."""
+def end_block_stake(
+    draft: Draft, height: int, params: ChainParams, liable: Collection[bytes] = ()
+) -> None:
+    """Release matured unbonding entries, except those of ``liable`` keys (PoSap may still
+    slash them: ``valuation.liable``); at an epoch's last block, snapshot the next set."""
     if any(u.release <= height for u in draft.unbonding):
         kept: list[Unbonding] = []
         for entry in draft.unbonding:
-            if entry.release <= height:
+            if entry.release <= height and entry.pubkey not in liable:
                 draft.credit(address_of(entry.pubkey), entry.amount)
             else:
                 kept.append(entry)

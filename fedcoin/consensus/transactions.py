@@ -10,14 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedcoin.consensus.stake import apply_bond, apply_unbond
-from fedcoin.contract.task import RoundChecker, close_task, publish_task, submit_round
+from fedcoin.consensus.valuation import (
+    WorkVerifier,
+    apply_fraud_proof,
+    apply_share_commit,
+    apply_share_reveal,
+)
+from fedcoin.contract.task import close_task, publish_task, submit_round
 from fedcoin.data.genesis import ChainParams
 from fedcoin.data.keys import TAG_TX, verify
 from fedcoin.data.state import Account, Draft
 from fedcoin.data.tx import (
     Bond,
     CloseTask,
+    FraudProof,
     PublishTask,
+    ShareCommit,
+    ShareReveal,
     SubmitRound,
     Transaction,
     Transfer,
@@ -53,7 +62,7 @@ def apply_transaction(
     draft: Draft,
     tx: Transaction,
     ctx: TxContext,
-    checker: RoundChecker,
+    checker: WorkVerifier,
     *,
     signature_checked: bool = False,
 ) -> None:
@@ -70,8 +79,9 @@ def apply_transaction(
     # The nonce is the sender's next nonce
     if tx.nonce != account.nonce:
         raise NonceMismatch(expected=account.nonce, got=tx.nonce)
-    # The fee is at least the chain's minimum
-    if tx.fee < ctx.params.min_fee:
+    # The fee is at least the chain's minimum (a committee's commits and reveals may be free:
+    # only members can send them, once per task and attempt, and they carry the PoSap work)
+    if tx.fee < ctx.params.min_fee and not isinstance(tx.body, ShareCommit | ShareReveal):
         raise FeeTooLow(fee=tx.fee, min_fee=ctx.params.min_fee)
     # The balance covers the fee
     if account.balance < tx.fee:
@@ -82,15 +92,30 @@ def apply_transaction(
     if isinstance(body, Transfer):
         _transfer(draft, sender, body)
     elif isinstance(body, PublishTask):
-        publish_task(draft, tx_id, sender, body.spec, ctx.height, checker)
+        publish_task(draft, tx_id, sender, body.spec, ctx.height, checker, ctx.params)
     elif isinstance(body, SubmitRound):
-        submit_round(draft, tx_id, sender, body, ctx.height, ctx.timestamp_ms, checker)
+        submit_round(
+            draft,
+            tx_id,
+            sender,
+            body,
+            ctx.height,
+            ctx.timestamp_ms,
+            checker,
+            ctx.params,
+        )
     elif isinstance(body, CloseTask):
         close_task(draft, sender, body, ctx.height)
     elif isinstance(body, Bond):
         apply_bond(draft, tx.sender_pubkey, body, ctx.height)
     elif isinstance(body, Unbond):
         apply_unbond(draft, tx.sender_pubkey, body, ctx.height, ctx.params)
+    elif isinstance(body, ShareCommit):
+        apply_share_commit(draft, tx.sender_pubkey, body, ctx.height)
+    elif isinstance(body, ShareReveal):
+        apply_share_reveal(draft, tx.sender_pubkey, body, ctx.height, checker)
+    elif isinstance(body, FraudProof):
+        apply_fraud_proof(draft, tx.sender_pubkey, body, ctx.height, ctx.params, checker)
     draft.credit(ctx.proposer, tx.fee)
 
 

@@ -21,16 +21,15 @@ MAX_EXACT_CLIENTS = 10
 """Largest ``n_exact_max``: an exact table has at most 2^10 = 1 024 entries."""
 MAX_BUDGET = 4_096
 """Largest sampling ``budget``: coalitions evaluated per round in sampled mode."""
-MAX_SPOT_CHECKS = 256
-"""Most ``spot_checks`` a share verification may re-evaluate beyond the border."""
-MAX_TOLERANCE = 16
-"""Largest ``tolerance`` (validation samples) a re-evaluated table entry may differ by."""
-MIN_POSAP_TIMEOUT_MS = 10_000
-"""Shortest ``posap_timeout_ms``: a round must have time to be valued before it can be voided."""
-MAX_POSAP_TIMEOUT_MS = 3_600_000
-"""Longest ``posap_timeout_ms`` (one hour): a round that nobody values is voided in bounded time."""
-MAX_SHARE_WINDOW_MS = 60_000
-"""Longest ``share_window_ms``; it must also be shorter than the task's ``posap_timeout_ms``."""
+MIN_COMMIT_BLOCKS = 4
+"""Shortest commit window: every committee member must have time to compute its table (the
+window closes early once every member committed)."""
+MAX_COMMIT_BLOCKS = 2_000
+"""Longest commit window: an SV task settles or re-opens in bounded time."""
+MIN_REVEAL_BLOCKS = 2
+"""Shortest reveal window: a reveal must have time to reach a block."""
+MAX_REVEAL_BLOCKS = 500
+"""Longest reveal window."""
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 """Largest model bundle a spec may name (the content store's and decoder's cap on one blob)."""
 MAX_VALIDATION_BYTES = 32 * 1024 * 1024
@@ -42,8 +41,11 @@ MAX_VALIDATION_SAMPLES = 10_000
 """Most samples in a validation set."""
 MAX_PARAMETERS = 2**24
 """Most weights (scalars) in a task's model (the evaluator's own limit; 64 MiB of float32)."""
-MAX_EVALUATION_MACS = 2**32
-"""Most multiply-accumulates of one coalition's evaluation: MACs per sample × samples."""
+MAX_EVALUATION_MACS = 2**28
+"""Most multiply-accumulates of one coalition's evaluation: MACs per sample × samples (an
+MNIST MLP 784-128-10 on 2 600 validation samples). With ``MAX_BUDGET`` coalitions the largest
+table is ``T_ref`` (docs/BENCHMARKS.md, bench/shapley.py): at 2^32 it took 52–370 min on these
+machines, far beyond any commit window; at 2^28 it is 16× shorter."""
 WORK_UNIT_MACS = 2**20
 """The unit in which work is priced: 2^20 multiply-accumulates."""
 MIN_PAY_PER_WORK = 1
@@ -65,6 +67,23 @@ def evaluations_per_round(spec: TaskSpec) -> int:
 def round_work(spec: TaskSpec, macs_per_sample: int, samples: int) -> int:
     """``work(task)`` of DESIGN §6: evaluations × MACs per sample × validation size."""
     return evaluations_per_round(spec) * macs_per_sample * samples
+
+
+REF_MACS_PER_MS = 2**18
+"""The evaluation rate (protocol multiply-accumulates per millisecond, 0.26 G/s) the windows are
+sized for: 3× below the slowest rate measured on these machines (a CNN at MNIST scale, 0.79 G/s,
+docs/BENCHMARKS.md), so a slower validator still computes its table in time."""
+
+
+def commit_window(spec: TaskSpec, work: int, block_interval_ms: int, max_open_sv: int) -> int:
+    """Blocks of an SV task's commit window (DESIGN §5 step 6): the spec's ``commit_blocks``, or
+    more when the round's ``work`` needs it — ``blocks · block_interval_ms ≥ 2 · max_open_sv ·
+    T(work)`` with ``T(work) = ⌈work / REF_MACS_PER_MS⌉`` ms — so every member can compute its
+    table while every other open SV task is computed too. (The window closes early once every
+    member has committed, so a long window costs honest rounds nothing.)"""
+    t_work = -(-work // REF_MACS_PER_MS)
+    needed = -(-2 * max_open_sv * t_work // max(block_interval_ms, 1))
+    return max(spec.posap.commit_blocks, needed)
 
 
 def miners_pool(spec: TaskSpec) -> int:

@@ -15,23 +15,25 @@ from typing import Protocol
 from fedcoin.contract import limits
 from fedcoin.contract.limits import (
     MAX_BUDGET,
+    MAX_COMMIT_BLOCKS,
     MAX_EXACT_CLIENTS,
     MAX_MODEL_BYTES,
-    MAX_POSAP_TIMEOUT_MS,
+    MAX_REVEAL_BLOCKS,
     MAX_ROUNDS,
     MAX_SAMPLES,
-    MAX_SHARE_WINDOW_MS,
-    MAX_SPOT_CHECKS,
-    MAX_TOLERANCE,
     MAX_VALIDATION_BYTES,
-    MIN_POSAP_TIMEOUT_MS,
+    MIN_COMMIT_BLOCKS,
+    MIN_REVEAL_BLOCKS,
+    commit_window,
 )
+from fedcoin.data.genesis import ChainParams
 from fedcoin.data.state import Account, Draft, SvTask, TaskState, TaskStatus
 from fedcoin.data.tx import MAX_CLIENTS, CloseTask, SubmitRound, TaskSpec
 from fedcoin.errors import (
     BadUpdateSignature,
     ClientCountOutOfRange,
     ClientNotAllowed,
+    CommitWindowTooLong,
     DuplicateClient,
     DuplicateWeights,
     InsufficientBalance,
@@ -43,20 +45,24 @@ from fedcoin.errors import (
     TaskExpired,
     TaskNotClosable,
     TaskNotOpen,
+    TooManyOpenSv,
     TooManySamples,
     UnknownTask,
     WrongRound,
 )
 
 BPS_TOTAL = limits.BPS_TOTAL
+MAX_OPEN_PER_TASK = 2
+"""Most open SV tasks of one task (DESIGN §5 step 6)."""
 
 
 class RoundChecker(Protocol):
     """Checks that need a task's or a round's content: supplied by the node, stubbed in tests."""
 
-    def check_task(self, spec: TaskSpec) -> None:
+    def check_task(self, spec: TaskSpec) -> int:
         """Raise the ``ContractError`` a task's model, validation set or pay for the work
-        breaks (``consensus.admission``); return when the task may open."""
+        breaks (``consensus.admission``); when the task may open, return one round's work in
+        multiply-accumulates."""
 
     def check_round(self, task: TaskState, round_: SubmitRound) -> None:
         """Raise ``RoundContentUnavailable``, ``WrongTensorShapes`` or ``NotFedAvg`` (the global
@@ -108,33 +114,35 @@ def validate_spec(spec: TaskSpec, height: int) -> None:
     # A sampled share evaluates at least its border: ∅, N, every singleton and (n−1)-coalition
     if spec.max_clients > p.n_exact_max and p.budget < 2 * spec.max_clients + 2:
         raise bad("posap.budget must be at least 2 * max_clients + 2")
-    # Verifying a share re-evaluates a bounded number of entries
-    if p.spot_checks > MAX_SPOT_CHECKS:
-        raise bad(f"posap.spot_checks must be at most {MAX_SPOT_CHECKS}")
-    # A re-evaluated entry may differ by a bounded number of samples
-    if p.tolerance > MAX_TOLERANCE:
-        raise bad(f"posap.tolerance must be at most {MAX_TOLERANCE}")
-    # A round is valued or voided in bounded time
-    if not MIN_POSAP_TIMEOUT_MS <= p.posap_timeout_ms <= MAX_POSAP_TIMEOUT_MS:
+    # The commit window gives every member time to compute the largest table the task allows
+    if not MIN_COMMIT_BLOCKS <= p.commit_blocks <= MAX_COMMIT_BLOCKS:
         raise bad(
-            f"posap.posap_timeout_ms must be between {MIN_POSAP_TIMEOUT_MS}"
-            f" and {MAX_POSAP_TIMEOUT_MS}"
+            f"posap.commit_blocks must be between {MIN_COMMIT_BLOCKS} and {MAX_COMMIT_BLOCKS}"
         )
-    # Miners stop collecting shares well before a round can be voided
-    if p.share_window_ms > min(MAX_SHARE_WINDOW_MS, p.posap_timeout_ms - 1):
+    # The reveal window gives every committer time to get its reveal into a block
+    if not MIN_REVEAL_BLOCKS <= p.reveal_blocks <= MAX_REVEAL_BLOCKS:
         raise bad(
-            f"posap.share_window_ms must be at most {MAX_SHARE_WINDOW_MS}"
-            " and below posap_timeout_ms"
+            f"posap.reveal_blocks must be between {MIN_REVEAL_BLOCKS} and {MAX_REVEAL_BLOCKS}"
         )
 
 
 def publish_task(
-    draft: Draft, task_id: bytes, sender: bytes, spec: TaskSpec, height: int, checker: RoundChecker
+    draft: Draft,
+    task_id: bytes,
+    sender: bytes,
+    spec: TaskSpec,
+    height: int,
+    checker: RoundChecker,
+    params: ChainParams,
 ) -> None:
     """Open the task and move ``rounds * price_per_round`` from the sender into escrow."""
     validate_spec(spec, height)
     # The model compiles, the validation set fits it, and the miners are paid for the work
-    checker.check_task(spec)
+    work = checker.check_task(spec)
+    # A round's work fits the longest commit window the protocol allows (DESIGN §5 step 6)
+    window = commit_window(spec, work, params.min_block_interval_ms, params.max_open_sv)
+    if window > MAX_COMMIT_BLOCKS:
+        raise CommitWindowTooLong(blocks=window, max=MAX_COMMIT_BLOCKS, work_macs=work)
     escrow = spec.escrow
     account = draft.account(sender)
     # The publisher's balance covers the escrow
@@ -151,6 +159,7 @@ def publish_task(
             status=TaskStatus.OPEN,
             global_model=spec.model,
             created_height=height,
+            round_work=work,
         ),
     )
 
@@ -163,6 +172,7 @@ def submit_round(
     height: int,
     timestamp_ms: int,
     checker: RoundChecker,
+    params: ChainParams,
 ) -> None:
     """Record the round, move the global model on, and queue its SV task."""
     task = draft.task(body.task_id)
@@ -182,9 +192,13 @@ def submit_round(
     # Rounds come in order
     if body.round != task.rounds_done + 1:
         raise WrongRound(expected=task.rounds_done + 1, got=body.round)
-    # One round at a time: the previous round's SV task must be settled first
-    if draft.pending_for(body.task_id):
-        raise RoundPending(task_id=body.task_id)
+    # At most two SV tasks of one task are open (the next round trains while one is valued)
+    max_open_sv = params.max_open_sv
+    if draft.open_for(body.task_id) >= MAX_OPEN_PER_TASK:
+        raise RoundPending(task_id=body.task_id, open=draft.open_for(body.task_id))
+    # At most max_open_sv SV tasks are open on the chain (the round waits in the mempool)
+    if len(draft.queue) >= max_open_sv:
+        raise TooManyOpenSv(open=len(draft.queue), max=max_open_sv)
     # min_clients ≤ updates ≤ max_clients
     if not spec.min_clients <= len(body.updates) <= spec.max_clients:
         raise ClientCountOutOfRange(
@@ -220,6 +234,10 @@ def submit_round(
     checker.check_round(task, body)
 
     rounds_done = task.rounds_done + 1
+    # Commits start at q+2 (the committee is fixed at the end of q, the schedule by block q+1);
+    # the window fits the round's work
+    window = commit_window(spec, task.round_work, params.min_block_interval_ms, max_open_sv)
+    commit_end = height + 1 + window
     status = TaskStatus.DONE if rounds_done == spec.rounds else TaskStatus.OPEN
     draft.set_task(
         body.task_id,
@@ -236,6 +254,8 @@ def submit_round(
             price=spec.price_per_round,
             queued_height=height,
             queued_ms=timestamp_ms,
+            commit_end=commit_end,
+            reveal_end=commit_end + spec.posap.reveal_blocks,
         )
     )
 

@@ -30,7 +30,13 @@ class ChainStore(ABC):
 
     @abstractmethod
     def commit(
-        self, block: Block, state: State, certificate: CommitCertificate, *, receipt: bytes = b""
+        self,
+        block: Block,
+        state: State,
+        certificate: CommitCertificate,
+        *,
+        receipt: bytes = b"",
+        settled: tuple[bytes, ...] = (),
     ) -> None:
         """Store ``block`` (a child of the head) with its certificate, post-state and receipt, and
         make it the head, in one transaction. ``StoreError`` if it does not extend the head."""
@@ -110,22 +116,26 @@ class MemoryChainStore(ChainStore):
         self._canonical: list[bytes] = [block.hash]
         self._certificates: dict[int, CommitCertificate] = {}
         self._task_blocks: dict[bytes, list[bytes]] = {}
-        self._sv_owner: dict[bytes, bytes] = {}
 
     @property
     def genesis_hash(self) -> bytes:
         return self._genesis
 
     def commit(
-        self, block: Block, state: State, certificate: CommitCertificate, *, receipt: bytes = b""
+        self,
+        block: Block,
+        state: State,
+        certificate: CommitCertificate,
+        *,
+        receipt: bytes = b"",
+        settled: tuple[bytes, ...] = (),
     ) -> None:
         self._check_extends_head(block, certificate)
-        touched, submitted = task_touches(block, self._sv_owner.get)
+        touched = task_touches(block, settled)
         self._blocks[block.hash] = block
         self._states[block.hash] = state
         self._receipts[block.hash] = receipt
         self._certificates[block.height] = certificate
-        self._sv_owner.update(submitted)
         for task_id in touched:
             self._task_blocks.setdefault(task_id, []).append(block.hash)
         self._canonical.append(block.hash)

@@ -46,6 +46,10 @@ from fedcoin.errors import DecodeError, GenesisError
 
 UNIT = 1_000_000
 """Base units per FC."""
+MAX_OPEN_SV = 256
+"""Largest ``max_open_sv`` (a block's receipt lists at most this many settled rounds)."""
+MAX_FRAUD_PROOFS = 64
+"""Largest ``max_fraud_proofs``: each costs every node an exact evaluation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,16 @@ class ChainParams(Record):
     """Part of the bond (and of later unbonding entries) an equivocation costs, in 1/10 000."""
     slash_reward_bps: int = field(default=1_000, metadata={"codec": U32})
     """Part of a slash paid to the creator of the block with the evidence; the rest is burned."""
+    max_open_sv: int = field(default=4, metadata={"codec": U32})
+    """Most SV tasks open on the chain at once (a round beyond that waits in the mempool)."""
+    fraud_blocks: int = field(default=20, metadata={"codec": U32})
+    """Blocks after a settlement during which a FraudProof against its table is accepted."""
+    fraud_deposit: int = field(default=UNIT, metadata={"codec": U64})
+    """What a FraudProof's sender escrows: returned if proven, burned if not."""
+    slash_fraud_bps: int = field(default=1_000, metadata={"codec": U32})
+    """Part of the bond a proven-wrong table costs each of its revealers, in 1/10 000."""
+    max_fraud_proofs: int = field(default=4, metadata={"codec": U32})
+    """Most FraudProof transactions one block may carry (each costs one exact evaluation)."""
 
 
 DEFAULT_PARAMS = ChainParams(
@@ -107,6 +121,17 @@ def check_stake_params(params: ChainParams) -> None:
         raise GenesisError("evidence_max_age must be at least 1 and below unbonding_blocks")
     if params.slash_bps > 10_000 or params.slash_reward_bps > 10_000:
         raise GenesisError("slash_bps and slash_reward_bps are parts of 10 000")
+    # A proven-wrong table costs its revealers something; a fraud claim costs its sender something
+    if not 1 <= params.slash_fraud_bps <= 10_000 or params.fraud_deposit < 1:
+        raise GenesisError("slash_fraud_bps must be 1 to 10 000 and fraud_deposit at least 1")
+    # SV tasks can open, and what one block settles or evaluates is bounded
+    if not 1 <= params.max_open_sv <= MAX_OPEN_SV:
+        raise GenesisError(f"max_open_sv must be between 1 and {MAX_OPEN_SV}")
+    if not 1 <= params.max_fraud_proofs <= MAX_FRAUD_PROOFS:
+        raise GenesisError(f"max_fraud_proofs must be between 1 and {MAX_FRAUD_PROOFS}")
+    # Settled tables stay slashable for longer than a fraud proof may arrive
+    if not 1 <= params.fraud_blocks < params.unbonding_blocks:
+        raise GenesisError("fraud_blocks must be at least 1 and below unbonding_blocks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +205,6 @@ class Genesis(Record):
             timestamp_ms=self.timestamp_ms,
             proposer_pubkey=bytes(32),
             tx_root=ZERO_HASH,
-            posap_root=ZERO_HASH,
             state_root=state.root(),
             validators_hash=powers_hash(powers_of(state.validators)),
             next_validators_hash=powers_hash(powers_of(state.validators)),

@@ -39,7 +39,6 @@ CREATE TABLE IF NOT EXISTS states (
 CREATE TABLE IF NOT EXISTS task_blocks (
     task_id BLOB NOT NULL, hash BLOB NOT NULL, height INTEGER NOT NULL,
     PRIMARY KEY (task_id, hash));
-CREATE TABLE IF NOT EXISTS sv_tasks (sv_task_id BLOB PRIMARY KEY, task_id BLOB NOT NULL);
 """
 
 
@@ -97,16 +96,9 @@ class SqliteChainStore(ChainStore):
             )
         self._genesis = block.hash
 
-    def _sv_owner(self, sv_task_id: bytes) -> bytes | None:
-        row = self._db.execute(
-            "SELECT task_id FROM sv_tasks WHERE sv_task_id=?", (sv_task_id,)
-        ).fetchone()
-        return bytes(row[0]) if row is not None else None
-
-    def _index_tasks(self, block: Block) -> None:
+    def _index_tasks(self, block: Block, settled: tuple[bytes, ...]) -> None:
         """Inside a transaction: record which tasks ``block`` touches."""
-        touched, submitted = task_touches(block, self._sv_owner)
-        self._db.executemany("INSERT OR IGNORE INTO sv_tasks VALUES (?,?)", list(submitted.items()))
+        touched = task_touches(block, settled)
         self._db.executemany(
             "INSERT OR IGNORE INTO task_blocks VALUES (?,?,?)",
             [(task_id, block.hash, block.height) for task_id in touched],
@@ -121,7 +113,13 @@ class SqliteChainStore(ChainStore):
 
     @_serialized
     def commit(
-        self, block: Block, state: State, certificate: CommitCertificate, *, receipt: bytes = b""
+        self,
+        block: Block,
+        state: State,
+        certificate: CommitCertificate,
+        *,
+        receipt: bytes = b"",
+        settled: tuple[bytes, ...] = (),
     ) -> None:
         self._check_extends_head(block, certificate)
         full = block.height % SNAPSHOT_EVERY == 0
@@ -145,7 +143,7 @@ class SqliteChainStore(ChainStore):
                 "INSERT INTO certificates VALUES (?,?)", (block.height, certificate.encode())
             )
             self._db.execute("INSERT INTO states VALUES (?,?,?)", (block.hash, int(full), data))
-            self._index_tasks(block)
+            self._index_tasks(block, settled)
             self._db.execute("UPDATE meta SET value=? WHERE key='head'", (block.hash,))
         self._remember(block.hash, state)
 

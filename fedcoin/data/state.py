@@ -32,7 +32,7 @@ from fedcoin.data.encoding import (
     tuple_of,
     wire,
 )
-from fedcoin.data.tx import MAX_CLIENTS, ClientUpdate, ContentRef, TaskSpec
+from fedcoin.data.tx import MAX_CLIENTS, MAX_TABLE_ENTRIES, ClientUpdate, ContentRef, TaskSpec
 from fedcoin.data.vote import MAX_VALIDATORS
 from fedcoin.errors import DecodeError
 
@@ -58,6 +58,11 @@ class Account(Record):
 
 EMPTY_ACCOUNT = Account(0, 0)
 
+#: A validator set as the state keeps it: (public key, power, proposer priority) sorted by key.
+Members = tuple[tuple[bytes, int, int], ...]
+#: A set's membership without priorities: (public key, power) sorted by key.
+Powers = tuple[tuple[bytes, int], ...]
+
 
 @dataclass(frozen=True, slots=True)
 class TaskState(Record):
@@ -77,11 +82,29 @@ class TaskState(Record):
     """Latest global model; the model bundle before round 1."""
     created_height: int = wire(U64)
     """Height of the block that published the task."""
+    round_work: int = field(default=0, metadata={"codec": U64})
+    """Multiply-accumulates one round's table costs (evaluations × MACs per sample ×
+    validation samples), learnt at admission; it sizes the commit window."""
+
+
+#: (validator public key, commitment or root), sorted by key.
+KeyedHashes = tuple[tuple[bytes, bytes], ...]
+#: Revealed tables: (root, U per schedule position), sorted by root.
+Tables = tuple[tuple[bytes, tuple[int, ...]], ...]
+#: Most distinct tables an SV task records (one per committee member at most).
+MAX_TABLES = MAX_VALIDATORS
 
 
 @dataclass(frozen=True, slots=True)
 class SvTask(Record):
-    """A round waiting for its Shapley values: the PoSap work of the next block."""
+    """A round waiting for its Shapley values, and its valuation so far (DESIGN §5 "Valuation").
+
+    The block at ``queued_height`` = q opens it; at the end of that block ``committee`` is
+    snapshotted (the set of height q+1), at the end of block q+1 ``mix`` (mix[q+1], which
+    seeds the schedule). Commits are accepted at heights q+2 … ``commit_end``, reveals at
+    ``commit_end``+1 … ``reveal_end``; settlement runs at the end of block ``reveal_end``.
+    Either window ends early at the block where the last member commits (or reveals).
+    """
 
     sv_task_id: bytes = wire(HASH)
     """Id of the SubmitRound transaction that queued it."""
@@ -98,13 +121,66 @@ class SvTask(Record):
     price: int = wire(U64)
     """What the round pays out when settled."""
     queued_height: int = wire(U64)
-    """Height of the block that queued it."""
+    """Height q of the block that queued it."""
     queued_ms: int = wire(U64)
-    """Timestamp of the block that queued it; the PoSap timeout counts from here."""
+    """Timestamp of the block that queued it."""
+    committee: Powers = field(
+        default=(), metadata={"codec": list_of(tuple_of(PUBKEY, U64), MAX_VALIDATORS)}
+    )
+    """(member key, power) of the set of height q+1, sorted by key; fixed for the task's life."""
+    mix: bytes = field(default=bytes(32), metadata={"codec": HASH})
+    """mix[q+1], the schedule's seed; zero until block q+1 is executed."""
+    attempt: int = field(default=0, metadata={"codec": U8})
+    """0 on the first valuation, 1 after a retry."""
+    commit_end: int = field(default=0, metadata={"codec": U64})
+    """Last height at which a ShareCommit is accepted."""
+    reveal_end: int = field(default=0, metadata={"codec": U64})
+    """Last height at which a ShareReveal is accepted; the settlement height h_s."""
+    commits: KeyedHashes = field(
+        default=(), metadata={"codec": list_of(tuple_of(PUBKEY, HASH), MAX_VALIDATORS)}
+    )
+    """(member key, commitment) of this attempt, sorted by key."""
+    reveals: KeyedHashes = field(
+        default=(), metadata={"codec": list_of(tuple_of(PUBKEY, HASH), MAX_VALIDATORS)}
+    )
+    """(member key, revealed root) of this attempt, sorted by key."""
+    tables: Tables = field(
+        default=(),
+        metadata={"codec": list_of(tuple_of(HASH, list_of(U32, MAX_TABLE_ENTRIES)), MAX_TABLES)},
+    )
+    """(root, table) of every root revealed in this attempt, sorted by root."""
 
     @property
     def n(self) -> int:
         return len(self.updates)
+
+    def committed(self, pubkey: bytes) -> bytes | None:
+        return next((c for pk, c in self.commits if pk == pubkey), None)
+
+    def revealed(self, pubkey: bytes) -> bytes | None:
+        return next((r for pk, r in self.reveals if pk == pubkey), None)
+
+    def table(self, root: bytes) -> tuple[int, ...] | None:
+        return next((t for r, t in self.tables if r == root), None)
+
+
+@dataclass(frozen=True, slots=True)
+class SettledSv(Record):
+    """A settled SV task, kept until its fraud window closes (DESIGN §5 step 5): its table, and
+    who revealed it (they are slashed if a fraud proof shows an entry wrong)."""
+
+    sv: SvTask = wire(nested(SvTask))
+    """The SV task as it settled (its ``tables`` hold only the winning table)."""
+    root: bytes = wire(HASH)
+    """The winning table's root."""
+    fraud_end: int = wire(U64)
+    """Last height at which a FraudProof against it is accepted."""
+    disproven: int = field(default=0, metadata={"codec": U8})
+    """1 once a fraud proof has shown the table wrong (its revealers are slashed once)."""
+
+    @property
+    def revealers(self) -> tuple[bytes, ...]:
+        return tuple(pk for pk, root in self.sv.reveals if root == self.root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +209,6 @@ class Unbonding(Record):
     """created + unbonding_blocks: released at the end of this height's block."""
 
 
-#: A validator set as the state keeps it: (public key, power, proposer priority) sorted by key.
-Members = tuple[tuple[bytes, int, int], ...]
-#: A set's membership without priorities: (public key, power) sorted by key.
-Powers = tuple[tuple[bytes, int], ...]
 #: The sets of recent heights: (first height the set decides, its membership), oldest first.
 RecentSets = tuple[tuple[int, Powers], ...]
 #: Equivocations already punished: (validator public key, height of the infraction), sorted.
@@ -183,6 +255,8 @@ class State:
     """(first height, membership) of every set that decided a height evidence may still name."""
     punished: Punished = ()
     """(validator, infraction height) already slashed, until the infraction ages out."""
+    settled: tuple[SettledSv, ...] = ()
+    """Settled SV tasks whose fraud window is still open, in settlement order."""
 
     def account(self, address: bytes) -> Account:
         return self.accounts.get(address, EMPTY_ACCOUNT)
@@ -202,6 +276,7 @@ class State:
             self.mix,
             [[first, [[pk, power] for pk, power in powers]] for first, powers in self.recent_sets],
             [[pk, height] for pk, height in self.punished],
+            [s.to_wire() for s in self.settled],
         ]
 
     def encode(self) -> bytes:
@@ -221,6 +296,7 @@ class State:
                 mix,
                 recent_raw,
                 punished_raw,
+                settled_raw,
             ) = raw
             accounts = {
                 ADDRESS.unpack(a): Account(U64.unpack(b), U64.unpack(n)) for a, b, n in accounts_raw
@@ -237,6 +313,7 @@ class State:
                 for first, powers in recent_raw
             )
             punished = tuple((PUBKEY.unpack(pk), U64.unpack(h)) for pk, h in punished_raw)
+            settled = tuple(SettledSv.from_wire(s) for s in settled_raw)
         except (TypeError, ValueError) as exc:
             raise DecodeError(f"State: {exc}") from exc
         return cls(
@@ -250,6 +327,7 @@ class State:
             HASH.unpack(mix),
             recent,
             punished,
+            settled,
         )
 
     @classmethod
@@ -287,6 +365,10 @@ class State:
     def pending_for(self, task_id: bytes) -> bool:
         return any(sv.task_id == task_id for sv in self.queue)
 
+    def open_for(self, task_id: bytes) -> int:
+        """How many SV tasks of ``task_id`` are open."""
+        return sum(sv.task_id == task_id for sv in self.queue)
+
 
 class Draft:
     """A mutable overlay on a ``State``; ``freeze`` makes the next ``State``."""
@@ -303,6 +385,7 @@ class Draft:
         "mix",
         "recent_sets",
         "punished",
+        "settled",
     )
 
     def __init__(self, base: State) -> None:
@@ -317,6 +400,7 @@ class Draft:
         self.mix = base.mix
         self.recent_sets: RecentSets = base.recent_sets
         self.punished: Punished = base.punished
+        self.settled: list[SettledSv] = list(base.settled)
 
     def account(self, address: bytes) -> Account:
         found = self._accounts.get(address)
@@ -339,6 +423,10 @@ class Draft:
 
     def pending_for(self, task_id: bytes) -> bool:
         return any(sv.task_id == task_id for sv in self.queue)
+
+    def open_for(self, task_id: bytes) -> int:
+        """How many SV tasks of ``task_id`` are open."""
+        return sum(sv.task_id == task_id for sv in self.queue)
 
     def stake(self, pubkey: bytes) -> Stake | None:
         found = self._stakes.get(pubkey)
@@ -372,4 +460,5 @@ class Draft:
             self.mix,
             self.recent_sets,
             self.punished,
+            tuple(self.settled),
         )

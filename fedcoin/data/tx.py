@@ -40,6 +40,9 @@ ZERO_SIG = bytes(64)
 MAX_ALLOWED_CLIENTS = 256
 #: ``TaskSpec.max_samples`` when a spec does not set it: a round's largest credible claim.
 DEFAULT_MAX_SAMPLES = 1_000_000
+#: Most entries of one PoSap table: the largest sampling budget (``contract.limits.MAX_BUDGET``),
+#: which is above the largest exact table (2^10).
+MAX_TABLE_ENTRIES = 4_096
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,30 +59,19 @@ class ContentRef(Record):
 
 @dataclass(frozen=True, slots=True)
 class PosapParams(Record):
-    """How a task's rounds are valued by Proof of Shapley (DESIGN §5)."""
+    """How a task's rounds are valued by Proof of Shapley (DESIGN §5 "Valuation")."""
 
     n_exact_max: int = wire(U8)
-    """Up to this many clients, shares carry the exact table of all 2^n coalitions."""
+    """Up to this many clients the common schedule is all 2^n coalitions (exact SV)."""
     budget: int = wire(U32)
-    """Coalitions a share evaluates in sampled mode (more than n_exact_max clients)."""
-    spot_checks: int = wire(U16)
-    """Table entries re-evaluated at random, beyond the always-checked border entries."""
-    tolerance: int = wire(U32)
-    """How many validation samples a re-evaluated entry may differ by."""
-    posap_timeout_ms: int = wire(U64)
-    """After this long with no share since the queuing block, the round may be voided."""
-    share_window_ms: int = wire(U64)
-    """How long a miner collects others' shares before proposing (behaviour, not a rule)."""
+    """Coalitions the common schedule holds in sampled mode (more than n_exact_max clients)."""
+    commit_blocks: int = wire(U32)
+    """Length of the commit window in blocks (it closes early once every member committed)."""
+    reveal_blocks: int = wire(U32)
+    """Length of the reveal window in blocks (it closes early once every committer revealed)."""
 
 
-DEFAULT_POSAP = PosapParams(
-    n_exact_max=10,
-    budget=1024,
-    spot_checks=50,
-    tolerance=1,
-    posap_timeout_ms=120_000,
-    share_window_ms=1_500,
-)
+DEFAULT_POSAP = PosapParams(n_exact_max=10, budget=1024, commit_blocks=60, reveal_blocks=20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,9 +211,69 @@ class Unbond(Record):
     """Base units leaving the bond; positive, at most the bond."""
 
 
-TxBody = Transfer | PublishTask | SubmitRound | CloseTask | Bond | Unbond
+@dataclass(frozen=True, slots=True)
+class ShareCommit(Record):
+    """A committee member's commitment to the root of its table for an SV task (DESIGN §5)."""
+
+    KIND: ClassVar[int] = 7
+    sv_task_id: bytes = wire(HASH)
+    """The SV task."""
+    commitment: bytes = wire(HASH)
+    """``sha256("fedcoin/posap/commit/v1" ‖ sv_task_id ‖ sender_pubkey ‖ root ‖ salt)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShareReveal(Record):
+    """A member's reveal of its committed table (DESIGN §5 ``Share``): the salt and the root, with
+    the table unless a table with that root is already recorded for the SV task."""
+
+    KIND: ClassVar[int] = 8
+    sv_task_id: bytes = wire(HASH)
+    """The SV task."""
+    salt: bytes = wire(HASH)
+    """The 32-byte secret salt of the member's commitment."""
+    root: bytes = wire(HASH)
+    """The table's root."""
+    table: tuple[int, ...] = wire(list_of(U32, MAX_TABLE_ENTRIES))
+    """``U(mask)`` in schedule order; empty when the root's table is already recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class FraudProof(Record):
+    """A claim that the settled table of an SV task is wrong at one schedule position; the
+    sender escrows the chain's ``fraud_deposit`` (DESIGN §5 step 5)."""
+
+    KIND: ClassVar[int] = 9
+    sv_task_id: bytes = wire(HASH)
+    """The settled SV task."""
+    position: int = wire(U32)
+    """The schedule position whose entry the sender claims is wrong."""
+
+
+TxBody = (
+    Transfer
+    | PublishTask
+    | SubmitRound
+    | CloseTask
+    | Bond
+    | Unbond
+    | ShareCommit
+    | ShareReveal
+    | FraudProof
+)
 BODY_TYPES: dict[int, type[TxBody]] = {
-    t.KIND: t for t in (Transfer, PublishTask, SubmitRound, CloseTask, Bond, Unbond)
+    t.KIND: t
+    for t in (
+        Transfer,
+        PublishTask,
+        SubmitRound,
+        CloseTask,
+        Bond,
+        Unbond,
+        ShareCommit,
+        ShareReveal,
+        FraudProof,
+    )
 }
 
 _CHAIN_ID = text(64)

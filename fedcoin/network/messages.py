@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from fedcoin.data.block import Block, Share
+from fedcoin.data.block import Block
 from fedcoin.data.encoding import (
     HASH,
     PUBKEY,
@@ -40,11 +40,10 @@ PROTOCOL_VERSION = 2
 MAX_PEERS_LISTED = 64
 MAX_BLOCKS_BATCH = 128
 
-#: Largest transaction frame: a SubmitRound with MAX_CLIENTS updates is under 20 KiB.
+#: Largest transaction frame: a SubmitRound with MAX_CLIENTS updates is under 20 KiB, and a
+#: ShareReveal of MAX_TABLE_ENTRIES (4 096) u32 entries at most 5 bytes each about 20 KiB.
 MAX_TX_BYTES = 32 * 1024
-#: Largest share frame: a full table of MAX_TABLE (coalition, U) pairs is under 1 MiB.
-MAX_SHARE_BYTES = 1024 * 1024
-#: The network's block size limit: MAX_SHARES full shares plus a few thousand transfers.
+#: The network's block size limit: a few thousand transactions.
 MAX_BLOCK_BYTES = 40 * 1024 * 1024
 #: Hello and Auth: a few hundred bytes.
 HANDSHAKE_FRAME_BYTES = 1024
@@ -123,16 +122,6 @@ class TxMessage(Message):
     GOSSIP: ClassVar[bool] = True
     tx: Transaction = wire(nested(Transaction))  # type: ignore[arg-type]
     """The transaction."""
-
-
-@dataclass(frozen=True, slots=True)
-class ShareMessage(Message):
-    """A miner's PoSap share."""
-
-    TYPE: ClassVar[int] = 5
-    GOSSIP: ClassVar[bool] = True
-    share: Share = wire(nested(Share))
-    """The share."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +206,7 @@ class Pong(Message):
     """The Ping's nonce."""
 
 
-_ALL: tuple[type[Message], ...] = (Hello, GetPeers, Peers, TxMessage, ShareMessage)
+_ALL: tuple[type[Message], ...] = (Hello, GetPeers, Peers, TxMessage)
 _ALL += (GetBlocks, Blocks, Ping, Pong, Auth, ProposalMessage, VoteMessage, EvidenceMessage)
 MESSAGE_TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in _ALL}
 FRAME_BOUNDS: dict[type[Message], int] = {
@@ -229,7 +218,6 @@ FRAME_BOUNDS: dict[type[Message], int] = {
     Pong: SMALL_FRAME_BYTES,
     GetBlocks: SMALL_FRAME_BYTES,
     TxMessage: MAX_TX_BYTES,
-    ShareMessage: MAX_SHARE_BYTES,
     VoteMessage: MAX_VOTE_BYTES,
     EvidenceMessage: MAX_EVIDENCE_BYTES,
     ProposalMessage: MAX_BLOCK_BYTES + 1024,

@@ -9,16 +9,20 @@ from pathlib import Path
 from fedcoin.application.full_node import FullNode, FullNodeConfig
 from fedcoin.application.node_consensus import ConsensusConfig
 from fedcoin.consensus.tendermint_io import Timeouts
+from fedcoin.data.block import Block
 from fedcoin.data.genesis import DEFAULT_PARAMS, Genesis
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.tx import DEFAULT_POSAP
+from fedcoin.incentive.payouts import RoundPayout
 from fedcoin.network.node import Notifier
 from tests.helpers import CHAIN_ID, FC, MINER, key, validators_of
 
 FAST_PARAMS = replace(DEFAULT_PARAMS, min_block_interval_ms=200)
 #: Short local consensus timeouts (a round without its proposer costs about a second).
 FAST_CONSENSUS = ConsensusConfig(timeouts=Timeouts(800, 200, 400, 100, 400, 100), heartbeat_ms=5000)
-FAST_POSAP = replace(DEFAULT_POSAP, share_window_ms=400, posap_timeout_ms=60_000)
+#: Short PoSap windows: the cluster's genesis lists validators that never run (``MINER``), so
+#: the commit window runs to its end; the reveal window closes once every committer revealed.
+FAST_POSAP = replace(DEFAULT_POSAP, commit_blocks=10, reveal_blocks=10)
 SERVER_KEY = key("fl-server")
 PUBLISHER_KEY = key("publisher")
 MINER_KEYS = [key(f"miner-{i}") for i in range(4)]
@@ -80,3 +84,13 @@ class Cluster:
     def same_head(self) -> bool:
         heads = {n.chain.head.hash for n in self.nodes}
         return len(heads) == 1
+
+
+def settled_rounds(node: FullNode) -> list[tuple[Block, RoundPayout]]:
+    """Every round the node's chain settled or voided: (settling block, payout), in order."""
+    found = []
+    for height in range(1, node.chain.head.height + 1):
+        block = node.store.block_at(height)
+        assert block is not None
+        found += [(block, payout) for payout in node.chain.payouts_of(block.hash)]
+    return found

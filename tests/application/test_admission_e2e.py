@@ -57,11 +57,10 @@ async def test_hostile_tasks_are_refused_on_real_nodes_and_a_sound_one_is_kept(t
                 "InvalidTaskSpec": [
                     spec_of(model, validation, posap=replace(FAST_POSAP, budget=2**32 - 1)),
                     spec_of(model, validation, posap=replace(FAST_POSAP, n_exact_max=11)),
-                    spec_of(model, validation, posap=replace(FAST_POSAP, spot_checks=65_535)),
-                    spec_of(model, validation, posap=replace(FAST_POSAP, tolerance=2**32 - 1)),
-                    spec_of(
-                        model, validation, posap=replace(FAST_POSAP, posap_timeout_ms=2**64 - 1)
-                    ),
+                    # windows that would keep an SV task open for ever, or give no time to value it
+                    spec_of(model, validation, posap=replace(FAST_POSAP, commit_blocks=2**32 - 1)),
+                    spec_of(model, validation, posap=replace(FAST_POSAP, reveal_blocks=2**32 - 1)),
+                    spec_of(model, validation, posap=replace(FAST_POSAP, commit_blocks=0)),
                 ],
                 "UnsupportedLayer": [spec_of(unsupported, validation)],
                 "WeightOutOfRange": [spec_of(too_big, validation)],

@@ -22,8 +22,9 @@ from fedcoin.application.datasets import load_digits_dataset, make_clients, spli
 from fedcoin.application.explorer import FILES
 from fedcoin.application.fl_server import FLServer, FLServerConfig, RoundReport
 from fedcoin.application.full_node import FullNode
+from fedcoin.application.round_views import TaskView
 from fedcoin.application.training import build_mlp
-from fedcoin.application.views import BlockView, StatusView, TaskView
+from fedcoin.application.views import BlockView, StatusView, block_view
 from fedcoin.data.keys import address_of, format_address
 from fedcoin.data.tx import Transfer, make_tx
 from fedcoin.errors import DecodeError
@@ -78,8 +79,12 @@ async def test_task_view_reads_rounds_from_the_index(settled: Settled) -> None:
     assert task.validation_samples == samples
     assert task.rounds is not None and [r.round for r in task.rounds] == [1, 2]
     for view, report in zip(task.rounds, reports, strict=True):
-        assert view.settled and view.payout is not None
+        assert view.settled and view.payout is not None and view.valuation is None
         assert view.payout.sv == list(report.sv)
+        # both running validators revealed the winning table and were paid; nobody slashed
+        assert view.table_root is not None and not view.slashed
+        assert sorted(view.revealers) == sorted(m.address for m in view.payout.miners)
+        assert len(view.revealers) == 2
         assert view.settled_height == report.block_height
         # The round's score from the grand coalition's U (summed clipped margins ÷ their
         # maximum) is at most the server's own accuracy: only correctly classified samples add
@@ -104,11 +109,19 @@ async def test_block_and_status_views_round_trip(settled: Settled) -> None:
     assert StatusView.from_json(status).to_json() == status
     view = BlockView.from_json(block)
     assert view.to_json() == block
-    assert view.posap is not None and view.posap.shares and view.payout is not None
+    assert [p.round for p in view.payouts] == [1] and not view.payouts[0].voided
+    # the block's commits and reveals are listed with their kind
+    kinds = {t.kind for b in await blocks_until(node, view.height) for t in b.txs}
+    assert {"ShareCommit", "ShareReveal"} <= kinds
     with pytest.raises(DecodeError, match="BlockView"):
         BlockView.from_json({**block, "height": "not a number"})
     with pytest.raises(DecodeError, match="TaskView"):
         TaskView.from_json([1, 2])
+
+
+async def blocks_until(node, height: int) -> list[BlockView]:
+    """The views of blocks 1 … ``height`` as the API builds them."""
+    return [block_view(node.store.block_at(h), node.chain) for h in range(1, height + 1)]
 
 
 def test_explorer_files_load_nothing_from_elsewhere() -> None:

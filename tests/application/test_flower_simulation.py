@@ -8,7 +8,7 @@ import statistics
 import aiohttp
 import pytest
 
-from fedcoin.application.views import TaskView
+from fedcoin.application.round_views import TaskView
 from fedcoin.data.keys import format_address
 from tests.application.cluster import Cluster
 from tests.application.flower_support import (

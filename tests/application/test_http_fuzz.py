@@ -15,6 +15,7 @@ import http.client
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 
 from fedcoin.data.keys import format_address
 from fedcoin.data.tx import Transfer, make_tx
-from tests.application.cluster import PUBLISHER_KEY, SERVER_KEY, Cluster
+from tests.application.cluster import FAST_CONSENSUS, PUBLISHER_KEY, SERVER_KEY, Cluster
 from tests.helpers import CHAIN_ID, FC
 
 ACCOUNTS = [format_address(k.address) for k in (SERVER_KEY, PUBLISHER_KEY)]
@@ -50,7 +51,10 @@ class NodeThread:
     async def _serve(self) -> None:
         try:
             async with Cluster(self.root) as cluster:
-                node = await cluster.start(0, max_content_bytes=100_000)
+                # No heartbeat block during the fuzz (on a loaded machine it may outlast one):
+                # the last test checks the height did not move
+                quiet = replace(FAST_CONSENSUS, heartbeat_ms=3_600_000)
+                node = await cluster.start(0, max_content_bytes=100_000, consensus=quiet)
                 stop = asyncio.Event()
                 self._ready.set_result((node.url, stop))
                 await stop.wait()

@@ -19,7 +19,13 @@ from fedcoin.consensus.shapley import fixed_point_estimate
 from fedcoin.consensus.utility import CoalitionGame
 from fedcoin.data.tensors import decode_bundle, decode_dataset, weights_of
 from fedcoin.data.tx import SubmitRound
-from tests.application.cluster import CLIENT_KEYS, FAST_POSAP, SERVER_KEY, Cluster
+from tests.application.cluster import (
+    CLIENT_KEYS,
+    FAST_POSAP,
+    SERVER_KEY,
+    Cluster,
+    settled_rounds,
+)
 from tests.helpers import FC
 
 pytest.importorskip("keras", reason="tensorflow-cpu is a declared dependency")
@@ -55,19 +61,16 @@ async def test_free_rider_gets_zero_and_inflating_samples_gains_nothing(tmp_path
         settled = 0
         rounds = {}
         for height in range(1, node.chain.head.height + 1):
-            block = node.store.block_at(height)
-            for tx in block.txs:
+            for tx in node.store.block_at(height).txs:
                 if isinstance(tx.body, SubmitRound):
-                    rounds[tx.id] = tx.body
-            if block.posap is None or not block.posap.shares:
-                continue
-            payout = node.chain.payout_of(block.hash)
+                    rounds[tx.body.round] = tx.body
+        for _, payout in settled_rounds(node):
             # the free rider (last client) is valued and paid exactly 0, every round
             assert payout.sv[-1] == 0 and payout.clients[-1][1] == 0
             assert payout.sv[0] > 0
             # the inflated claim is clipped at the smallest count: its value is the one the honest
             # count gives, recomputed here from the round's own weights with the honest counts
-            body = rounds[block.posap.shares[0].sv_task_id]
+            body = rounds[payout.round]
             assert [u.samples for u in body.updates] == claims
             spec = node.chain.head_state().tasks[server.task_id].spec
             x, y = decode_dataset(node.resolver.get(spec.validation.sha256))
@@ -85,7 +88,7 @@ def prev_global(node, rounds: dict, body: SubmitRound):
     if body.round == 1:
         spec = node.chain.head_state().tasks[body.task_id].spec
         return weights_of(node.resolver.get(spec.model.sha256))
-    (before,) = [b for b in rounds.values() if b.round == body.round - 1]
+    before = rounds[body.round - 1]
     return weights_of(node.resolver.get(before.global_model.sha256))
 
 

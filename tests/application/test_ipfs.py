@@ -15,7 +15,7 @@ from fedcoin.data.content import ContentStore
 from fedcoin.data.tensors import weights_of
 from fedcoin.data.tx import ContentRef
 from fedcoin.errors import ContentMissing
-from tests.application.cluster import Cluster
+from tests.application.cluster import Cluster, settled_rounds
 from tests.application.test_content_e2e import SIZES, blob_of
 from tests.application.test_nodes import fl_config
 from tests.ipfs_support import start_daemon
@@ -57,8 +57,8 @@ async def test_fl_round_with_ipfs(ipfs_api: str, tmp_path: Path) -> None:
         (report,) = await server.run()
         assert not report.voided
         task = node.chain.head_state().tasks[server.task_id]
-        sv_block = node.store.block_at(node.chain.head.height)
-        assert sv_block.posap is not None and sv_block.posap.shares
+        (settled,) = [p for _, p in settled_rounds(node)]
+        assert settled.round == 1 and not settled.voided
         refs = [task.spec.model, task.spec.validation, task.global_model]
         assert all(ref.cid for ref in refs)
         # what IPFS holds under each CID is exactly the referenced blob

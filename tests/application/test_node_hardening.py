@@ -11,20 +11,26 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-import fedcoin.application.miner as miner_module
 from fedcoin.application.bft_ledger import ChainLedger, StaleHeight
 from fedcoin.application.chain_link import ChainLink
 from fedcoin.application.mempool import Mempool
-from fedcoin.application.miner import SharePools
+from fedcoin.application.miner import TableCache
 from fedcoin.application.supervise import supervised
 from fedcoin.consensus.chain import Chain
 from fedcoin.consensus.stake import randao_secret
-from fedcoin.data.block import MAX_SHARES, Share
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.store import MemoryChainStore
-from fedcoin.data.tx import ClientUpdate, ContentRef, SubmitRound, Transfer, make_tx
-from fedcoin.errors import Reject
-from fedcoin.network.messages import ShareMessage, TxMessage, encode_message
+from fedcoin.data.tx import (
+    ClientUpdate,
+    ContentRef,
+    ShareCommit,
+    ShareReveal,
+    SubmitRound,
+    Transfer,
+    make_tx,
+)
+from fedcoin.errors import Reject, ShareContentUnavailable
+from fedcoin.network.messages import TxMessage, encode_message
 from tests.application.cluster import PUBLISHER_KEY, SERVER_KEY, Cluster
 from tests.helpers import (
     ALICE,
@@ -71,22 +77,30 @@ async def test_supervised_loop_survives_any_error_and_logs_a_repeat_once(caplog)
     assert [r.exc_info[0] for r in errors if r.exc_info] == [ValueError, KeyError]
 
 
-def fake_share(sv_task_id: bytes, miner: bytes) -> Share:
-    return Share(sv_task_id, miner, 0, (), (), bytes(64))
+async def test_table_cache_computes_a_table_once_and_stays_bounded() -> None:
+    cache, calls = TableCache(capacity=3), []
 
+    async def compute(value: int) -> list[int]:
+        calls.append(value)
+        await asyncio.sleep(0)  # let the other askers arrive while it computes
+        return [value, value + 1]
 
-def test_share_pools_keep_the_lowest_max_shares_keys() -> None:
-    pools, sv = SharePools(), b"\x01" * 32
-    keys = [bytes([i]) * 32 for i in range(MAX_SHARES + 8, 0, -1)]  # highest first
-    for k in keys:
-        pools.add(fake_share(sv, k), 0)
-    kept = sorted(pools.pool(sv))
-    assert kept == sorted(keys)[:MAX_SHARES]
-    assert not pools.wants(sv, bytes([MAX_SHARES + 9]) * 32)
-    assert not pools.wants(sv, kept[0])  # a miner's second share
-    for i in range(100):  # pending SV tasks are bounded too
-        pools.add(fake_share(i.to_bytes(32, "big"), keys[0]), 0)
-    assert len(pools.pools) <= miner_module.MAX_POOLS
+    # Eight validators of one process ask for the same table at once: it is computed once
+    asked = [cache.get(b"t" * 32, lambda: compute(7)) for _ in range(8)]
+    assert await asyncio.gather(*asked) == [(7, 8)] * 8
+    assert calls == [7] and cache.computed == 1
+
+    # A failure is not cached: the next ask computes again
+    async def broken() -> list[int]:
+        raise ShareContentUnavailable(reason="undecodable")
+
+    with pytest.raises(ShareContentUnavailable):
+        await cache.get(b"f" * 32, broken)
+    assert await cache.get(b"f" * 32, lambda: compute(1)) == (1, 2)
+    # Bounded: the oldest tables are forgotten
+    for i in range(10):
+        await cache.get(bytes([i]) * 32, lambda i=i: compute(100 + i))
+    assert len(cache._tables) == 3
 
 
 async def test_consensus_survives_an_unexpected_error_building_a_block(
@@ -201,7 +215,7 @@ async def test_a_block_that_breaks_the_checker_is_a_rejected_message_not_a_dead_
 
 def ledger_of(chain: Chain, mempool: Mempool) -> ChainLedger:
     return ChainLedger(
-        chain, ChainLink(chain), mempool, SharePools(), proposer=MINER.public,
+        chain, ChainLink(chain), mempool, proposer=MINER.public,
         randao_secret=randao_secret(MINER),
     )  # fmt: skip
 
@@ -243,17 +257,20 @@ async def test_no_transactions_proposed_while_the_pool_follows_another_head() ->
 
 
 async def test_a_share_flood_on_real_sockets_leaves_the_node_mining(tmp_path) -> None:
-    """A peer floods shares signed by 500 fresh keys (for the head's SV-task id, which is not a
-    pending round, and with tables of every size up to the frame bound): none reaches a pool,
+    """A peer floods ShareCommit and ShareReveal transactions signed by 500 fresh keys (for the
+    head's hash, which is no open SV task, with tables of every size): none reaches the mempool,
     the node keeps answering and keeps making blocks."""
     async with Cluster(tmp_path) as cluster:
         node = await cluster.start(0)
         conn = await handshake_as(node.address, "flooder", cluster.genesis)
         head = node.chain.head.hash
         for i in range(500):
-            table = tuple((mask, mask % 7) for mask in range(1 + i % 64))
-            share = Share(head, bytes(32), 0, table, (i, -i), bytes(64)).signed(key(f"fresh-{i}"))
-            await conn.send(encode_message(ShareMessage(share)))
+            table = tuple(mask % 7 for mask in range(1 + 8 * i))
+            body = (
+                ShareReveal(head, bytes(32), bytes(32), table) if i % 2 else ShareCommit(head, head)
+            )
+            tx = make_tx(key(f"fresh-{i}"), CHAIN_ID, 0, body)
+            await conn.send(encode_message(TxMessage(tx)))
         payment = make_tx(SERVER_KEY, CHAIN_ID, 0, Transfer(PUBLISHER_KEY.address, 1), 0)
         await node.submit_tx(payment)
         await cluster.wait_until(
@@ -261,5 +278,8 @@ async def test_a_share_flood_on_real_sockets_leaves_the_node_mining(tmp_path) ->
         )
         async with aiohttp.ClientSession() as http, http.get(f"{node.url}/status") as resp:
             assert resp.status == 200
-        assert not any(node.shares.pool(sv_id) for sv_id in (head, bytes(32)))
+        included = [
+            t for h in range(1, node.chain.head.height + 1) for t in node.store.block_at(h).txs
+        ]
+        assert not any(isinstance(t.body, ShareCommit | ShareReveal) for t in included)
         await conn.close()

@@ -1,4 +1,5 @@
-"""End to end: 3 full nodes (real SQLite, real sockets), 1 FL server, 4 clients, 3 rounds."""
+"""End to end: 3 full nodes (real SQLite, real sockets), 1 FL server, 4 clients, 3 rounds, each
+valued by the committee's one table (commit, reveal, end-of-block settlement)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,15 @@ from fedcoin.application.datasets import (
 from fedcoin.application.fl_server import FLServer, FLServerConfig
 from fedcoin.application.full_node import FullNode
 from fedcoin.application.training import build_mlp
-from fedcoin.data.keys import format_address
-from tests.application.cluster import CLIENT_KEYS, FAST_POSAP, SERVER_KEY, Cluster
+from fedcoin.data.keys import address_of, format_address
+from fedcoin.data.state import SettledSv
+from tests.application.cluster import (
+    CLIENT_KEYS,
+    FAST_POSAP,
+    SERVER_KEY,
+    Cluster,
+    settled_rounds,
+)
 from tests.helpers import FC
 
 pytest.importorskip("keras", reason="tensorflow-cpu is a declared dependency")
@@ -36,22 +44,26 @@ def fl_config(node_url: str, rounds: int = 3, clients: int = 4, noisy: int = 1) 
     )  # fmt: skip
 
 
-def expected_payout(price: int, split: tuple[int, int, int], estimates: list[list[int]]):
-    """DESIGN §6 on the median SV, written out independently of fedcoin.incentive."""
-    sv = []
-    for i in range(len(estimates[0])):
-        column = sorted(e[i] for e in estimates)
-        mid = len(column) // 2
-        sv.append(column[mid] if len(column) % 2 else (column[mid - 1] + column[mid]) // 2)
+def expected_client_pay(price: int, split: tuple[int, int, int], sv: list[int]):
+    """DESIGN §6 on the round's SV, written out independently of fedcoin.incentive."""
     clients = price * split[0] // 10_000
     server = price * split[1] // 10_000
     miners = price - clients - server
     positive = [max(v, 0) for v in sv]
     pays = [clients * p // sum(positive) for p in positive] if sum(positive) else [0] * len(sv)
-    return sv, pays, server, miners // len(estimates)
+    return pays, server, miners
 
 
-async def test_three_rounds_settle_and_pay_by_median_sv(tmp_path) -> None:
+def winning_table(node: FullNode, block, payout) -> SettledSv:
+    """The settled table of a round, as the state after its settling block records it."""
+    state = node.store.get_state(block.hash)
+    (won,) = [
+        s for s in state.settled if s.sv.task_id == payout.task_id and s.sv.round == payout.round
+    ]
+    return won
+
+
+async def test_three_rounds_settle_on_one_table_and_pay_its_revealers(tmp_path) -> None:
     async with Cluster(tmp_path) as cluster:
         for i in range(3):
             await cluster.start(i)
@@ -68,19 +80,20 @@ async def test_three_rounds_settle_and_pay_by_median_sv(tmp_path) -> None:
         task = node.chain.head_state().tasks[server.task_id]
         assert task.rounds_done == 3 and task.escrow == 0
         total = {format_address(k.address): 0 for k in CLIENT_KEYS[:4]}
-        for height in range(1, node.chain.head.height + 1):
-            block = node.store.block_at(height)
-            if block.posap is None or not block.posap.shares:
-                continue
-            payout = node.chain.payout_of(block.hash)
-            sv, pays, server_pay, each_miner = expected_payout(
-                10 * FC, config.split_bps, [list(s.estimate) for s in block.posap.shares]
-            )
-            assert list(payout.sv) == sv
+        settled = settled_rounds(node)
+        assert [p.round for _, p in settled] == [1, 2, 3]
+        for block, payout in settled:
+            pays, server_pay, pool = expected_client_pay(10 * FC, config.split_bps, list(payout.sv))
             assert [p for _, p in payout.clients] == pays
             assert payout.server == server_pay
-            assert all(p == each_miner for _, p in payout.miners)
-            assert len(block.posap.shares) >= 1
+            # every running validator revealed the one table; the pool is paid by power
+            won = winning_table(node, block, payout)
+            assert set(won.revealers) == {n.key.public for n in cluster.nodes}
+            power = dict(won.sv.committee)
+            weight = sum(power[v] for v in won.revealers)
+            expected = {address_of(v): pool * power[v] // weight for v in won.revealers}
+            assert dict(payout.miners) == expected
+            assert payout.proposer == pool - sum(expected.values())
             for address, paid in payout.clients:
                 total[format_address(address)] += paid
         # coins are conserved on every node, and every node agrees
@@ -151,10 +164,8 @@ async def test_miner_joining_mid_task_catches_up_and_contributes(tmp_path) -> No
         assert late.chain.head_state() == first.chain.head_state()
         contributed = [
             block.height
-            for block in (
-                late.store.block_at(h) for h in range(joined_at + 1, late.chain.head.height + 1)
-            )
-            if block.posap is not None
-            and any(s.miner_pubkey == late.key.public for s in block.posap.shares)
+            for block, payout in settled_rounds(late)
+            if block.height > joined_at
+            and late.key.public in winning_table(late, block, payout).revealers
         ]
-        assert contributed, "the late miner's shares never made it into a block"
+        assert contributed, "the late validator never revealed a settled table"

@@ -40,6 +40,8 @@ def assert_settled_and_agreed(report: dict[str, Any], cfg: SimConfig) -> None:
     # Every round settled (none voided) and paid its clients
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     assert all(not r["voided"] and sum(r["paid"]) > 0 for r in report["rounds"])
+    # The validators of the one process computed each round's table once, not once each
+    assert report["valuation"]["tables_computed"] == len(report["rounds"])
     # Every honest validator has the same committed block at every height
     consensus = report["consensus"]
     assert consensus["same_chain"] and consensus["split_heights"] == [] and report["same_head"]

@@ -35,6 +35,7 @@ from tests.helpers import (
     TableVerifier,
     certify,
     commit_next,
+    key,
     make_genesis,
     make_publish,
     make_store,
@@ -42,6 +43,7 @@ from tests.helpers import (
     make_transfer,
     reveal_of,
     tx,
+    value_on_chain,
 )
 
 
@@ -220,3 +222,34 @@ def test_a_late_node_syncs_committed_blocks_checking_each_certificate(tmp_path: 
     assert late.head_state() == source.head_state()
     assert late.certificate(late.head.height) == source.certificate(source.head.height)
     late.store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_the_settling_block_keeps_its_rounds_payouts_across_a_restart(
+    kind: str, tmp_path: Path
+) -> None:
+    """``payouts_of`` answers from the stored receipt: the rounds the block's end-of-block step
+    settled, nothing for the blocks that only carried commits and reveals."""
+    genesis = make_genesis(validators=[MINER, MINER2, key("validator-0")])
+    store = make_store(kind, tmp_path, genesis)
+    chain = Chain(store, genesis, TableVerifier(), vote_check=VOTE_CHECK)
+    publish = make_publish(ALICE, 0)
+    commit_next(chain, MINER, [publish])
+    submit = make_submit(publish.id, 1, 0)
+    commit_next(chain, MINER, [submit])
+    applied = value_on_chain(chain, submit.id)
+    (payout,) = applied.payouts
+    assert payout.task_id == publish.id and payout.round == 1 and not payout.voided
+    settling = chain.head
+    assert chain.payouts_of(settling.hash) == (payout,)
+    for height in range(1, settling.height):
+        block = chain.store.block_at(height)
+        assert block is not None and chain.payouts_of(block.hash) == ()
+    heights = [h for h, _ in chain.store.task_blocks(publish.id)]
+    assert heights == [1, 2, settling.height]
+    if kind == "sqlite":
+        store.close()
+        store = make_store(kind, tmp_path, genesis)
+        chain = Chain(store, genesis, TableVerifier(), vote_check=VOTE_CHECK)
+        assert chain.payouts_of(settling.hash) == (payout,)
+    store.close()

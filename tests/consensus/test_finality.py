@@ -3,7 +3,8 @@
 Each attack here worked against the weight-based chain (main before issue 10): a private chain
 of blocks signed by fresh keys reorganised a 60-block chain and reversed a 500 FC payment; 32
 re-signed copies of one share re-settled a round; a key stamping blocks 14 s ahead kept honest
-miners from proposing. Against the BFT chain none commits, and committed payments stay.
+miners from proposing. Against the BFT chain none commits, and committed payments stay. (Under
+PoSap v2 the copied share is a commitment copied under fresh keys.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import pytest
 
 from fedcoin.consensus.chain import Chain
 from fedcoin.consensus.stake import NO_TIP
-from fedcoin.data.block import MAX_SHARES, PosapSection
 from fedcoin.data.genesis import DEFAULT_PARAMS
 from fedcoin.data.state import State
 from fedcoin.data.store import MemoryChainStore
@@ -25,11 +25,11 @@ from fedcoin.errors import (
     BadTxInBlock,
     BadVoteSignature,
     CertificateNotCanonical,
+    CommitFromNonMember,
     ConflictingCommit,
     EvidenceAlreadyPunished,
     InsufficientPower,
     NotAValidator,
-    ShareFromNonValidator,
     TimestampInFuture,
     UnknownValidator,
 )
@@ -46,16 +46,18 @@ from tests.helpers import (
     TableVerifier,
     certify,
     commit_next,
+    commit_txs,
     equivocation,
+    honest_table,
     key,
     make_genesis,
     make_publish,
-    make_share,
     make_submit,
     make_transfer,
     precommit,
     reveal_of,
     tx,
+    value_on_chain,
 )
 
 VALIDATORS = [MINER, MINER2, MINER3, key("validator-0")]
@@ -155,38 +157,44 @@ def _by(sig: CommitSig) -> bytes:
     return sig.validator
 
 
-# --- Shares: copies of one share cannot settle or re-settle ---------------------------------
-def test_copies_of_one_share_cannot_settle_and_a_settled_round_cannot_be_resettled() -> None:
+# --- PoSap: copies of one commitment cannot settle; a settled round cannot be re-settled ---
+def test_copies_of_one_commitment_cannot_settle_and_a_settled_round_cannot_be_resettled() -> None:
     chain = four_validators()
     publish = make_publish(ALICE, 0)
     commit_next(chain, MINER, [publish])
     submit = make_submit(publish.id, 1, 0)
     commit_next(chain, MINER, [submit])
-    sv = (400_000, 250_000, 100_000)
-    chain.verifier.true_sv[submit.id] = sv  # type: ignore[attr-defined]
-    honest = make_share(MINER2, submit.id, sv)
-    copies = tuple(
-        make_share(k, submit.id, sv) for k in (key(f"copy-{i}") for i in range(MAX_SHARES))
-    )
+    commit_next(chain, MINER)  # block q+1 draws the schedule
     state = chain.head_state()
-    # The section of copies is refused where every validator checks it
-    with pytest.raises(ShareFromNonValidator):
+    table = honest_table(chain.verifier, state, submit.id)
+    (honest,) = commit_txs(state, submit.id, {MINER2: table})
+    copies = [tx(k, 0, honest.body) for k in (key(f"copy-{i}") for i in range(32))]
+    # A block of the commitment copied under 32 fresh keys is refused where every validator
+    # checks it
+    with pytest.raises(BadTxInBlock) as err:
         chain.propose(
             MINER.public,
             reveal_of(MINER, state),
-            timestamp_ms=chain.head.timestamp_ms + 1_000,
-            posap=PosapSection(submit.id, copies),
+            timestamp_ms=chain.head.timestamp_ms + PARAMS.min_block_interval_ms,
+            txs=[honest, *copies],
         )
-    settled, _ = commit_next(chain, MINER, posap=PosapSection(submit.id, (honest,)))
+    assert isinstance(err.value.__cause__, CommitFromNonMember)
+    applied = value_on_chain(chain, submit.id)
+    settled = chain.head
+    (payout,) = applied.payouts
     paid = chain.head_state().balance(MINER2.address)
     assert paid > 0 and chain.head_state().queue == ()
-    # A rival block at the settled height (re-settling with other shares) never commits
+    assert chain.payouts_of(settled.hash) == (payout,)
+    # A rival block at the settled height (the same committee re-settling with a forged
+    # table) never commits
     rival = ChainBuilder(chain.genesis, chain.verifier)  # type: ignore[arg-type]
     rival.add([publish])
     rival.add([submit])
-    rival.add(posap=PosapSection(submit.id, (make_share(MINER3, submit.id, sv),)))
+    forged = (table[0] + 1, *table[1:])
+    rival.value(submit.id, dict.fromkeys(VALIDATORS, forged))
+    assert rival.header.height == settled.height
     with pytest.raises(ConflictingCommit):
-        chain.commit(rival.blocks[3], rival.certificates[3])
+        chain.commit(rival.block, rival.certificates[rival.header.height])
     assert chain.head.hash == settled.hash
     assert chain.head_state().balance(MINER2.address) == paid
 

@@ -3,8 +3,6 @@ coalition coefficients, exact null players, batch independence, and the bit-exac
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -21,14 +19,13 @@ from fedcoin.consensus.game import (
     max_utility,
     round_weights,
 )
-from fedcoin.consensus.posap import make_share, verify_share
 from fedcoin.consensus.quantize import quantize_validation
-from fedcoin.consensus.shapley import ESTIMATOR_STRATIFIED, exact_shapley, fixed_point_estimate
+from fedcoin.consensus.schedule import common_schedule
+from fedcoin.consensus.shapley import exact_shapley
+from fedcoin.consensus.table import table_estimate
 from fedcoin.data.tx import DEFAULT_POSAP
-from fedcoin.errors import EstimateMismatch, WeightOutOfRange, WeightShapeMismatch
+from fedcoin.errors import WeightOutOfRange, WeightShapeMismatch
 from tests.consensus.exact_reference import conv, dense, layer, pooling, sequential, utility
-from tests.consensus.test_posap import PARENT, sv_task
-from tests.helpers import MINER
 
 MLP = sequential([10], dense(8, "relu"), dense(4))
 CNN = sequential(
@@ -208,15 +205,13 @@ def test_a_free_rider_is_paid_exactly_zero_on_a_sampled_table_too():
     n, rider = 12, 5
     game, _ = game_of(MLP, n, 3, free_riders=(rider,))
     assert game.null_players == 1 << rider
-    task = sv_task(n)
-    share = make_share(task, DEFAULT_POSAP, game, MINER)
-    assert share.estimator == ESTIMATOR_STRATIFIED
-    raw = fixed_point_estimate(n, share.table)
-    # sampling noise gives the null player a value; the share carries exactly 0 for it
-    assert raw[rider] != 0 and share.estimate[rider] == 0
-    assert [v for i, v in enumerate(share.estimate) if i != rider] == [
+    schedule = common_schedule(n, DEFAULT_POSAP.budget, b"\x11" * 32, b"\x22" * 32)
+    assert len(schedule) == DEFAULT_POSAP.budget < 1 << n  # sampled
+    table = game.utilities(list(schedule))
+    raw = table_estimate(n, schedule, table)
+    settled = table_estimate(n, schedule, table, game.null_players)
+    # sampling noise gives the null player a value; the settled estimate is exactly 0 for it
+    assert raw[rider] != 0 and settled[rider] == 0
+    assert [v for i, v in enumerate(settled) if i != rider] == [
         v for i, v in enumerate(raw) if i != rider
     ]
-    verify_share(share, task, DEFAULT_POSAP, game, PARENT)
-    with pytest.raises(EstimateMismatch):
-        verify_share(replace(share, estimate=raw).signed(MINER), task, DEFAULT_POSAP, game, PARENT)

@@ -1,16 +1,14 @@
-"""The real PoSap verifier inside apply_block: content, FedAvg, shares, payouts by median SV."""
+"""The real PoSap oracle inside apply_block: content, FedAvg, tables, settlement on a real game."""
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from fedcoin.consensus.posap import PosapVerifier, make_share
-from fedcoin.consensus.shapley import fixed_point_estimate
+from fedcoin.consensus.posap import PosapVerifier
+from fedcoin.consensus.table import table_estimate, table_root
 from fedcoin.consensus.utility import fedavg
-from fedcoin.data.block import MAX_SHARES, PosapSection
+from fedcoin.consensus.valuation import schedule_of
 from fedcoin.data.content import MemoryContent
 from fedcoin.data.tensors import encode_bundle, encode_dataset, encode_weights
 from fedcoin.data.tx import ClientUpdate, PublishTask, SubmitRound
@@ -19,7 +17,6 @@ from fedcoin.errors import (
     NotFedAvg,
     RoundContentUnavailable,
     ShareContentUnavailable,
-    TableEntryMismatch,
     WrongTensorShapes,
 )
 from tests.helpers import (
@@ -28,13 +25,18 @@ from tests.helpers import (
     MINER,
     MINER2,
     MINER3,
-    MINERS,
     SERVER,
     ChainBuilder,
+    commit_txs,
+    honest_table,
     make_genesis,
     make_spec,
+    open_sv,
+    reveal_txs,
     tx,
 )
+
+COMMITTEE = [MINER, MINER2, MINER3]
 
 pytest.importorskip("keras", reason="tensorflow-cpu is a declared dependency")
 
@@ -74,7 +76,8 @@ def setup_chain(fl_round, *, drop: int | None = None, bad_global: bool = False, 
     if drop is not None:
         del content.blobs[refs[drop].sha256]
     verifier = PosapVerifier(content)
-    chain = ChainBuilder(make_genesis(), verifier=verifier)  # type: ignore[arg-type]
+    genesis = make_genesis(validators=COMMITTEE)
+    chain = ChainBuilder(genesis, verifier=verifier)  # type: ignore[arg-type]
     spec = make_spec(model=model, validation=validation, min_clients=2, max_clients=4)
     publish = tx(ALICE, 0, PublishTask(spec))
     chain.add([publish])
@@ -86,26 +89,30 @@ def setup_chain(fl_round, *, drop: int | None = None, bad_global: bool = False, 
     return chain, verifier, submit, content
 
 
-def queue_round(chain: ChainBuilder, verifier: PosapVerifier, submit, *miners):
-    """Include the round; return its SV task and one honest share per miner."""
+def queue_round(chain: ChainBuilder, submit) -> bytes:
+    """Include the round and wait for its schedule; return the SV task id."""
     chain.add([submit])
-    sv_task = chain.state.queue[0]
-    task = chain.state.tasks[sv_task.task_id]
-    game = verifier.game(sv_task, task)
-    return sv_task, tuple(make_share(sv_task, task.spec.posap, game, m) for m in miners)
+    while open_sv(chain.state, submit.id).mix == bytes(32):
+        chain.add()
+    return submit.id
 
 
-def test_round_with_real_content_settles_by_median(fl_round) -> None:
+def test_round_with_real_content_settles_through_commits_and_reveals(fl_round) -> None:
     chain, verifier, submit, _ = setup_chain(fl_round)
-    sv_task, shares = queue_round(chain, verifier, submit, MINER, MINER2, MINER3)
-    applied = chain.add(posap=PosapSection(sv_task.sv_task_id, shares))
-    assert applied.payout is not None
-    assert applied.payout.sv == shares[0].estimate  # exact tables: every miner agrees
-    sv = applied.payout.sv
-    pays = [p for _, p in applied.payout.clients]
+    sv_id = queue_round(chain, submit)
+    sv = open_sv(chain.state, sv_id)
+    task = chain.state.tasks[sv.task_id]
+    schedule = schedule_of(sv, task.spec)
+    table = honest_table(verifier, chain.state, sv_id)
+    (payout,) = chain.value(sv_id).payouts
+    game = verifier.game(sv, task)
+    assert payout.sv == table_estimate(4, schedule, table, game.null_players)
+    sv_values = payout.sv
+    pays = [p for _, p in payout.clients]
     # pay follows the positive SV
-    order_sv = sorted(range(4), key=lambda i: max(sv[i], 0))
+    order_sv = sorted(range(4), key=lambda i: max(sv_values[i], 0))
     assert [pays[i] for i in order_sv] == sorted(pays)
+    assert {a for a, _ in payout.miners} == {k.address for k in COMMITTEE}
     assert chain.state.supply == chain.state.total_held()
 
 
@@ -123,26 +130,29 @@ def test_global_model_that_is_not_fedavg_refuses_the_round(fl_round) -> None:
     assert isinstance(err.value.__cause__, NotFedAvg)
 
 
-def test_falsified_share_refuses_the_block(fl_round) -> None:
+def test_a_falsified_table_is_a_minority_root_slashed_by_one_exact_evaluation(fl_round) -> None:
     chain, verifier, submit, _ = setup_chain(fl_round)
-    sv_task, (honest,) = queue_round(chain, verifier, submit, MINER)
-    table = list(honest.table)
+    sv_id = queue_round(chain, submit)
+    honest = honest_table(verifier, chain.state, sv_id)
     full = (1 << 4) - 1
-    table[full] = (full, table[full][1] + 30)  # claims the grand coalition is far better
-    forged = replace(honest, table=tuple(table), estimate=fixed_point_estimate(4, table)).signed(
-        MINER
-    )
-    with pytest.raises(TableEntryMismatch):
-        chain.make(posap=PosapSection(sv_task.sv_task_id, (forged,)))
+    forged = list(honest)
+    forged[full] += 30  # claims the grand coalition is far better
+    bond = chain.state.bond_of(MINER3.public)
+    (payout,) = chain.value(sv_id, {MINER: honest, MINER2: honest, MINER3: forged}).payouts
+    assert MINER3.address not in {a for a, _ in payout.miners}
+    assert chain.state.bond_of(MINER3.public) < bond
+    assert chain.state.settled[0].root == table_root(sv_id, honest)
 
 
-def test_share_cannot_be_checked_without_content(fl_round) -> None:
+def test_a_reveal_cannot_be_checked_without_the_content(fl_round) -> None:
     chain, verifier, submit, content = setup_chain(fl_round)
-    sv_task, (share,) = queue_round(chain, verifier, submit, MINER)
-    fresh = PosapVerifier(MemoryContent())  # a node that has none of the blobs
-    chain.verifier = fresh  # type: ignore[assignment]
+    sv_id = queue_round(chain, submit)
+    table = honest_table(verifier, chain.state, sv_id)
+    tables = dict.fromkeys(COMMITTEE, table)
+    chain.add(commit_txs(chain.state, sv_id, tables))
+    chain.verifier = PosapVerifier(MemoryContent())  # type: ignore[assignment]  # has no blobs
     with pytest.raises(ShareContentUnavailable):
-        chain.make(posap=PosapSection(sv_task.sv_task_id, (share,)))
+        chain.make(reveal_txs(chain.state, sv_id, tables))
     assert content.blobs
 
 
@@ -159,17 +169,3 @@ def test_round_whose_tensors_do_not_fit_the_model_is_refused(fl_round, reshape) 
         chain.make([submit])
     assert isinstance(err.value.__cause__, WrongTensorShapes)
     assert not chain.state.queue
-
-
-def test_a_block_carries_at_most_max_shares_the_same_on_every_node(fl_round) -> None:
-    chain, verifier, submit, _ = setup_chain(fl_round)
-    miners = MINERS[: MAX_SHARES + 1]  # genesis validators: only they may write shares
-    sv_task, shares = queue_round(chain, verifier, submit, *miners)
-    block, _ = chain.make(posap=PosapSection(sv_task.sv_task_id, shares))
-    assert block.posap is not None
-    keep = sorted(s.miner_pubkey for s in shares)[:MAX_SHARES]
-    assert [s.miner_pubkey for s in block.posap.shares] == keep
-    reversed_block, _ = chain.make(posap=PosapSection(sv_task.sv_task_id, shares[::-1]))
-    assert reversed_block.posap == block.posap
-    applied = chain.add(posap=PosapSection(sv_task.sv_task_id, shares))
-    assert applied.payout is not None and len(applied.payout.miners) == MAX_SHARES

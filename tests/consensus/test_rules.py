@@ -2,45 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 
 from fedcoin.consensus.rules import apply_block
+from fedcoin.consensus.shapley import SV_SCALE
 from fedcoin.consensus.stake import validator_set
-from fedcoin.data.block import Block, PosapSection
+from fedcoin.consensus.table import table_root
+from fedcoin.data.block import Block
 from fedcoin.data.encoding import sha256
-from fedcoin.data.genesis import DEFAULT_PARAMS
+from fedcoin.data.genesis import DEFAULT_PARAMS, Genesis
+from fedcoin.data.keys import TAG_TX, PrivateKey
+from fedcoin.data.tx import ShareCommit, ShareReveal, Transaction
 from fedcoin.data.vote import CommitCertificate
 from fedcoin.errors import (
     BadRandaoReveal,
-    BadShareSignature,
+    BadSignature,
     BadTxInBlock,
     BadVersion,
     BadVoteSignature,
     BlockTooSoon,
     CertificateMismatch,
-    DuplicateMiner,
-    EstimateMismatch,
+    DuplicateReveal,
     EvidenceRootMismatch,
     InsufficientPower,
     LastCommitHashMismatch,
     LastCommitMissing,
+    NoCommitment,
     NotAValidator,
-    PosapRootMismatch,
-    SettlementUnexpected,
     StateRootMismatch,
     TimestampInFuture,
     TooManyTxs,
     TxRootMismatch,
     UnknownParent,
+    UnknownSvTask,
     UnknownValidator,
     ValidatorsHashMismatch,
-    VoidTooEarly,
-    WrongEstimateLength,
     WrongHeight,
-    WrongShareTask,
-    WrongSvTask,
 )
 from tests.helpers import (
     ALICE,
@@ -54,27 +54,49 @@ from tests.helpers import (
     SERVER,
     ChainBuilder,
     certify,
+    commit_txs,
     equivocation,
+    honest_table,
     key,
     make_genesis,
     make_publish,
-    make_share,
     make_submit,
     make_transfer,
+    reveal_txs,
+    salt_of,
+    tx,
 )
 
-SV = (400_000, 250_000, 100_000)
+#: A small committee keeps a round's valuation cheap: one commit and one reveal each.
+COMMITTEE = [MINER, MINER2, MINER3, key("validator-0")]
+
+
+def small_genesis() -> Genesis:
+    return make_genesis(validators=COMMITTEE)
 
 
 def with_pending_round() -> tuple[ChainBuilder, bytes]:
-    """A chain whose head queued round 1 of a task; the verifier knows its true SV."""
-    chain = ChainBuilder(make_genesis())
+    """A chain whose head queued round 1 of a task (its SV task is open)."""
+    chain = ChainBuilder(small_genesis())
     publish = make_publish(ALICE, 0)
     chain.add([publish])
     submit = make_submit(publish.id, 1, 0)
     chain.add([submit])
-    chain.verifier.true_sv[submit.id] = SV
     return chain, submit.id
+
+
+def honest_tables(chain: ChainBuilder, sv_id: bytes) -> dict[PrivateKey, tuple[int, ...]]:
+    return dict.fromkeys(COMMITTEE, honest_table(chain.verifier, chain.state, sv_id))
+
+
+def revealing_round(*, commit: bool = True) -> tuple[ChainBuilder, bytes]:
+    """A pending round whose schedule is drawn and, with ``commit``, whose every member
+    committed to the honest table: the next block may carry the reveals."""
+    chain, sv_id = with_pending_round()
+    chain.add()
+    if commit:
+        chain.add(commit_txs(chain.state, sv_id, honest_tables(chain, sv_id)))
+    return chain, sv_id
 
 
 def check(chain: ChainBuilder, block: Block, now_ms: int | None = None):
@@ -120,10 +142,11 @@ def test_height_is_parent_plus_one() -> None:
 
 
 def test_every_block_waits_min_interval_after_its_parent() -> None:
-    chain, sv_id = with_pending_round()
+    chain, sv_id = revealing_round()
     earliest = chain.header.timestamp_ms + DEFAULT_PARAMS.min_block_interval_ms
     # No exemption: a settling block waits too, and so does an empty one
-    settling, _ = chain.make(posap=PosapSection(sv_id, (make_share(MINER2, sv_id, SV),)))
+    settling, applied = chain.make(reveal_txs(chain.state, sv_id, honest_tables(chain, sv_id)))
+    assert applied.payouts
     chain.now -= DEFAULT_PARAMS.min_block_interval_ms
     empty, _ = chain.make([])
     for block in (settling, empty):
@@ -241,12 +264,17 @@ def test_tx_root_commits_to_transactions() -> None:
         check(chain, swapped)
 
 
-def test_posap_root_commits_to_section() -> None:
-    chain, sv_id = with_pending_round()
-    block, _ = chain.make(posap=PosapSection(sv_id, (make_share(MINER2, sv_id, SV),)))
-    other = PosapSection(sv_id, (make_share(MINER3, sv_id, SV),))
-    with pytest.raises(PosapRootMismatch):
-        check(chain, replace(block, posap=other))
+def test_tx_root_commits_to_the_posap_transactions() -> None:
+    """PoSap v2 has no section of its own: its commits and reveals are transactions."""
+    chain, sv_id = revealing_round()
+    tables = honest_tables(chain, sv_id)
+    block, _ = chain.make(reveal_txs(chain.state, sv_id, tables))
+    (first, *rest) = block.txs
+    assert isinstance(first.body, ShareReveal)
+    other = replace(first.body, table=(first.body.table[0] + 1, *first.body.table[1:]))
+    swapped = replace(block, txs=(tx(KEYS[first.sender_pubkey], first.nonce, other), *rest))
+    with pytest.raises(TxRootMismatch):
+        check(chain, swapped)
 
 
 def test_state_root_commits_to_post_state() -> None:
@@ -285,96 +313,127 @@ def test_invalid_block_leaves_state_unchanged() -> None:
     assert chain.state.encode() == before
 
 
-# --- PoSap section --------------------------------------------------------------------------
-def test_settling_block_pays_by_median_sv() -> None:
+# --- PoSap v2: commits, reveals and the end-of-block settlement ------------------------------
+def refused(chain: ChainBuilder, txs: Sequence[Transaction], error: type[Exception]) -> None:
+    before = chain.state
+    with pytest.raises(BadTxInBlock) as err:
+        chain.make(txs)
+    assert isinstance(err.value.__cause__, error), err.value
+    chain.now -= DEFAULT_PARAMS.min_block_interval_ms
+    assert chain.state is before
+
+
+def test_settling_block_pays_by_the_tables_shapley_values() -> None:
     chain, sv_id = with_pending_round()
-    low = (SV[0] - 10, SV[1], SV[2])
-    chain.verifier.true_sv[sv_id] = SV
-    shares = (make_share(MINER2, sv_id, SV), make_share(MINER3, sv_id, SV))
-    applied = chain.add(posap=PosapSection(sv_id, shares))
-    assert applied.payout is not None and applied.payout.sv == SV
+    applied = chain.value(sv_id)
+    (payout,) = applied.payouts
+    # The linear game: client i adds 256·(i + 1) to every coalition, so SV_i = 256·(i + 1)
+    assert payout.sv == tuple(256 * (i + 1) * SV_SCALE for i in range(3))
     assert chain.state.queue == ()
     clients_pool = 10 * FC * 7000 // 10_000
-    paid = dict(applied.payout.clients)
-    assert paid[CLIENTS[0].address] == clients_pool * SV[0] // sum(SV)
-    assert chain.state.balance(MINER2.address) == 10 * FC * 2000 // 10_000 // 2
+    paid = dict(payout.clients)
+    assert paid[CLIENTS[0].address] == clients_pool * 1 // 6
+    # The miners' pool goes to the revealers by power (equal here), the rest to the proposer
+    pool = 10 * FC * 2000 // 10_000
+    assert sorted(payout.miners) == sorted((k.address, pool // 4) for k in COMMITTEE)
+    assert payout.proposer == pool - 4 * (pool // 4)
     assert chain.state.balance(SERVER.address) == 100 * FC + 10 * FC * 1000 // 10_000
     assert chain.state.supply == chain.state.total_held()
-    assert low != SV
 
 
-def test_a_block_may_leave_a_pending_round_for_a_later_one() -> None:
+def test_a_round_settles_only_at_the_end_of_its_reveal_window() -> None:
+    """Blocks in between may carry anything; the SV task stays open until every committer
+    revealed (or the reveal window ends)."""
     chain, sv_id = with_pending_round()
-    chain.add([make_transfer(ALICE, BOB, 1, 1)])
-    chain.add([])
+    chain.add([make_transfer(ALICE, BOB, 1, 1)])  # block q+1: the schedule is drawn
+    tables = honest_tables(chain, sv_id)
+    assert chain.add(commit_txs(chain.state, sv_id, tables)).payouts == ()
+    first, second = dict(list(tables.items())[:2]), dict(list(tables.items())[2:])
+    assert chain.add(reveal_txs(chain.state, sv_id, first)).payouts == ()
     assert [sv.sv_task_id for sv in chain.state.queue] == [sv_id]
-    chain.add(posap=PosapSection(sv_id, (make_share(MINER2, sv_id, SV),)))
-    assert chain.state.queue == ()
+    (payout,) = chain.add(reveal_txs(chain.state, sv_id, second)).payouts
+    assert not payout.voided and chain.state.queue == ()
 
 
-def test_section_must_settle_the_oldest_task() -> None:
-    chain, sv_id = with_pending_round()
+def test_commits_and_reveals_must_name_an_open_sv_task() -> None:
+    chain, sv_id = revealing_round()
     other = b"\x08" * 32
-    with pytest.raises(WrongSvTask):
-        chain.make(posap=PosapSection(other, (make_share(MINER2, other, SV),)))
+    refused(chain, [tx(MINER, 1, ShareCommit(other, bytes(32)))], UnknownSvTask)
+    tables = honest_tables(chain, sv_id)
+    (reveal, *_) = reveal_txs(chain.state, sv_id, tables)
+    assert isinstance(reveal.body, ShareReveal)
+    moved = replace(reveal.body, sv_task_id=other)
+    refused(chain, [tx(MINER, reveal.nonce, moved)], UnknownSvTask)
+    # With no SV task open at all, neither is accepted
+    empty = ChainBuilder(small_genesis())
+    with pytest.raises(BadTxInBlock) as err:
+        empty.make([tx(MINER, 0, ShareCommit(sv_id, bytes(32)))])
+    assert isinstance(err.value.__cause__, UnknownSvTask)
 
 
-def test_section_needs_a_pending_task() -> None:
-    chain = ChainBuilder(make_genesis())
-    with pytest.raises(SettlementUnexpected):
-        chain.make(posap=PosapSection(b"\x01" * 32, ()))
-
-
-def test_void_only_after_timeout() -> None:
-    chain, sv_id = with_pending_round()
-    timeout = chain.state.tasks[chain.state.queue[0].task_id].spec.posap.posap_timeout_ms
-    with pytest.raises(VoidTooEarly):
-        chain.make(posap=PosapSection(sv_id, ()), gap=timeout - 1)
-    chain.now -= timeout - 1
+def test_void_only_after_a_retry_runs_out() -> None:
+    """One member commits and never reveals: the reveal window runs its whole length, then the
+    SV task re-opens once with fresh windows. Nobody commits in the retry: the (empty) reveal
+    window closes at once and the round is voided, its price refunded."""
+    chain, sv_id = revealing_round(commit=False)
+    sv = chain.state.queue[0]
+    posap = chain.state.tasks[sv.task_id].spec.posap
     before = chain.state.balance(ALICE.address)
-    applied = chain.add(posap=PosapSection(sv_id, ()), gap=timeout)
-    assert applied.payout is not None and applied.payout.voided
+    chain.add(commit_txs(chain.state, sv_id, {MINER: honest_tables(chain, sv_id)[MINER]}))
+    while chain.header.height < sv.reveal_end - 1:
+        assert chain.add().payouts == ()
+    assert chain.state.queue[0].attempt == 0
+    assert chain.add().payouts == ()  # the reveal window's last block: a retry, not a void
+    retried = chain.state.queue[0]
+    assert retried.attempt == 1 and not retried.commits
+    assert retried.commit_end == chain.header.height + posap.commit_blocks
+    assert retried.reveal_end == retried.commit_end + posap.reveal_blocks
+    while chain.header.height < retried.commit_end:
+        assert chain.add().payouts == ()
+    (payout,) = chain.add().payouts
+    assert payout.voided and chain.header.height == retried.commit_end + 1
     assert chain.state.balance(ALICE.address) == before + 10 * FC
     assert chain.state.queue == ()
 
 
-def test_share_for_another_task_is_refused() -> None:
-    chain, sv_id = with_pending_round()
-    wrong = make_share(MINER2, b"\x02" * 32, SV)
-    with pytest.raises(WrongShareTask):
-        chain.make(posap=PosapSection(sv_id, (wrong,)))
+def test_a_reveal_needs_the_members_own_commitment_to_that_sv_task() -> None:
+    """A reveal for another SV task than the one committed to is refused (v1: a share for
+    another task)."""
+    chain, first = revealing_round(commit=False)
+    task_id = chain.state.queue[0].task_id
+    chain.add([make_submit(task_id, 2, 1)])  # a second open SV task of the same task
+    chain.add()
+    second = chain.state.queue[1].sv_task_id
+    table = honest_tables(chain, first)[MINER]
+    chain.add(commit_txs(chain.state, first, honest_tables(chain, first)))
+    # MINER's commitment is to ``first``: a reveal naming ``second`` has nothing to open
+    salt = salt_of(MINER, first)
+    root = table_root(second, table)
+    refused(chain, [tx(MINER, 1, ShareReveal(second, salt, root, table))], NoCommitment)
 
 
-def test_one_share_per_miner() -> None:
-    chain, sv_id = with_pending_round()
-    share = make_share(MINER2, sv_id, SV)
-    with pytest.raises(DuplicateMiner):
-        chain.make(posap=PosapSection(sv_id, (share, share)))
+def test_one_reveal_per_member() -> None:
+    chain, sv_id = revealing_round()
+    tables = honest_tables(chain, sv_id)
+    (reveal, *_) = reveal_txs(chain.state, sv_id, {MINER: tables[MINER]})
+    refused(chain, [reveal, tx(MINER, reveal.nonce + 1, reveal.body)], DuplicateReveal)
 
 
-def test_share_estimate_has_one_value_per_client() -> None:
-    chain, sv_id = with_pending_round()
-    with pytest.raises(WrongEstimateLength):
-        chain.make(posap=PosapSection(sv_id, (make_share(MINER2, sv_id, SV[:2]),)))
-
-
-def test_share_signature_must_verify() -> None:
-    chain, sv_id = with_pending_round()
-    share = replace(make_share(MINER2, sv_id, SV), signature=bytes(64))
-    with pytest.raises(BadShareSignature):
-        chain.make(posap=PosapSection(sv_id, (share,)))
-
-
-def test_share_work_is_checked_by_the_verifier() -> None:
-    chain, sv_id = with_pending_round()
-    lying = make_share(MINER2, sv_id, (SV[0] * 2, SV[1], SV[2]))
-    with pytest.raises(EstimateMismatch):
-        chain.make(posap=PosapSection(sv_id, (lying,)))
+def test_a_reveal_is_signed_by_its_member() -> None:
+    chain, sv_id = revealing_round()
+    tables = honest_tables(chain, sv_id)
+    (reveal, *_) = reveal_txs(chain.state, sv_id, {MINER: tables[MINER]})
+    refused(chain, [replace(reveal, signature=bytes(64))], BadSignature)
+    # Another member's signature over the same reveal does not do either
+    forged = replace(reveal, signature=MINER2.sign(TAG_TX, reveal.id))
+    refused(chain, [forged], BadSignature)
 
 
 def test_settling_block_carries_next_round_too() -> None:
-    chain, sv_id = with_pending_round()
+    chain, sv_id = revealing_round()
     task_id = chain.state.queue[0].task_id
     nxt = make_submit(task_id, 2, 1)
-    chain.add([nxt], posap=PosapSection(sv_id, (make_share(MINER2, sv_id, SV),)))
+    reveals = reveal_txs(chain.state, sv_id, honest_tables(chain, sv_id))
+    (payout,) = chain.add([*reveals, nxt]).payouts
+    assert payout.round == 1
     assert [sv.round for sv in chain.state.queue] == [2]

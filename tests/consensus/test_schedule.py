@@ -105,3 +105,19 @@ def test_unbounded_or_impossible_parameters_are_refused(n, budget, n_exact_max):
 def test_seed_inputs_must_be_hashes():
     with pytest.raises(InvalidSchedule):
         schedule_seed(b"short", MIX)
+
+
+def test_a_sampled_schedule_always_holds_exactly_its_budget() -> None:
+    """When size 2's stratum is complete but n−2's is not, n−2 is drawn directly (its
+    complements are taken): the table has ``budget`` entries, the length every reveal must have
+    (before, n = 7 with budgets 108–120 stopped at 107 and no honest table could be revealed)."""
+    for n in range(3, 13):
+        low = len(border(n))
+        for budget in sorted({low, low + 1, (1 << n) // 3, (1 << n) // 2, (1 << n) - 1, 110, 430}):
+            if not low <= budget < 1 << n or budget > 4096:
+                continue
+            masks = common_schedule(n, budget, b"\x01" * 32, b"\x02" * 32, n_exact_max=2)
+            assert len(masks) == len(set(masks)) == budget == schedule_length(n, budget, 2), (
+                n,
+                budget,
+            )

@@ -1,8 +1,9 @@
 """Stake (DESIGN §5, issue 10 step 1): Bond, Unbond, epochs, and who may propose and write shares.
 
 Every rule has a valid and an invalid case. The two attacks of issue 10 this step defeats — a
-private chain signed by fresh keys, and a block of re-signed copies of one honest share — are
-rejected because fresh keys are not validators and a block carries one share per validator.
+private chain signed by fresh keys, and 32 copies of one honest PoSap commitment under fresh
+keys — are rejected because fresh keys are not validators (nor members of an SV task's
+committee) and a member commits and reveals once, only what it committed to itself.
 """
 
 from __future__ import annotations
@@ -17,20 +18,21 @@ from fedcoin.consensus.proposer import apply_changes, next_height_set
 from fedcoin.consensus.rules import apply_block
 from fedcoin.consensus.stake import NO_TIP, randao_secret, randao_tip_of, validator_set
 from fedcoin.consensus.stake import randao_tip as randao_chain_tip
-from fedcoin.data.block import MAX_SHARES, PosapSection
+from fedcoin.consensus.table import table_root
 from fedcoin.data.genesis import DEFAULT_PARAMS, ChainParams
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.state import Stake, State
-from fedcoin.data.tx import Bond, Transaction, Unbond
+from fedcoin.data.tx import Bond, ShareCommit, ShareReveal, Transaction, Unbond
 from fedcoin.errors import (
     BadTxInBlock,
-    DuplicateMiner,
+    CommitFromNonMember,
+    CommitmentMismatch,
+    DuplicateCommit,
     InsufficientBalance,
     InsufficientBond,
     InvalidAmount,
     MissingRandaoTip,
     NotAValidator,
-    ShareFromNonValidator,
     ValidatorJailed,
 )
 from tests.helpers import (
@@ -43,18 +45,25 @@ from tests.helpers import (
     MINER3,
     ChainBuilder,
     apply_tx,
+    commit_txs,
+    honest_table,
     key,
     make_genesis,
     make_publish,
-    make_share,
     make_submit,
     make_transfer,
     randao_tip,
+    salt_of,
     tx,
 )
 
 PARAMS = replace(
-    DEFAULT_PARAMS, epoch_blocks=4, unbonding_blocks=6, jail_blocks=3, max_validators=3
+    DEFAULT_PARAMS,
+    epoch_blocks=4,
+    unbonding_blocks=6,
+    jail_blocks=3,
+    max_validators=3,
+    fraud_blocks=5,  # below unbonding_blocks: a settled table stays slashable
 )
 TIP = randao_chain_tip(b"s" * 32, 3)
 
@@ -249,50 +258,66 @@ def test_a_private_chain_signed_by_many_fresh_keys_is_rejected() -> None:
 
 
 def pending_round(chain: ChainBuilder) -> bytes:
+    """Publish a task and submit round 1; return its SV task once its schedule is drawn."""
     publish = make_publish(ALICE, 0)
     chain.add([publish])
     submit = make_submit(publish.id, 1, 0)
     chain.add([submit])
-    sv = (400_000, 250_000, 100_000)
-    chain.verifier.true_sv[submit.id] = sv
+    chain.add()  # block q+1 draws the schedule: commits are accepted from the next block
     return submit.id
 
 
-def test_shares_only_from_members_and_one_per_member() -> None:
+def two_member_chain() -> ChainBuilder:
     genesis = make_genesis(
         {ALICE: 1_000 * FC, BOB: 1_000 * FC, key("server"): 100 * FC},
         PARAMS,
         validators=[MINER, MINER2],
     )
-    chain = ChainBuilder(genesis)
-    sv_id = pending_round(chain)
-    sv = chain.verifier.true_sv[sv_id]
-    good = (make_share(MINER, sv_id, sv), make_share(MINER2, sv_id, sv))
-    chain.make(posap=PosapSection(sv_id, good))  # valid
-    with pytest.raises(ShareFromNonValidator):
-        chain.make(posap=PosapSection(sv_id, (*good, make_share(MINER3, sv_id, sv))))
-    with pytest.raises(DuplicateMiner):
-        chain.make(posap=PosapSection(sv_id, (good[0], good[0])))
+    return ChainBuilder(genesis)
 
 
-def test_a_block_of_32_resigned_copies_of_one_honest_share_is_rejected() -> None:
-    """Issue 10's second attack: 32 fresh keys re-sign one honest estimate to take the pool."""
-    genesis = make_genesis(
-        {ALICE: 1_000 * FC, BOB: 1_000 * FC, key("server"): 100 * FC},
-        PARAMS,
-        validators=[MINER, MINER2],
-    )
-    chain = ChainBuilder(genesis)
+def refused(chain: ChainBuilder, txs: list[Transaction], error: type[Exception]) -> None:
+    with pytest.raises(BadTxInBlock) as err:
+        chain.make(txs)
+    assert isinstance(err.value.__cause__, error), err.value
+
+
+def test_commits_only_from_members_and_one_per_member() -> None:
+    chain = two_member_chain()
     sv_id = pending_round(chain)
-    honest = make_share(MINER, sv_id, chain.verifier.true_sv[sv_id])
-    copies = tuple(
-        replace(honest, miner_pubkey=k.public).signed(k)
-        for k in (key(f"copy-{i}") for i in range(MAX_SHARES))
-    )
-    with pytest.raises(ShareFromNonValidator):
-        chain.make(posap=PosapSection(sv_id, copies))
-    with pytest.raises(DuplicateMiner):  # the one member cannot sign it twice either
-        chain.make(posap=PosapSection(sv_id, (honest, honest.signed(MINER))))
+    table = honest_table(chain.verifier, chain.state, sv_id)
+    good = commit_txs(chain.state, sv_id, {MINER: table, MINER2: table})
+    chain.make(good)  # valid
+    chain.now -= PARAMS.min_block_interval_ms
+    outsider = commit_txs(chain.state, sv_id, {MINER3: table})
+    refused(chain, [*good, *outsider], CommitFromNonMember)
+    refused(chain, [good[0], tx(MINER, 1, good[0].body)], DuplicateCommit)
+    # The members' commits and reveals settle the round and pay the two of them only
+    (payout,) = chain.value(sv_id, {MINER: table, MINER2: table}).payouts
+    assert {a for a, _ in payout.miners} == {MINER.address, MINER2.address}
+
+
+def test_32_copies_of_one_honest_commitment_under_fresh_keys_are_rejected() -> None:
+    """Issue 10's second attack, on PoSap v2: 32 fresh keys copy one member's commitment (or a
+    member copies it under its own key) to take the miners' pool; none of them is paid."""
+    chain = two_member_chain()
+    sv_id = pending_round(chain)
+    table = honest_table(chain.verifier, chain.state, sv_id)
+    (honest,) = commit_txs(chain.state, sv_id, {MINER: table})
+    assert isinstance(honest.body, ShareCommit)
+    fresh = [key(f"copy-{i}") for i in range(32)]
+    copies = [tx(k, 0, honest.body) for k in fresh]
+    # Any one copy makes the block invalid: fresh keys are not in the SV task's committee
+    for copy in (copies[0], copies[-1]):
+        refused(chain, [honest, copy], CommitFromNonMember)
+    refused(chain, [honest, *copies], CommitFromNonMember)
+    # The one member cannot commit twice either
+    refused(chain, [honest, tx(MINER, 1, honest.body)], DuplicateCommit)
+    # A member that copied the commitment cannot reveal the table under its own key
+    chain.add([honest, tx(MINER2, 0, honest.body)])
+    root = table_root(sv_id, table)
+    for salt in (salt_of(MINER, sv_id), salt_of(MINER2, sv_id)):
+        refused(chain, [tx(MINER2, 1, ShareReveal(sv_id, salt, root, table))], CommitmentMismatch)
 
 
 # --- Conservation ---------------------------------------------------------------------------

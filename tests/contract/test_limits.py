@@ -10,15 +10,14 @@ import pytest
 from fedcoin.contract import limits
 from fedcoin.contract.limits import (
     MAX_BUDGET,
+    MAX_COMMIT_BLOCKS,
     MAX_EXACT_CLIENTS,
     MAX_MODEL_BYTES,
-    MAX_POSAP_TIMEOUT_MS,
+    MAX_REVEAL_BLOCKS,
     MAX_ROUNDS,
-    MAX_SHARE_WINDOW_MS,
-    MAX_SPOT_CHECKS,
-    MAX_TOLERANCE,
     MAX_VALIDATION_BYTES,
-    MIN_POSAP_TIMEOUT_MS,
+    MIN_COMMIT_BLOCKS,
+    MIN_REVEAL_BLOCKS,
     WORK_UNIT_MACS,
     evaluations_per_round,
     miners_pool,
@@ -30,7 +29,7 @@ from fedcoin.errors import InvalidTaskSpec
 from fedcoin.incentive.payouts import split_price
 from tests.helpers import ALICE, apply_tx, make_genesis, make_publish, make_spec, ref
 
-U16, U32, U64 = 2**16 - 1, 2**32 - 1, 2**64 - 1
+U32 = 2**32 - 1
 
 
 def posap(**fields: int) -> dict[str, object]:
@@ -43,17 +42,14 @@ HOSTILE = [
     (posap(budget=MAX_BUDGET + 1), "posap.budget"),
     (posap(n_exact_max=MAX_EXACT_CLIENTS + 1), "posap.n_exact_max"),
     (posap(n_exact_max=255), "posap.n_exact_max"),
-    (posap(spot_checks=U16), "posap.spot_checks"),
-    (posap(spot_checks=MAX_SPOT_CHECKS + 1), "posap.spot_checks"),
-    (posap(tolerance=U32), "posap.tolerance"),
-    (posap(tolerance=MAX_TOLERANCE + 1), "posap.tolerance"),
-    (posap(posap_timeout_ms=U64), "posap.posap_timeout_ms"),
-    (posap(posap_timeout_ms=MAX_POSAP_TIMEOUT_MS + 1), "posap.posap_timeout_ms"),
-    (posap(posap_timeout_ms=MIN_POSAP_TIMEOUT_MS - 1), "posap.posap_timeout_ms"),
-    (posap(share_window_ms=U64), "posap.share_window_ms"),
-    (posap(share_window_ms=MAX_SHARE_WINDOW_MS + 1), "posap.share_window_ms"),
-    (posap(posap_timeout_ms=MIN_POSAP_TIMEOUT_MS, share_window_ms=MIN_POSAP_TIMEOUT_MS),
-     "posap.share_window_ms"),
+    (posap(commit_blocks=0), "posap.commit_blocks"),
+    (posap(commit_blocks=MIN_COMMIT_BLOCKS - 1), "posap.commit_blocks"),
+    (posap(commit_blocks=MAX_COMMIT_BLOCKS + 1), "posap.commit_blocks"),
+    (posap(commit_blocks=U32), "posap.commit_blocks"),
+    (posap(reveal_blocks=0), "posap.reveal_blocks"),
+    (posap(reveal_blocks=MIN_REVEAL_BLOCKS - 1), "posap.reveal_blocks"),
+    (posap(reveal_blocks=MAX_REVEAL_BLOCKS + 1), "posap.reveal_blocks"),
+    (posap(reveal_blocks=U32), "posap.reveal_blocks"),
     ({"rounds": MAX_ROUNDS + 1, "price_per_round": 1}, "rounds"),
     ({"model": ref("model", MAX_MODEL_BYTES + 1)}, "model"),
     ({"validation": ref("validation", MAX_VALIDATION_BYTES + 1)}, "validation"),
@@ -77,10 +73,8 @@ def test_limits_themselves_are_accepted() -> None:
         DEFAULT_POSAP,
         n_exact_max=MAX_EXACT_CLIENTS,
         budget=MAX_BUDGET,
-        spot_checks=MAX_SPOT_CHECKS,
-        tolerance=MAX_TOLERANCE,
-        posap_timeout_ms=MAX_POSAP_TIMEOUT_MS,
-        share_window_ms=MAX_SHARE_WINDOW_MS,
+        commit_blocks=MAX_COMMIT_BLOCKS,
+        reveal_blocks=MAX_REVEAL_BLOCKS,
     )
     spec = make_spec(
         posap=edge,
@@ -89,6 +83,10 @@ def test_limits_themselves_are_accepted() -> None:
         validation=ref("v", MAX_VALIDATION_BYTES),
     )
     validate_spec(spec, 1)
+    shortest = replace(
+        DEFAULT_POSAP, commit_blocks=MIN_COMMIT_BLOCKS, reveal_blocks=MIN_REVEAL_BLOCKS
+    )
+    validate_spec(make_spec(posap=shortest), 1)
 
 
 def test_cli_default_posap_lies_within_the_limits() -> None:

@@ -131,12 +131,13 @@ def test_rounds_come_in_order() -> None:
         apply_tx(state, make_submit(task_id, 2, 0))
 
 
-def test_one_round_pending_at_a_time() -> None:
+def test_two_rounds_open_at_a_time() -> None:
     state, task_id = published()
     state = apply_tx(state, make_submit(task_id, 1, 0))
+    state = apply_tx(state, make_submit(task_id, 2, 1))  # the next round trains meanwhile
     with pytest.raises(RoundPending):
-        apply_tx(state, make_submit(task_id, 2, 1))
-    apply_tx(drop_queue(state), make_submit(task_id, 2, 1))
+        apply_tx(state, make_submit(task_id, 3, 2))
+    apply_tx(drop_queue(state), make_submit(task_id, 3, 2))
 
 
 def test_no_round_after_the_last() -> None:

@@ -95,7 +95,7 @@ def test_a_block_with_too_much_evidence_does_not_decode() -> None:
     block, _ = builder.make()
     item = equivocation(MINER2, 1)
     raw = block.to_wire()
-    raw[4] = [item.to_wire()] * (MAX_EVIDENCE + 1)
+    raw[3] = [item.to_wire()] * (MAX_EVIDENCE + 1)  # header, txs, last_commit, evidence
     with pytest.raises(DecodeError):
         Block.decode(encode(raw))
 

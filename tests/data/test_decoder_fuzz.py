@@ -12,23 +12,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedcoin.data.block import Block, BlockHeader, PosapSection, Share
+from fedcoin.data.block import Block, BlockHeader
 from fedcoin.data.genesis import ChainParams, Genesis
-from fedcoin.data.state import Account, State, SvTask, TaskState
+from fedcoin.data.state import Account, SettledSv, State, SvTask, TaskState
 from fedcoin.data.state_delta import StateDelta
 from fedcoin.data.tensors import decode_bundle, decode_dataset, decode_weights, weights_of
 from fedcoin.data.tx import (
     ClientUpdate,
     CloseTask,
     ContentRef,
+    FraudProof,
     PosapParams,
     PublishTask,
+    ShareCommit,
+    ShareReveal,
     SubmitRound,
     TaskSpec,
     Transaction,
     Transfer,
 )
 from fedcoin.errors import DecodeError
+from fedcoin.incentive.payouts import BlockReceipt, RoundPayout
 from tests.data.test_encoding import ALL
 
 #: Every type with a canonical decoder: its decode, and whether accepted bytes must re-encode
@@ -37,8 +41,8 @@ CANONICAL: dict[str, type[Any]] = {
     cls.__name__: cls
     for cls in (
         ContentRef, PosapParams, TaskSpec, ClientUpdate, Transfer, PublishTask, SubmitRound,
-        CloseTask, Transaction, Share, PosapSection, BlockHeader, Block, Account, TaskState,
-        SvTask, ChainParams, Genesis,
+        CloseTask, ShareCommit, ShareReveal, FraudProof, Transaction, BlockHeader, Block,
+        Account, TaskState, SvTask, SettledSv, ChainParams, Genesis, RoundPayout, BlockReceipt,
     )
 }  # fmt: skip
 OTHER: dict[str, Callable[[bytes], object]] = {

@@ -10,17 +10,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcoin.data.block import Block, BlockHeader, PosapSection, Share
+from fedcoin.data.block import Block, BlockHeader
 from fedcoin.data.curve import is_small_order
 from fedcoin.data.encoding import decode_raw, encode
 from fedcoin.data.genesis import ChainParams, Genesis
-from fedcoin.data.state import Account, State, SvTask, TaskState
+from fedcoin.data.state import Account, SettledSv, State, SvTask, TaskState
 from fedcoin.data.tx import (
+    MAX_TABLE_ENTRIES,
     ClientUpdate,
     CloseTask,
     ContentRef,
+    FraudProof,
     PosapParams,
     PublishTask,
+    ShareCommit,
+    ShareReveal,
     SubmitRound,
     TaskSpec,
     Transaction,
@@ -28,7 +32,7 @@ from fedcoin.data.tx import (
 )
 from fedcoin.data.vote import CommitCertificate, CommitSig, DuplicateVoteEvidence, Vote, VoteType
 from fedcoin.errors import DecodeError, TooManyObjects
-from fedcoin.incentive.payouts import RoundPayout
+from fedcoin.incentive.payouts import BlockReceipt, RoundPayout
 
 u8 = st.integers(0, 255)
 u16 = st.integers(0, 2**16 - 1)
@@ -41,7 +45,7 @@ sig = st.binary(min_size=64, max_size=64)
 txt = st.text(max_size=20)
 
 content_refs = st.builds(ContentRef, h32, u64, st.text(max_size=40))
-posap_params = st.builds(PosapParams, u8, u32, u16, u32, u64, u64)
+posap_params = st.builds(PosapParams, u8, u32, u32, u32)
 specs = st.builds(
     TaskSpec,
     txt,
@@ -59,26 +63,20 @@ specs = st.builds(
 #: Public keys: any 32 bytes but the small-order points, which the codec refuses.
 pubkeys = h32.filter(lambda k: not is_small_order(k))
 updates = st.builds(ClientUpdate, pubkeys, content_refs, u64, sig)
+share_commits = st.builds(ShareCommit, h32, h32)
+share_reveals = st.builds(ShareReveal, h32, h32, h32, st.lists(u32, max_size=8).map(tuple))
+fraud_proofs = st.builds(FraudProof, h32, u32)
 bodies = st.one_of(
     st.builds(Transfer, addr, u64),
     st.builds(PublishTask, specs),
     st.builds(SubmitRound, h32, u32, st.lists(updates, max_size=3).map(tuple), content_refs),
     st.builds(CloseTask, h32),
+    share_commits,
+    share_reveals,
+    fraud_proofs,
 )
 transactions = st.builds(Transaction, txt, pubkeys, u64, u64, bodies, sig)
-shares = st.builds(
-    Share,
-    h32,
-    pubkeys,
-    u8,
-    st.lists(st.tuples(u64, u32), max_size=5).map(tuple),
-    st.lists(i64, max_size=5).map(tuple),
-    sig,
-)
-sections = st.builds(PosapSection, h32, st.lists(shares, max_size=3).map(tuple))
-headers = st.builds(
-    BlockHeader, u16, u64, h32, u64, pubkeys, h32, h32, h32, h32, h32, h32, h32, h32
-)
+headers = st.builds(BlockHeader, u16, u64, h32, u64, pubkeys, h32, h32, h32, h32, h32, h32, h32)
 votes = st.builds(
     Vote, u64, u32, st.sampled_from([VoteType.PREVOTE, VoteType.PRECOMMIT]),
     st.none() | h32, pubkeys, sig,
@@ -92,23 +90,34 @@ blocks = st.builds(
     Block,
     headers,
     st.lists(transactions, max_size=3).map(tuple),
-    st.none() | sections,
     st.none() | certificates,
     st.lists(evidence, max_size=2).map(tuple),
 )
 task_states = st.builds(TaskState, specs, addr, u64, u32, u8, content_refs, u64)
+#: (key, hash) rows sorted by key, as the state keeps commits and reveals.
+keyed = st.dictionaries(pubkeys, h32, max_size=3).map(lambda d: tuple(sorted(d.items())))
 sv_tasks = st.builds(
     SvTask, h32, h32, u32, st.lists(updates, max_size=3).map(tuple), content_refs,
     content_refs, u64, u64, u64,
+    committee=st.dictionaries(pubkeys, u64, max_size=3).map(lambda d: tuple(sorted(d.items()))),
+    mix=h32, attempt=u8, commit_end=u64, reveal_end=u64, commits=keyed, reveals=keyed,
+    tables=st.dictionaries(h32, st.lists(u32, max_size=4).map(tuple), max_size=2)
+    .map(lambda d: tuple(sorted(d.items()))),
 )  # fmt: skip
+settled_svs = st.builds(SettledSv, sv_tasks, h32, u64, u8)
 states = st.builds(
     State,
     st.dictionaries(addr, st.builds(Account, u64, u64), max_size=4),
     st.dictionaries(h32, task_states, max_size=2),
     st.lists(sv_tasks, max_size=2).map(tuple),
     u64,
+    settled=st.lists(settled_svs, max_size=2).map(tuple),
 )
-params = st.builds(ChainParams, u64, u64, u64, u64, u32)
+params = st.builds(
+    ChainParams, u64, u64, u64, u64, u32,
+    max_open_sv=u32, fraud_blocks=u32, fraud_deposit=u64, slash_fraud_bps=u32,
+    max_fraud_proofs=u32,
+)  # fmt: skip
 geneses = st.builds(
     Genesis, txt, u64, st.lists(st.tuples(addr, u64), max_size=4).map(tuple), params
 )
@@ -123,14 +132,16 @@ payouts = st.builds(
     u64,
     u64,
 )
+receipts = st.builds(BlockReceipt, st.lists(payouts, max_size=3).map(tuple))
 
 ALL = {
     "ContentRef": (ContentRef, content_refs),
     "TaskSpec": (TaskSpec, specs),
     "ClientUpdate": (ClientUpdate, updates),
     "Transaction": (Transaction, transactions),
-    "Share": (Share, shares),
-    "PosapSection": (PosapSection, sections),
+    "ShareCommit": (ShareCommit, share_commits),
+    "ShareReveal": (ShareReveal, share_reveals),
+    "FraudProof": (FraudProof, fraud_proofs),
     "BlockHeader": (BlockHeader, headers),
     "Block": (Block, blocks),
     "TaskState": (TaskState, task_states),
@@ -138,6 +149,8 @@ ALL = {
     "State": (State, states),
     "Genesis": (Genesis, geneses),
     "RoundPayout": (RoundPayout, payouts),
+    "BlockReceipt": (BlockReceipt, receipts),
+    "SettledSv": (SettledSv, settled_svs),
 }
 
 
@@ -198,6 +211,15 @@ def test_unknown_transaction_kind_is_refused() -> None:
     raw = encode([99, b"c", bytes(32), 0, 0, [], bytes(64)])
     with pytest.raises(DecodeError, match="unknown kind"):
         Transaction.decode(raw)
+
+
+def test_a_revealed_table_longer_than_the_largest_schedule_is_refused() -> None:
+    longest = ShareReveal(bytes(32), bytes(32), bytes(32), (7,) * MAX_TABLE_ENTRIES)
+    assert ShareReveal.decode(longest.encode()) == longest
+    raw = longest.to_wire()
+    raw[3] = [*raw[3], 7]
+    with pytest.raises(DecodeError):
+        ShareReveal.decode(encode(raw))
 
 
 def test_wrong_field_types_are_refused() -> None:
@@ -271,9 +293,22 @@ def test_nesting_is_bounded() -> None:
         decode_raw(b"\x91" * 11 + b"\x90", max_depth=11)
 
 
-def test_every_type_bounds_its_objects_below_the_default() -> None:
+def test_a_transaction_is_bounded_by_its_largest_body_a_revealed_table() -> None:
+    # A ShareReveal carries up to MAX_TABLE_ENTRIES entries; no other body comes near
+    assert MAX_TABLE_ENTRIES < Transaction.max_objects() < MAX_TABLE_ENTRIES + 100
+    others = (Transfer, PublishTask, SubmitRound, CloseTask, ShareCommit, FraudProof)
+    assert max(body.max_objects() for body in others) < 1_000
+
+
+#: Every type's decoder bound; a block's is capped at MAX_OBJECTS (the sum of its parts' bounds,
+#: MAX_BLOCK_TXS ShareReveals of MAX_TABLE_ENTRIES entries, would be ~41 M objects).
+BOUNDED = [
+    ContentRef, TaskSpec, ClientUpdate, BlockHeader, Block, RoundPayout, BlockReceipt, SettledSv,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", BOUNDED)
+def test_every_type_bounds_its_objects_below_the_default(cls: type) -> None:
     from fedcoin.data.encoding import MAX_OBJECTS
 
-    assert Transaction.max_objects() < 1_000
-    for cls in (ContentRef, TaskSpec, ClientUpdate, Share, BlockHeader, Block, RoundPayout):
-        assert 1 < cls.max_objects() <= MAX_OBJECTS
+    assert 1 < cls.max_objects() <= MAX_OBJECTS

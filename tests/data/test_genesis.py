@@ -103,6 +103,20 @@ def test_identity_commits_to_the_validators() -> None:
             },
             "unbonding_blocks must be greater",
         ),
+        *(
+            ({"chain_id": "x", "validators": [VALIDATOR], "params": {name: value}}, name)
+            for name, value in (
+                ("fraud_deposit", 0),  # free fraud claims would be free evaluations
+                ("slash_fraud_bps", 0),  # a proven-wrong table must cost something
+                ("slash_fraud_bps", 10_001),
+                ("max_open_sv", 0),
+                ("max_open_sv", 257),  # a receipt lists at most 256 rounds
+                ("max_fraud_proofs", 0),
+                ("max_fraud_proofs", 65),
+                ("fraud_blocks", 0),
+                ("fraud_blocks", 100),  # not below unbonding_blocks
+            )
+        ),
     ],
 )
 def test_invalid_genesis_is_a_clear_error(doc: object, message: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedcoin.data.block import Block, BlockHeader, Share
+from fedcoin.data.block import Block, BlockHeader
 from fedcoin.data.curve import is_small_order
 from fedcoin.data.keys import (
     TAG_BLOCK,
@@ -21,6 +21,7 @@ from fedcoin.data.keys import (
     verify,
 )
 from fedcoin.data.tx import ClientUpdate, ContentRef, Transaction, Transfer, make_tx
+from fedcoin.data.vote import Vote, VoteType
 from fedcoin.errors import KeyFileError, SmallOrderKey
 from fedcoin.network.messages import Hello
 from tests.helpers import make_genesis
@@ -127,13 +128,13 @@ def test_no_small_order_encoding_verifies_a_forgery() -> None:
 def test_small_order_keys_do_not_decode_in_any_signed_object() -> None:
     key = PrivateKey.from_seed(b"k" * 32)
     tx = make_tx(key, "chain", 0, Transfer(b"\x02" * 20, 5))
-    share = Share(b"\x03" * 32, key.public, 0, (), (), bytes(64))
+    vote = Vote(1, 0, VoteType.PRECOMMIT, b"\x03" * 32, key.public, bytes(64))
     header = replace(genesis_block().header, height=1)
     update = ClientUpdate(key.public, ContentRef(b"\x04" * 32, 1, ""), 1, bytes(64))
     hello = Hello(1, "chain", bytes(32), key.public, "", bytes(32), 0, bytes(32))
     cases = [
         (tx.to_wire(), 2, Transaction.from_wire),
-        (share.to_wire(), 1, Share.from_wire),
+        (vote.to_wire(), 4, Vote.from_wire),
         (header.to_wire(), 4, BlockHeader.from_wire),
         (update.to_wire(), 0, ClientUpdate.from_wire),
         (hello.to_wire(), 3, Hello.from_wire),

@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -17,22 +18,27 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from fedcoin.data.block import Block, PosapSection
+from fedcoin.consensus.rules import Applied
+from fedcoin.contract.limits import MIN_COMMIT_BLOCKS, MIN_REVEAL_BLOCKS
+from fedcoin.data.block import Block
 from fedcoin.data.genesis import Genesis
+from fedcoin.data.keys import PrivateKey
 from fedcoin.data.state import State
 from fedcoin.data.store import SNAPSHOT_EVERY, ChainStore, MemoryChainStore, SqliteChainStore
+from fedcoin.data.tx import DEFAULT_POSAP
 from fedcoin.data.vote import CommitCertificate
 from fedcoin.errors import StoreError
 from tests.helpers import (
     ALICE,
     BOB,
     CAROL,
+    MINER,
     MINER2,
     MINER3,
     ChainBuilder,
+    honest_table,
     make_genesis,
     make_publish,
-    make_share,
     make_store,
     make_submit,
     make_transfer,
@@ -126,41 +132,104 @@ class TestChainStoreContract:
             store.get_state(b"\x09" * 32)
 
 
-def task_chain(genesis: Genesis) -> tuple[ChainBuilder, bytes, list[Committed]]:
-    """Publish a task, then: a transfer, round 1, its settlement, another transfer."""
-    builder = ChainBuilder(genesis)
-    out = []
-    publish = make_publish(ALICE, 0)
+#: A small committee keeps a round's valuation (one commit and one reveal each) cheap.
+COMMITTEE = [MINER, MINER2, MINER3]
+#: The shortest PoSap windows a spec may ask for: a void comes after 2 × (4 + 2) blocks.
+SHORT = replace(DEFAULT_POSAP, commit_blocks=MIN_COMMIT_BLOCKS, reveal_blocks=MIN_REVEAL_BLOCKS)
+#: A block with what its execution settled (the chain passes ``settled`` to ``commit``).
+Executed = tuple[Block, State, CommitCertificate, tuple[bytes, ...]]
+
+
+def task_genesis() -> Genesis:
+    return make_genesis(validators=COMMITTEE)
+
+
+@dataclass
+class RecordingBuilder(ChainBuilder):
+    """A ``ChainBuilder`` that keeps, per committed block, the tasks its execution settled."""
+
+    settled: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
+
+    def add(self, *args: object, **kwargs: object) -> Applied:
+        applied = super().add(*args, **kwargs)
+        self.settled[self.header.height] = tuple(p.task_id for p in applied.payouts)
+        return applied
+
+    def executed(self) -> list[Executed]:
+        return [
+            (b, self.states[b.height], self.certificates[b.height], self.settled[b.height])
+            for b in self.blocks[1:]
+        ]
+
+
+def task_chain(
+    genesis: Genesis, *, tables: dict[PrivateKey, Sequence[int]] | None = None
+) -> tuple[RecordingBuilder, bytes, bytes]:
+    """Publish a task, then: a transfer, round 1, its valuation (an empty block while its
+    schedule is drawn, the commits, the reveals that settle it), another transfer."""
+    builder = RecordingBuilder(genesis)
+    publish = make_publish(ALICE, 0, posap=SHORT)
     submit = make_submit(publish.id, 1, 0)
-    builder.verifier.true_sv[submit.id] = (3, 2, 1)
-    shares = tuple(make_share(m, submit.id, (3, 2, 1)) for m in (MINER2, MINER3))
-    steps: list[dict[str, object]] = [
-        {"txs": [publish]},
-        {"txs": [make_transfer(BOB, CAROL, 1, 0)]},
-        {"txs": [submit]},
-        {"posap": PosapSection(submit.id, shares)},
-        {"txs": [make_transfer(BOB, CAROL, 1, 1)]},
-    ]
-    for step in steps:
-        applied = builder.add(**step)
-        out.append((builder.block, applied.state, builder.certificates[builder.block.height]))
-    return builder, publish.id, out
+    builder.add([publish])
+    builder.add([make_transfer(BOB, CAROL, 1, 0)])
+    builder.add([submit])
+    builder.value(submit.id, tables)
+    builder.add([make_transfer(BOB, CAROL, 1, 1)])
+    return builder, publish.id, submit.id
+
+
+def commit_executed(store: ChainStore, chain: list[Executed]) -> None:
+    for block, state, certificate, settled in chain:
+        store.commit(block, state, certificate, settled=settled)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def task_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChainStore]:
+    made = make_store(request.param, tmp_path, task_genesis())
+    yield made
+    made.close()
 
 
 class TestTaskIndex:
-    """The blocks that touch a task, without walking the chain (GET /tasks/{id})."""
+    """The blocks that touch a task, without walking the chain (GET /tasks/{id}): it publishes
+    the task, submits a round, or its end-of-block step settles or voids one of its rounds."""
 
-    def test_publish_submit_and_settle_are_indexed(self, store: ChainStore) -> None:
-        _, task_id, chain = task_chain(make_genesis())
-        commit_all(store, chain)
-        assert store.task_blocks(task_id) == [(1, chain[0][0].hash), (3, chain[2][0].hash),
-                                              (4, chain[3][0].hash)]  # fmt: skip
-        assert store.task_blocks(b"\x07" * 32) == []
+    def test_publish_submit_and_settle_are_indexed(self, task_store: ChainStore) -> None:
+        builder, task_id, _ = task_chain(task_genesis())
+        chain = builder.executed()
+        (settling,) = [b.height for b, _, _, settled in chain if settled]
+        assert settling > 4  # commits and reveals came in blocks of their own
+        commit_executed(task_store, chain)
+        assert task_store.task_blocks(task_id) == [
+            (h, builder.blocks[h].hash) for h in (1, 3, settling)
+        ]
+        # The blocks carrying commits and reveals name only the SV task: not indexed
+        assert task_store.task_blocks(b"\x07" * 32) == []
 
-    def test_unsettled_round_lists_only_its_submission(self, store: ChainStore) -> None:
-        _, task_id, chain = task_chain(make_genesis())
-        commit_all(store, chain[:3])
-        assert [h for h, _ in store.task_blocks(task_id)] == [1, 3]
+    def test_unsettled_round_lists_only_its_submission(self, task_store: ChainStore) -> None:
+        builder, task_id, _ = task_chain(task_genesis())
+        chain = builder.executed()
+        settling = next(i for i, (_, _, _, settled) in enumerate(chain) if settled)
+        commit_executed(task_store, chain[:settling])  # every block before the settling one
+        assert [h for h, _ in task_store.task_blocks(task_id)] == [1, 3]
+
+    def test_a_voided_round_indexes_its_voiding_block(self, task_store: ChainStore) -> None:
+        """One member of three reveals (too little power) twice: retried, then voided."""
+        genesis = task_genesis()
+        builder = RecordingBuilder(genesis)
+        publish = make_publish(ALICE, 0, posap=SHORT)
+        submit = make_submit(publish.id, 1, 0)
+        builder.add([publish])
+        builder.add([submit])
+        builder.add()  # block q+1 draws the schedule
+        table = honest_table(builder.verifier, builder.state, submit.id)
+        assert builder.value(submit.id, {MINER: table}).payouts == ()  # retried
+        (payout,) = builder.value(submit.id, {MINER: table}).payouts
+        assert payout.voided
+        commit_executed(task_store, builder.executed())
+        assert task_store.task_blocks(publish.id) == [
+            (h, builder.blocks[h].hash) for h in (1, 2, builder.header.height)
+        ]
 
 
 def test_sqlite_rebuilds_states_across_snapshots(tmp_path: Path) -> None:

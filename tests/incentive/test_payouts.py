@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fedcoin.data.state import Draft, SvTask
+from fedcoin.errors import StoreError
 from fedcoin.incentive.payouts import client_shares, settle_round, split_price, void_round
 from tests.helpers import ALICE, MINER, MINER2, MINER3, apply_tx, make_genesis, make_publish
 from tests.helpers import make_submit as _submit
@@ -55,14 +57,13 @@ def queued() -> tuple[Draft, SvTask]:
 def test_settle_pays_everyone_and_conserves() -> None:
     draft, sv_task = queued()
     before = draft.freeze()
-    payout = settle_round(
-        draft, sv_task, (3, 1, 0), [MINER2.address, MINER3.address], MINER.address
-    )
+    miners = [(MINER2.address, 100_000), (MINER3.address, 50_000)]  # by power, as settled
+    payout = settle_round(draft, sv_task, (3, 1, 0), miners, MINER.address)
     after = draft.freeze()
     assert payout.total == sv_task.price
     assert [p for _, p in payout.clients] == [525_001, 175_000, 0]
-    assert payout.miners == ((MINER2.address, 100_000), (MINER3.address, 100_000))
-    assert payout.proposer == 200_001 - 200_000
+    assert payout.miners == tuple(miners)
+    assert payout.proposer == 200_001 - 150_000
     assert (
         after.tasks[sv_task.task_id].escrow == before.tasks[sv_task.task_id].escrow - sv_task.price
     )
@@ -76,3 +77,9 @@ def test_void_refunds_the_price() -> None:
     assert payout.voided and payout.refund == sv_task.price
     assert draft.account(ALICE.address).balance == before + sv_task.price
     assert draft.freeze().total_held() == draft.freeze().supply
+
+
+def test_miners_cannot_be_paid_more_than_their_pool() -> None:
+    draft, sv_task = queued()
+    with pytest.raises(StoreError):
+        settle_round(draft, sv_task, (3, 1, 0), [(MINER2.address, 200_002)], MINER.address)

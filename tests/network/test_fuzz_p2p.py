@@ -18,8 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedcoin.data.block import Share
-from fedcoin.data.tx import Transfer, make_tx
+from fedcoin.data.tx import ShareReveal, Transfer, make_tx
 from fedcoin.errors import ProtocolViolation
 from fedcoin.network.messages import (
     MESSAGE_TYPES,
@@ -36,7 +35,6 @@ from fedcoin.network.messages import (
     Ping,
     Pong,
     ProposalMessage,
-    ShareMessage,
     TxMessage,
     VoteMessage,
     decode_message,
@@ -60,7 +58,8 @@ def examples() -> list[Message]:
     producer = NetNode("x", GENESIS)
     block = asyncio.run(producer.produce(gossip=False))
     head = GENESIS.block().hash
-    share = Share(head, bytes(32), 0, ((1, 2), (3, 4)), (5, -6), bytes(64)).signed(key("miner"))
+    reveal = ShareReveal(head, bytes(range(32)), bytes(32), tuple(range(1024)))  # travels as a Tx
+    share = make_tx(key("miner"), CHAIN_ID, 0, reveal)
     tx = make_tx(key("node-z"), CHAIN_ID, 0, Transfer(key("node-y").address, 5))
     hello = Hello(
         PROTOCOL_VERSION, GENESIS.chain_id, head, key("h").public, "127.0.0.1:1", head, 0, head
@@ -68,7 +67,7 @@ def examples() -> list[Message]:
     committed = CommittedBlock(block, CERTIFICATES[block.hash])
     found = [
         hello, Auth(bytes(64)), GetPeers(), Peers(("127.0.0.1:2", "[::1]:3")), TxMessage(tx),
-        ShareMessage(share), producer.proposal_of(block), GetBlocks(1, 64),
+        TxMessage(share), producer.proposal_of(block), GetBlocks(1, 64),
         Blocks((committed,), 1), Ping(7), Pong(8),
         VoteMessage(precommit(key("node-x"), 1, 0, None)),
         EvidenceMessage(equivocation(key("node-x"), 1)),

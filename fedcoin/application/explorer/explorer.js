@@ -117,7 +117,7 @@ async function overview() {
     ]) +
     `<h2>Validators</h2><p class="muted">This epoch's set (power is the bond snapshotted at ` +
     `the epoch boundary; the next set from height ${vset.next_epoch_at}). Only they propose ` +
-    `and write shares.</p>` +
+    `and value rounds (commit to and reveal one Shapley table per round).</p>` +
     table(["validator", "power", "share of power", "bond now", `blocks of the last ${blocks.length}`],
       vset.validators.map((v) => [accountLink(v.address), fc(v.power),
         `${(100 * v.power / Math.max(vset.total_power, 1)).toFixed(1)} %`, fc(v.bond),
@@ -132,7 +132,7 @@ function blockTable(blocks) {
   return table(["height", "hash", "time", "proposer", "txs", "PoSap"], blocks.map((b) => [
     blockLink(b.height), blockLink(b.hash, short(b.hash)), when(b.timestamp_ms),
     accountLink(b.proposer), String(b.txs.length),
-    b.posap ? (b.posap.voided ? "voided a round" : `settled (${b.posap.shares.length} shares)`) : "",
+    b.payouts.map((p) => (p.voided ? `voided round ${p.round}` : `settled round ${p.round}`)).join(", "),
   ]), "blocks");
 }
 
@@ -153,6 +153,9 @@ function txSummary(tx) {
     case "PublishTask": return `publishes task ${taskLink(tx.id)}: ${esc(b.spec.rounds)} rounds × ${fc(b.spec.price_per_round)} FC`;
     case "SubmitRound": return `round ${esc(b.round)} of task ${taskLink(b.task_id)}, ${b.updates.length} clients`;
     case "CloseTask": return `closes task ${taskLink(b.task_id)}`;
+    case "ShareCommit": return `commits to a table for SV task ${short(b.sv_task_id)}`;
+    case "ShareReveal": return `reveals table ${short(b.root)} for SV task ${short(b.sv_task_id)}` + (b.entries ? ` (${b.entries} entries)` : " (recorded already)");
+    case "FraudProof": return `claims entry ${esc(b.position)} of SV task ${short(b.sv_task_id)} is wrong`;
     default: return esc(JSON.stringify(b));
   }
 }
@@ -160,7 +163,7 @@ function txSummary(tx) {
 function payoutTable(p) {
   const rows = p.clients.map((c, i) => ["client " + (i + 1), accountLink(c.address), (p.sv[i] / SV_SCALE).toFixed(3), fc(c.paid)]);
   rows.push(["server", "", "", fc(p.server)]);
-  p.miners.forEach((m) => rows.push(["miner", accountLink(m.address), "", fc(m.paid)]));
+  p.miners.forEach((m) => rows.push(["validator (revealed the table)", accountLink(m.address), "", fc(m.paid)]));
   rows.push(["proposer remainder", "", "", fc(p.proposer_remainder)], ["refund", "", "", fc(p.refund)]);
   return table(["to", "address", "SV (samples)", "paid (FC)"], rows, "payout");
 }
@@ -175,14 +178,10 @@ async function blockDetail(args) {
   ]);
   html += `<h2>Transactions (${b.txs.length})</h2>` + table(["id", "kind", "sender", "nonce", "fee (FC)", "what"],
     b.txs.map((t) => [short(t.id), esc(t.kind), accountLink(t.sender), String(t.nonce), fc(t.fee), txSummary(t)]), "txs");
-  if (b.posap) {
-    html += `<h2>Proof of Shapley</h2><p>${b.posap.voided ? "Voids" : "Settles"} SV task ${short(b.posap.sv_task_id)}` +
-      (b.payout ? ` — round ${b.payout.round} of task ${taskLink(b.payout.task_id)}` : "") + `</p>`;
-    html += table(["miner", "coalitions", "SV estimate (samples)"], b.posap.shares.map((s) => [
-      accountLink(s.miner), String(s.entries), s.estimate.map((v) => (v / SV_SCALE).toFixed(3)).join(", "),
-    ]), "shares");
-  }
-  if (b.payout) html += `<h2>Payout</h2>` + payoutTable(b.payout);
+  b.payouts.forEach((p) => {
+    html += `<h2>Proof of Shapley: round ${p.round} of task ${taskLink(p.task_id)} ${p.voided ? "voided" : "settled"}</h2>` +
+      payoutTable(p);
+  });
   const nav = `<p class="pager">${b.height > 0 ? blockLink(b.height - 1, "← previous") : ""} ${blockLink(b.height + 1, "next →")}</p>`;
   return html + nav;
 }
@@ -225,12 +224,14 @@ async function taskDetail(args) {
     chart("pay", "Pay per client per round (FC)", xs, perClient((r, i) => r.payout.clients[i].paid / UNIT), "bar", "FC") +
     chart("cumulative", "Cumulative pay per client (FC)", xs, cumulative, "line", "FC") +
     `</div>`;
-  html += `<h2>Rounds</h2>` + table(["round", "submitted", "settled", "accuracy", "clients", "paid to clients (FC)", "miners' shares"],
+  const valuation = (v) => `${esc(v.phase)} (attempt ${v.attempt}): ${v.commits}/${v.committee.length} committed` +
+    ` by ${v.commit_end}, ${v.reveals} revealed by ${v.reveal_end}, ${v.tables} table(s)`;
+  html += `<h2>Rounds</h2>` + table(["round", "submitted", "settled", "accuracy", "clients", "paid to clients (FC)", "revealers", "slashed"],
     rounds.map((r) => [String(r.round), blockLink(r.submitted_height),
-      r.settled ? blockLink(r.settled_height) + (r.payout && r.payout.voided ? " (voided)" : "") : "pending",
+      r.settled ? blockLink(r.settled_height) + (r.payout && r.payout.voided ? " (voided)" : "") : (r.valuation ? valuation(r.valuation) : "pending"),
       r.accuracy === null ? "–" : r.accuracy.toFixed(3), String(r.updates.length),
       r.payout ? fc(r.payout.clients.reduce((s, c) => s + c.paid, 0)) : "–",
-      r.shares.map((s) => accountLink(s.miner)).join(" ")]), "rounds");
+      r.revealers.map(accountLink).join(" "), r.slashed.map(accountLink).join(" ")]), "rounds");
   if (clients.length) {
     const totals = clients.map((a) => settled.reduce((sum, r) => {
       const c = r.payout.clients.find((x) => x.address === a);
@@ -240,7 +241,7 @@ async function taskDetail(args) {
   }
   const miners = {};
   settled.forEach((r) => r.payout.miners.forEach((m) => { miners[m.address] = (miners[m.address] || 0) + m.paid; }));
-  html += `<h2>Miners' shares</h2>` + table(["miner", "paid for shares (FC)"], Object.entries(miners).map(([a, v]) => [accountLink(a), fc(v)]), "miners");
+  html += `<h2>Validators' pay for valuing the rounds</h2>` + table(["validator", "paid (FC)"], Object.entries(miners).map(([a, v]) => [accountLink(a), fc(v)]), "miners");
   return html;
 }
 
