@@ -25,7 +25,7 @@ from fedcoin.consensus.valuation import WorkVerifier
 from fedcoin.data.genesis import Genesis
 from fedcoin.data.keys import TAG_TX, verify
 from fedcoin.data.state import Account, Draft, State, SvTask, TaskState
-from fedcoin.data.tx import CloseTask, PublishTask, SubmitRound, Transaction
+from fedcoin.data.tx import CloseTask, FraudProof, PublishTask, SubmitRound, Transaction
 from fedcoin.errors import (
     BadSignature,
     BadUpdateSignature,
@@ -101,6 +101,9 @@ class Mempool:
         self.runs: dict[bytes, Run] = {}
         self.sender_of: dict[bytes, bytes] = {}
         self.sizes: dict[bytes, int] = {}
+        params = genesis.params
+        self.max_fraud_proofs = params.max_fraud_proofs * params.fraud_blocks
+        """Most pending FraudProofs: what blocks can include within one fraud window."""
 
     def __len__(self) -> int:
         return len(self.sender_of)
@@ -159,6 +162,11 @@ class Mempool:
         run = self.runs.get(tx.sender)
         if run is not None and len(run.txs) >= self.per_sender:
             raise SenderQueueFull(sender=tx.sender, max=self.per_sender)
+        # Admitting a fraud proof costs an exact evaluation: hold no more than blocks can take
+        # within a fraud window, so a flood that would expire unincluded (its deposits never
+        # burned) is refused before it is evaluated
+        if isinstance(tx.body, FraudProof) and self.fraud_proofs() >= self.max_fraud_proofs:
+            raise MempoolFull(capacity=self.max_fraud_proofs, kind="FraudProof")
         before = run.after[-1] if run is not None and run.after else None
         after = self._try(
             state, before, tx, self._context(height + 1, now_ms), self.checker,
@@ -173,6 +181,10 @@ class Mempool:
         self.sender_of[tx_id] = tx.sender
         self.sizes[tx_id] = size
         self.on_change()
+
+    def fraud_proofs(self) -> int:
+        """Pending FraudProof transactions."""
+        return sum(isinstance(t.body, FraudProof) for run in self.runs.values() for t in run.txs)
 
     def _evict_for(self, tx: Transaction, size: int) -> None:
         """Make room for ``tx`` by dropping the cheapest (fee per byte) last transaction of

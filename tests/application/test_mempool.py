@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 import fedcoin.application.mempool as mempool_module
 from fedcoin.application.mempool import Mempool, MempoolFull, SenderQueueFull
+from fedcoin.data.genesis import DEFAULT_PARAMS
+from fedcoin.data.tx import FraudProof
 from fedcoin.errors import InsufficientBalance, NonceMismatch
 from tests.helpers import (
     ALICE,
     BOB,
     CAROL,
     FC,
+    SERVER,
     ChainBuilder,
     TableVerifier,
+    key,
     make_genesis,
+    make_publish,
+    make_submit,
     make_transfer,
 )
+from tests.helpers import tx as signed
 
 
 def pool(capacity: int = 100) -> tuple[Mempool, ChainBuilder]:
@@ -154,3 +163,31 @@ def test_a_reorg_returns_the_dropped_blocks_transactions_to_the_pool() -> None:
     fork.add([other])
     mp.refresh(fork.state, 1, 0, returned=txs[:2])
     assert mp.select(10) == txs
+
+
+def test_fraud_proofs_beyond_what_a_fraud_window_can_include_are_refused_unevaluated() -> None:
+    """Each admitted FraudProof costs an exact evaluation; the pool holds at most
+    max_fraud_proofs · fraud_blocks of them, so a flood of claims that would expire unincluded
+    (deposits never burned) is refused before it is evaluated."""
+    params = replace(DEFAULT_PARAMS, max_fraud_proofs=1, fraud_blocks=2)
+    senders = [key(f"prover-{i}") for i in range(3)]
+    genesis = make_genesis(
+        {ALICE: 1_000 * FC, SERVER: 10 * FC, **dict.fromkeys(senders, 10 * FC)},
+        params,
+        validators=[ALICE],
+    )
+    chain = ChainBuilder(genesis, proposer=ALICE)
+    publish = make_publish(ALICE, 0)
+    chain.add([publish])
+    chain.add([make_submit(publish.id, 1, 0)])
+    chain.value(chain.state.queue[0].sv_task_id)
+    sv_id = chain.state.settled[0].sv.sv_task_id
+    verifier = TableVerifier()
+    mp = Mempool(genesis, verifier)
+    for position, sender in enumerate(senders[:2]):
+        claim = signed(sender, 0, FraudProof(sv_id, position))
+        mp.add(claim, chain.state, chain.header.height, 0)
+    assert mp.fraud_proofs() == 2 and len(verifier.evaluated) == 2
+    with pytest.raises(MempoolFull):
+        mp.add(signed(senders[2], 0, FraudProof(sv_id, 2)), chain.state, chain.header.height, 0)
+    assert len(verifier.evaluated) == 2  # refused before any evaluation
