@@ -33,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -75,9 +75,11 @@ class Net:
     clocks: list[CommitClock]
     notifier: Notifier
     senders: list[PrivateKey]
+    views: list[Callable[[], int]]
 
     def heights(self) -> list[int]:
-        return [n.chain.head.height for n in self.nodes]
+        """Committed heights, from the drivers' in-memory view (no store read per wake-up)."""
+        return [height() for height in self.views]
 
     async def wait_all(self, height: int, seconds: float = 300.0) -> None:
         await self.notifier.wait_for(lambda: min(self.heights()) >= height, seconds)
@@ -111,7 +113,7 @@ async def network(n: int, root: Path) -> AsyncIterator[Net]:
             )  # fmt: skip
             nodes.append(await stack.enter_async_context(FullNode(config)))
             clocks[i].watch(committed_height(nodes[-1]))
-        net = Net(nodes, clocks, notifier, senders)
+        net = Net(nodes, clocks, notifier, senders, [committed_height(x) for x in nodes])
         # Connected: every node has a peer, and gossip reaches everyone (a first height)
         await notifier.wait_for(lambda: all(len(x.p2p.peers) >= 1 for x in nodes), 120)
         yield net
