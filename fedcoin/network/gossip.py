@@ -20,6 +20,7 @@ from fedcoin.network.messages import (
     MAX_PEERS_LISTED,
     Auth,
     Blocks,
+    Bundle,
     GetBlocks,
     GetPeers,
     Hello,
@@ -229,3 +230,15 @@ class Pipeline:
             await self.syncer.answer(peer, message)
         elif isinstance(message, Blocks):
             await self.syncer.on_blocks(peer, message)
+        elif isinstance(message, Bundle):
+            await self._unbundle(peer, message)
+
+    async def _unbundle(self, peer: Peer, message: Bundle) -> None:
+        """Each frame of a bundle goes through the whole pipeline as if it came alone."""
+        for frame in message.frames:
+            # A bundle holds single frames, never another bundle
+            if frame[2:3] == bytes([Bundle.TYPE]):
+                raise Reject("a bundle inside a bundle")
+            await self._on_frame(peer, frame)
+            if peer.conn.closed:
+                return
