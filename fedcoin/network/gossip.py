@@ -52,6 +52,12 @@ DECODE_INLINE_BYTES = 64 * 1024
 Handler = Callable[[Message, object], Awaitable[None]]
 
 
+class Stale(Ignore):
+    """Drop quietly, and drop the copies other peers relay unread: the message can never be
+    useful here again (a vote of a height this node committed). A plain ``Ignore`` leaves the
+    message unseen, so that a copy may be taken later when it has become useful."""
+
+
 class SeenCache:
     """Bounded set of recently seen message ids; the oldest are forgotten first."""
 
@@ -173,6 +179,8 @@ class Pipeline:
                 await self._direct(peer, message)
         except NeedsSync:
             self.syncer.maybe_sync(peer, force=True)
+        except Stale:
+            self.seen.add(mid)
         except Ignore:
             pass
         except Reject as exc:
