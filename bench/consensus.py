@@ -86,7 +86,7 @@ class Net:
 
 
 @contextlib.asynccontextmanager
-async def network(n: int, root: Path) -> AsyncIterator[Net]:
+async def network(n: int, root: Path, delay_ms: float = 0.0) -> AsyncIterator[Net]:
     keys = [seeded(f"validator-{i}") for i in range(n)]
     senders = [seeded(f"sender-{i}") for i in range(SENDERS)]
     params = replace(DEFAULT_PARAMS, min_block_interval_ms=BLOCK_INTERVAL_MS)
@@ -109,7 +109,7 @@ async def network(n: int, root: Path) -> AsyncIterator[Net]:
             config = FullNodeConfig(
                 data_dir=root / f"v{i}", genesis=genesis, key=key, notifier=clocks[i],
                 bootstrap=(nodes[(i - 1) // 2].address,) if nodes else (),
-                consensus=consensus, vote_check=cache,
+                consensus=consensus, vote_check=cache, link_delay_ms=delay_ms,
             )  # fmt: skip
             nodes.append(await stack.enter_async_context(FullNode(config)))
             clocks[i].watch(committed_height(nodes[-1]))
@@ -207,29 +207,34 @@ async def run(args: argparse.Namespace) -> None:
     for name in ("fedcoin", "aiohttp"):
         logging.getLogger(name).setLevel(logging.ERROR)
     for n in args.validators:
-        with tempfile.TemporaryDirectory() as tmp:
-            started = time.perf_counter()
-            async with network(n, Path(tmp)) as net:
-                up = time.perf_counter() - started
-                idle_hop = await one_hop_ms(net, args.pings)
-                waits, busy_hop = await finality(net, args.heights, args.pings)
-                p50, p95 = percentile(waits, 0.5), percentile(waits, 0.95)
-                assert p50 is not None and p95 is not None
+        for delay in args.link_delay_ms:
+            await one_setting(args, n, delay)
+
+
+async def one_setting(args: argparse.Namespace, n: int, delay: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        async with network(n, Path(tmp), delay) as net:
+            up = time.perf_counter() - started
+            idle_hop = await one_hop_ms(net, args.pings)
+            waits, busy_hop = await finality(net, args.heights, args.pings)
+            p50, p95 = percentile(waits, 0.5), percentile(waits, 0.95)
+            assert p50 is not None and p95 is not None
+            print(
+                f"{n:>2} validators, link delay {delay:g} ms (up in {up:.1f} s): one hop "
+                f"{idle_hop:.3f} ms idle, {busy_hop:.3f} ms loaded; finality over {len(waits)} "
+                f"heights p50 {p50} ms = {p50 / idle_hop:.1f}× idle hop "
+                f"({p50 / busy_hop:.1f}× loaded), p95 {p95} ms = {p95 / idle_hop:.1f}× idle hop",
+                flush=True,
+            )
+            if n == args.tps_at and delay == args.link_delay_ms[0]:
+                tps, verify, heights = await throughput(net, args.txs)
                 print(
-                    f"{n:>2} validators (up in {up:.1f} s): one hop {idle_hop:.3f} ms idle, "
-                    f"{busy_hop:.3f} ms loaded; finality over {len(waits)} heights "
-                    f"p50 {p50} ms = {p50 / idle_hop:.0f}× one hop, p95 {p95} ms = "
-                    f"{p95 / idle_hop:.0f}×",
+                    f"{n:>2} validators: {args.txs} transfers committed on every node at "
+                    f"{tps:,.0f} tx/s over {heights} heights; raw Ed25519 verify "
+                    f"{verify:,.0f}/s; ratio {tps / verify:.3f}",
                     flush=True,
                 )
-                if n == args.tps_at:
-                    tps, verify, heights = await throughput(net, args.txs)
-                    print(
-                        f"{n:>2} validators: {args.txs} transfers committed on every node at "
-                        f"{tps:,.0f} tx/s over {heights} heights; raw Ed25519 verify "
-                        f"{verify:,.0f}/s; ratio {tps / verify:.3f}",
-                        flush=True,
-                    )
 
 
 def main() -> None:
@@ -239,6 +244,10 @@ def main() -> None:
     parser.add_argument("--pings", type=int, default=40, help="pings for the idle one hop")
     parser.add_argument("--txs", type=int, default=2000, help="transfers for the tx/s figure")
     parser.add_argument("--tps-at", type=int, default=16, help="N at which tx/s is measured")
+    parser.add_argument(
+        "--link-delay-ms", type=float, nargs="+", default=[0.0],
+        help="emulated latency added to every frame between validators (one run per value)",
+    )  # fmt: skip
     asyncio.run(run(parser.parse_args()))
 
 
