@@ -1,25 +1,30 @@
 """Consensus benchmark: Tendermint on N full nodes in one process, real sockets on 127.0.0.1.
 
-For each N in ``--validators`` (default 4, 16, 32), N equally bonded validators (SQLite files,
-one process-wide vote-signature cache, as in ``simulate``):
+For each N in ``--validators`` (default 4, 16, 32) and each emulated link delay D in
+``--link-delay-ms`` (default 0), N equally bonded validators (SQLite files, one process-wide
+vote-signature cache, as in ``simulate``):
 
+- **link delay**: with D > 0 every frame a validator receives from a peer is handed to it D ms
+  after it arrived (``transport.DelayedLink``, a benchmark-only hook): a hop costs what a hop
+  between machines costs, while all N validators still share one process and two cores;
 - **one hop**: Ping → Pong between two connected validators over the same transport, halved
   (median of ``--pings``), measured twice in the same run: on the idle network before any
   height, and while heights are being decided (loaded);
 - **time to finality**: for ``--heights`` heights, each started by one transfer (the heartbeat
   is out of the way), from the block's timestamp (its proposer's clock when it built the
   proposal) to each validator's commit, the median over validators per height; p50 and p95
-  over the heights, and their ratio to the idle one-hop latency (target at 16: p50 ≤ 8×);
-- at ``--tps-at`` validators (16): **committed transactions per second** — ``--txs`` signed
-  transfers from 100 senders submitted to validator 0 (senders concurrently, each in nonce
-  order), until every validator has
-  committed all of them — against bare ``Ed25519PublicKey.verify`` on the same signatures in
-  the same run.
+  over the heights, and their ratio to the idle and to the loaded one-hop latency (target at
+  16: p50 ≤ 8×);
+- at ``--tps-at`` validators (16), with the first D: **committed transactions per second**
+  — ``--txs`` signed transfers from 100 senders submitted to validator 0 (senders
+  concurrently, each in nonce order), until every validator has committed all of them —
+  against bare ``Ed25519PublicKey.verify`` on the same signatures in the same run.
 
 All nodes share one event loop and two cores: every vote and proposal is handled N times in
 one process, so the figures are an upper bound on what a network of separate machines sees.
 
-    python bench/consensus.py [--validators 4 16 32] [--heights 20] [--txs 2000]
+    python bench/consensus.py [--validators 4 16 32] [--link-delay-ms 0 5 20] [--heights 20]
+                              [--txs 2000]
 """
 
 from __future__ import annotations
