@@ -34,13 +34,16 @@ from fedcoin.application.consensus_ports import (
     ChainMoved,
     Faults,
     Ledger,
+    NoValue,
     Publish,
     StartHeight,
     V,
     check_block,
     conflicting_twin,
+    height_of,
     raw_sign,
 )
+from fedcoin.application.head_cache import HeadCache
 from fedcoin.application.timers import Cadence, Timers, start_delay_ms
 from fedcoin.consensus.proposer import proposer_for_round
 from fedcoin.consensus.tendermint import Tendermint
@@ -91,8 +94,13 @@ class ConsensusDriver(Generic[V]):
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         faults: Faults | None = None,
         resend_ms: int = 2000,
+        on_commit: Callable[[], None] = lambda: None,
     ) -> None:
-        self.ledger = ledger
+        """``on_commit`` hears of every height this driver committed, once its view of the head
+        moved (the node's waiters and the simulation's commit clocks)."""
+        self.on_commit = on_commit
+        self.ledger = HeadCache(ledger)
+        """The chain, with the head's height and validator set kept between commits."""
         self.signer = signer
         self.publish = publish
         self.cadence = cadence
@@ -160,6 +168,7 @@ class ConsensusDriver(Generic[V]):
 
     def chain_moved(self) -> None:
         """The chain committed blocks through sync; the driver catches up."""
+        self.ledger.refresh()
         self.put(ChainMoved())
 
     def schedule_start(self) -> None:
@@ -181,7 +190,7 @@ class ConsensusDriver(Generic[V]):
             if self.ledger.committed_height() >= self.machine.height and not self.committing:
                 self._end_height()
                 self.schedule_start()
-        elif self.running and _height_of(item) == self.machine.height:
+        elif self.running and height_of(item) == self.machine.height:
             await self._feed(item)
 
     async def _start_height(self, height: int) -> None:
@@ -273,7 +282,7 @@ class ConsensusDriver(Generic[V]):
     def _step(self, event: Event[V]) -> list[Action[V]]:
         try:
             return self.machine.step(event)
-        except _NoValue:
+        except NoValue:
             # Nothing to propose: let the round time out as if the proposal were lost
             self._schedule(TimeoutKind.PROPOSE, self.machine.height, self.machine.round)
         except FedCoinError as exc:
@@ -314,6 +323,7 @@ class ConsensusDriver(Generic[V]):
             self.committing = False
             self._end_height()
         self.commits += 1
+        self.on_commit()
         included = set(self.ledger.evidence_in(decision.value))
         self.evidence = [e for e in self.evidence if e not in included]
         log.info(
@@ -353,7 +363,7 @@ class ConsensusDriver(Generic[V]):
         if self._prebuilt is None:
             self._prebuilt = self._build(height, 0)
         if self._prebuilt is None:
-            raise _NoValue()
+            raise NoValue()
         return self._prebuilt
 
     def _is_valid(self, value: V) -> bool:
@@ -386,17 +396,3 @@ class ConsensusDriver(Generic[V]):
     @property
     def position(self) -> tuple[int, int]:
         return self.machine.height, self.machine.round
-
-
-class _NoValue(Exception):
-    """``get_value`` had no block to offer (building one failed)."""
-
-
-def _height_of(item: Event[V]) -> int:
-    if isinstance(item, ProposalReceived):
-        return item.proposal.height
-    if isinstance(item, VoteReceived):
-        return item.vote.height
-    if isinstance(item, Timeout):
-        return item.height
-    return -1

@@ -29,6 +29,7 @@ from fedcoin.consensus.tendermint_io import Event, ProposalReceived, VoteReceive
 from fedcoin.consensus.validators import verify_vote
 from fedcoin.data.vote import DuplicateVoteEvidence, Proposal, Vote
 from fedcoin.errors import Ignore, NeedsSync, Reject, RuleViolation, VoteError
+from fedcoin.network.gossip import Stale
 
 #: Messages of a height not started yet that are kept for it (beyond: dropped, gossip repeats).
 MAX_BUFFERED = 8192
@@ -106,7 +107,9 @@ class ConsensusGossip(Generic[V]):
         """True for a message of the next height (check it now); otherwise keep or drop it."""
         next_height = self.ledger.committed_height() + 1
         if height < next_height:
-            raise Ignore("message of a committed height")
+            # Late: its copies are dropped unread from now on (at 16 validators the precommits
+            # that arrive after a commit were decoded once per peer that relayed them)
+            raise Stale("message of a committed height")
         if height == next_height:
             return True
         if height == next_height + 1:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from fedcoin.consensus.tendermint_io import Event, ProposalReceived, Timeout, VoteReceived
 from fedcoin.consensus.validators import ValidatorSet
 from fedcoin.data.privval import Signer
 from fedcoin.data.vote import (
@@ -142,3 +143,18 @@ async def check_block(ledger: Ledger[V], value: V, *, seconds: float, now_ms: in
         log.exception("proposed block %s could not be checked", block_id.hex()[:12])
         raise Reject(f"block could not be checked: {type(exc).__name__}") from None
     return True
+
+
+class NoValue(Exception):
+    """``get_value`` had no block to offer (building one failed)."""
+
+
+def height_of(item: Event[V]) -> int:
+    """The height a machine event belongs to (-1 for one of no height)."""
+    if isinstance(item, ProposalReceived):
+        return item.proposal.height
+    if isinstance(item, VoteReceived):
+        return item.vote.height
+    if isinstance(item, Timeout):
+        return item.height
+    return -1

@@ -105,6 +105,8 @@ class FullNodeConfig:
     """Milliseconds since the epoch."""
     notifier: Notifier | None = None
     """Share one with other nodes in the same process (tests, simulations)."""
+    link_delay_ms: float = 0.0
+    """Benchmark hook: emulated network latency on every frame from a peer (0: none)."""
 
 
 async def connect_ipfs(api: str) -> IpfsClient:
@@ -178,6 +180,7 @@ class FullNode:
             bootstrap=cfg.bootstrap,
             discover=cfg.discover,
             max_message_bytes=max(16 * 1024 * 1024, 2 * cfg.max_content_bytes),
+            link_delay_ms=cfg.link_delay_ms,
         )
         self.p2p = P2PNode(net, self.link, self.key, app=app, notifier=self.notifier)
         self.p2p.register(TxMessage, self._on_tx)

@@ -91,6 +91,7 @@ class NodeConsensus:
             self.ledger, signer=self.signer, publish=self._publish,
             cadence=Cadence(chain.genesis.params.min_block_interval_ms, config.heartbeat_ms),
             timeouts=config.timeouts, verifier=vote_check, clock_ms=clock_ms, faults=faults,
+            on_commit=p2p.notifier.notify,
         )  # fmt: skip
         self.gossip = ConsensusGossip(self.driver, self.ledger.verify_evidence)
         p2p.register(ProposalMessage, self._on_proposal)

@@ -20,6 +20,7 @@ from fedcoin.network.messages import (
     MAX_PEERS_LISTED,
     Auth,
     Blocks,
+    Bundle,
     GetBlocks,
     GetPeers,
     Hello,
@@ -49,6 +50,12 @@ log = logging.getLogger("fedcoin.p2p")
 DECODE_INLINE_BYTES = 64 * 1024
 
 Handler = Callable[[Message, object], Awaitable[None]]
+
+
+class Stale(Ignore):
+    """Drop quietly, and drop the copies other peers relay unread: the message can never be
+    useful here again (a vote of a height this node committed). A plain ``Ignore`` leaves the
+    message unseen, so that a copy may be taken later when it has become useful."""
 
 
 class SeenCache:
@@ -172,6 +179,8 @@ class Pipeline:
                 await self._direct(peer, message)
         except NeedsSync:
             self.syncer.maybe_sync(peer, force=True)
+        except Stale:
+            self.seen.add(mid)
         except Ignore:
             pass
         except Reject as exc:
@@ -229,3 +238,15 @@ class Pipeline:
             await self.syncer.answer(peer, message)
         elif isinstance(message, Blocks):
             await self.syncer.on_blocks(peer, message)
+        elif isinstance(message, Bundle):
+            await self._unbundle(peer, message)
+
+    async def _unbundle(self, peer: Peer, message: Bundle) -> None:
+        """Each frame of a bundle goes through the whole pipeline as if it came alone."""
+        for frame in message.frames:
+            # A bundle holds single frames, never another bundle
+            if frame[2:3] == bytes([Bundle.TYPE]):
+                raise Reject("a bundle inside a bundle")
+            await self._on_frame(peer, frame)
+            if peer.conn.closed:
+                return

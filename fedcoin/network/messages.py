@@ -24,6 +24,7 @@ from fedcoin.data.encoding import (
     U16,
     U64,
     Record,
+    blob,
     decode_raw,
     encode,
     list_of,
@@ -36,7 +37,8 @@ from fedcoin.data.tx import Transaction
 from fedcoin.data.vote import CommitCertificate, DuplicateVoteEvidence, Proposal, Vote
 from fedcoin.errors import DecodeError, FrameTooLarge, ProtocolViolation
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+"""3: PoSap v1's Share message (type 5) is gone and Bundle (type 15) carries queued frames."""
 MAX_PEERS_LISTED = 64
 MAX_BLOCKS_BATCH = 128
 
@@ -55,6 +57,11 @@ MAX_VOTE_BYTES = 512
 MAX_EVIDENCE_BYTES = 1024
 #: A commit certificate of MAX_VALIDATORS signatures (about 101 bytes each) and its envelope.
 MAX_CERTIFICATE_BYTES = 128 * 1024
+#: A ``Bundle`` carries at most this many frames, each at most ``MAX_BUNDLED_FRAME_BYTES``.
+MAX_BUNDLED = 256
+MAX_BUNDLED_FRAME_BYTES = MAX_TX_BYTES
+#: Bytes of frames a sender puts in one ``Bundle`` (the bound adds the envelope's few bytes each).
+BUNDLE_PAYLOAD_BYTES = 128 * 1024
 
 
 class Message(Record):
@@ -206,8 +213,21 @@ class Pong(Message):
     """The Ping's nonce."""
 
 
+@dataclass(frozen=True, slots=True)
+class Bundle(Message):
+    """Small frames that waited in one peer's send queue together, sent as one websocket
+    message: one write and one frame header instead of one each (in a vote wave a node sends
+    each peer a dozen votes at once). The receiver handles every frame as if it came alone —
+    its own type bound, rate-limit token, seen check and handler; a bundle never holds one."""
+
+    TYPE: ClassVar[int] = 15
+    frames: tuple[bytes, ...] = wire(list_of(blob(MAX_BUNDLED_FRAME_BYTES), MAX_BUNDLED))
+    """The frames, in the order they were queued."""
+
+
 _ALL: tuple[type[Message], ...] = (Hello, GetPeers, Peers, TxMessage)
 _ALL += (GetBlocks, Blocks, Ping, Pong, Auth, ProposalMessage, VoteMessage, EvidenceMessage)
+_ALL += (Bundle,)
 MESSAGE_TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in _ALL}
 FRAME_BOUNDS: dict[type[Message], int] = {
     Hello: HANDSHAKE_FRAME_BYTES,
@@ -223,6 +243,8 @@ FRAME_BOUNDS: dict[type[Message], int] = {
     ProposalMessage: MAX_BLOCK_BYTES + 1024,
     # An answer holds items up to MAX_BLOCK_BYTES in all, and always at least one whole item
     Blocks: MAX_BLOCK_BYTES + MAX_CERTIFICATE_BYTES + 64 * 1024,
+    # The payload, a last frame that may overshoot it, and a few bytes of envelope per frame
+    Bundle: BUNDLE_PAYLOAD_BYTES + MAX_BUNDLED_FRAME_BYTES + 8 * MAX_BUNDLED + 16,
 }
 #: The largest frame of any type: what the transport accepts at most.
 MAX_FRAME_BYTES = max(FRAME_BOUNDS.values())
@@ -270,6 +292,23 @@ def decode_message(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Message:
         return cls.from_wire(body)
     except DecodeError as exc:
         raise ProtocolViolation(f"{cls.__name__}: {exc}") from None
+
+
+def bundle(frames: list[bytes]) -> bytes:
+    """The frame to send for ``frames`` queued together: the frame itself when alone, else a
+    ``Bundle`` of them (the caller keeps each under ``MAX_BUNDLED_FRAME_BYTES``)."""
+    if len(frames) == 1:
+        return frames[0]
+    return encode_message(Bundle(tuple(frames)))
+
+
+def decode_frames(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> list[Message]:
+    """Every message a frame carries: the message, or each message of a ``Bundle`` in order
+    (for clients that read a node's frames themselves; the node's pipeline unbundles its own)."""
+    message = decode_message(frame, max_bytes)
+    if isinstance(message, Bundle):
+        return [decode_message(inner, max_bytes) for inner in message.frames]
+    return [message]
 
 
 def auth_digest(nonce: bytes, signer_pubkey: bytes) -> bytes:

@@ -38,6 +38,7 @@ from fedcoin.network.slots import PeerTable
 from fedcoin.network.sync import ChainView, Syncer
 from fedcoin.network.transport import (
     Connection,
+    DelayedLink,
     TransportError,
     add_p2p_route,
     connect,
@@ -78,6 +79,9 @@ class NetConfig:
     """Longest reconnect delay."""
     limits: PeerLimits = field(default_factory=PeerLimits)
     """Caps, rate limits and ban policy."""
+    link_delay_ms: float = 0.0
+    """Benchmarks only: every frame from a peer is handed over this long after it arrived
+    (``transport.DelayedLink``), an emulated network latency for nodes on one loopback."""
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -271,6 +275,8 @@ class P2PNode:
         return None
 
     async def _run_peer(self, conn: Connection, ready: asyncio.Future[bool] | None) -> None:
+        if self.config.link_delay_ms > 0:
+            conn = DelayedLink(conn, self.config.link_delay_ms / 1000)
         peer = Peer(conn, self.config.limits, self.clock)
         writer: asyncio.Task[None] | None = None
         try:

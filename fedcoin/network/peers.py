@@ -13,7 +13,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fedcoin.network.messages import Hello, Message, encode_message
+from fedcoin.network.messages import (
+    BUNDLE_PAYLOAD_BYTES,
+    MAX_BUNDLED,
+    MAX_BUNDLED_FRAME_BYTES,
+    Hello,
+    Message,
+    bundle,
+    encode_message,
+)
 from fedcoin.network.transport import Connection, TransportError
 
 Clock = Callable[[], float]
@@ -161,12 +169,32 @@ class Peer:
         return True
 
     async def writer(self) -> None:
-        """Send queued frames until the connection closes; a failed send closes it."""
+        """Send queued frames until the connection closes; a failed send closes it.
+
+        Small frames that are queued together leave as one ``Bundle`` (nothing waits for a
+        bundle to fill: only what is already queued goes with the first frame)."""
+        held: bytes | None = None
         try:
             while not self.conn.closed:
-                frame = await self.queue.get()
-                await self.conn.send(frame)
-                if frame is self.answering:
+                frame = held if held is not None else await self.queue.get()
+                frames, held = self._take_bundle(frame)
+                await self.conn.send(bundle(frames))
+                if any(f is self.answering for f in frames):
                     self.answering = None
         except TransportError as exc:
             await self.conn.close(str(exc))
+
+    def _take_bundle(self, first: bytes) -> tuple[list[bytes], bytes | None]:
+        """``first`` and the small frames queued behind it, up to the bundle bounds; and the
+        frame taken from the queue that did not fit (sent next), if any."""
+        frames = [first]
+        if len(first) > MAX_BUNDLED_FRAME_BYTES:
+            return frames, None
+        size = len(first)
+        while len(frames) < MAX_BUNDLED and not self.queue.empty():
+            frame = self.queue.get_nowait()
+            if len(frame) > MAX_BUNDLED_FRAME_BYTES or size + len(frame) > BUNDLE_PAYLOAD_BYTES:
+                return frames, frame
+            frames.append(frame)
+            size += len(frame)
+        return frames, None

@@ -19,6 +19,8 @@ from aiohttp import web
 
 log = logging.getLogger("fedcoin.transport")
 P2P_PATH = "/p2p"
+#: Seconds the HTTP server waits for running handlers when it stops, before cancelling them.
+SHUTDOWN_GRACE = 0.25
 
 
 class TransportError(Exception):
@@ -135,7 +137,9 @@ async def connect(
 
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start serving ``app``; return the runner and the bound port (``port=0`` asks the OS)."""
-    runner = web.AppRunner(app, access_log=None)
+    # On shutdown, a handler still running after SHUTDOWN_GRACE is cancelled: a peer's
+    # websocket handler can outlive our close of it, and aiohttp would wait 60 s for each node
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -175,6 +179,62 @@ class LoopbackConnection:
                 end._closed = True
                 with contextlib.suppress(asyncio.QueueFull):
                     end.inbox.put_nowait(None)
+
+
+class DelayedLink:
+    """A ``Connection`` whose received frames are handed over ``delay`` seconds after they
+    arrived: an emulated network latency (benchmarks only; nodes on one loopback have none).
+
+    A reader task owned by the link takes frames off the connection as they come and stamps
+    them; ``recv`` returns each at its stamp plus ``delay``. Order is kept, throughput is not
+    limited (frames in flight overlap, as on a real link), and at most ``bound`` frames wait.
+    Sending is untouched: both ends of a link delay what they receive, so a round trip costs
+    two delays and one hop one.
+    """
+
+    def __init__(self, inner: Connection, delay: float, bound: int = 4096) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.remote = inner.remote
+        self.inbound = inner.inbound
+        self._arrived: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue(bound)
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.inner.closed
+
+    @property
+    def violation(self) -> str:
+        return str(getattr(self.inner, "violation", ""))
+
+    async def send(self, frame: bytes) -> None:
+        await self.inner.send(frame)
+
+    async def recv(self) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        if self._reader is None:
+            self._reader = loop.create_task(self._read(), name=f"delay {self.remote}")
+        arrived, frame = await self._arrived.get()
+        wait = arrived + self.delay - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return frame
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            frame = await self.inner.recv()
+            await self._arrived.put((loop.time(), frame))
+            if frame is None:
+                return
+
+    async def close(self, reason: str = "") -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self.inner.close(reason)
 
 
 def loopback_pair(

@@ -252,5 +252,6 @@ async def test_gossip_admission_rejects_forgeries_and_syncs_on_a_height_ahead(
         await gossip.on_vote(ahead)
     # Late messages (a committed height) are dropped quietly
     bus.ledgers[0].blocks.append(b"committed")
+    bus.drivers[0].chain_moved()  # as a node does once a synced block is stored
     with pytest.raises(Ignore):
         await gossip.on_vote(vote)

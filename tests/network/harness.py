@@ -38,6 +38,7 @@ from fedcoin.network.messages import (
     ProposalMessage,
     TxMessage,
     auth_digest,
+    decode_frames,
     decode_message,
     encode_message,
 )
@@ -219,6 +220,6 @@ async def read_until_closed(conn: WebSocketConnection) -> list[Message]:
     """Every message the node sends until it hangs up on us; then release our side."""
     got = []
     while (frame := await conn.recv()) is not None:
-        got.append(decode_message(frame, 1 << 26))
+        got += decode_frames(frame, 1 << 26)
     await conn.close()
     return got

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from fedcoin.errors import ConfigError
-from fedcoin.network.messages import GetPeers, Peers, Ping, Pong, decode_message, encode_message
+from fedcoin.network.messages import GetPeers, Peers, Ping, Pong, decode_frames, encode_message
 from fedcoin.network.peers import PENALTY_INVALID
 from tests.helpers import key
 from tests.network.harness import NetNode, Network, handshake_as, net_genesis, read_until_closed
@@ -22,9 +22,9 @@ async def ask(conn, message, answer_type, timeout: float = 10):
         while True:
             frame = await conn.recv()
             assert frame is not None, "the node hung up"
-            got = decode_message(frame, 1 << 26)
-            if isinstance(got, answer_type):
-                return got
+            for got in decode_frames(frame, 1 << 26):
+                if isinstance(got, answer_type):
+                    return got
 
 
 @pytest.mark.parametrize(

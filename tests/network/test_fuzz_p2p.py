@@ -25,6 +25,7 @@ from fedcoin.network.messages import (
     PROTOCOL_VERSION,
     Auth,
     Blocks,
+    Bundle,
     CommittedBlock,
     EvidenceMessage,
     GetBlocks,
@@ -37,6 +38,7 @@ from fedcoin.network.messages import (
     ProposalMessage,
     TxMessage,
     VoteMessage,
+    decode_frames,
     decode_message,
     encode_message,
 )
@@ -71,6 +73,7 @@ def examples() -> list[Message]:
         Blocks((committed,), 1), Ping(7), Pong(8),
         VoteMessage(precommit(key("node-x"), 1, 0, None)),
         EvidenceMessage(equivocation(key("node-x"), 1)),
+        Bundle((encode_message(Ping(9)), encode_message(TxMessage(tx)))),
     ]  # fmt: skip
     assert {type(m) for m in found} == set(MESSAGE_TYPES.values())  # every type is fuzzed
     return found
@@ -154,9 +157,9 @@ class LiveNode:
             while True:
                 frame = await conn.recv()
                 assert frame is not None, "the node hung up"
-                got = decode_message(frame, 1 << 26)
-                if isinstance(got, Pong) and got.nonce == nonce:
-                    return
+                for got in decode_frames(frame, 1 << 26):
+                    if isinstance(got, Pong) and got.nonce == nonce:
+                        return
 
     async def send_then_ping(self, frame: bytes, nonce: int) -> None:
         await self.conn.send(frame)
