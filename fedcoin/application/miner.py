@@ -51,7 +51,7 @@ from fedcoin.consensus.valuation import (
 from fedcoin.data.keys import PrivateKey
 from fedcoin.data.state import State, SvTask, TaskState
 from fedcoin.data.tx import ContentRef, ShareCommit, ShareReveal, Transaction, TxBody, make_tx
-from fedcoin.errors import ContentMissing, FedCoinError
+from fedcoin.errors import ContentMissing, FedCoinError, InsufficientBalance
 
 log = logging.getLogger("fedcoin.miner")
 TICK_SECONDS = 0.2
@@ -257,17 +257,22 @@ class Miner:
         else:
             # The table travels once: a reveal of a root already recorded names only the root
             body = ShareReveal(sv.sv_task_id, salt, root, () if sv.table(root) else table)
-        tx = self.transaction(body)
+        tx = self.transaction(body, self.chain.genesis.params.min_fee)
+        try:
+            await self.submit(tx)
+        except InsufficientBalance:
+            # a validator holding only its bond values rounds for free (commits and reveals
+            # may carry zero fee); with coins it pays min_fee, like any transaction
+            tx = self.transaction(body, 0)
+            await self.submit(tx)
         self.pending[(sv.sv_task_id, sv.attempt, phase)] = tx.id
-        await self.submit(tx)
         log.info(
             "%s for round %d of task %s (attempt %d, root %s)",
             phase, sv.round, sv.task_id.hex()[:12], sv.attempt, root.hex()[:12],
         )  # fmt: skip
 
-    def transaction(self, body: TxBody) -> Transaction:
+    def transaction(self, body: TxBody, fee: int) -> Transaction:
         """``body`` signed with the node's key at its next nonce (pending ones counted)."""
-        genesis = self.chain.genesis
         state: State = self.chain.head_state()
         nonce = self.mempool.next_nonce(self.key.address, state)
-        return make_tx(self.key, genesis.chain_id, nonce, body, fee=genesis.params.min_fee)
+        return make_tx(self.key, self.chain.genesis.chain_id, nonce, body, fee=fee)

@@ -13,6 +13,8 @@ from fedcoin.application.miner import Miner, share_salt
 from fedcoin.consensus.chain import Chain
 from fedcoin.consensus.table import share_commitment, table_root
 from fedcoin.consensus.valuation import reveal_open, schedule_of
+from fedcoin.data.genesis import DEFAULT_PARAMS, ChainParams
+from fedcoin.data.keys import PrivateKey
 from fedcoin.data.state import SvTask
 from fedcoin.data.tx import DEFAULT_POSAP, ContentRef, ShareCommit, ShareReveal, Transaction
 from tests.helpers import (
@@ -20,6 +22,7 @@ from tests.helpers import (
     MINER,
     MINER2,
     MINER3,
+    SERVER,
     T0,
     TableVerifier,
     commit_next,
@@ -31,6 +34,7 @@ from tests.helpers import (
     make_submit,
     reveal_txs,
 )
+from tests.helpers import tx as signed
 
 POSAP = replace(DEFAULT_POSAP, commit_blocks=4, reveal_blocks=2)
 
@@ -45,8 +49,9 @@ class Here:
 class Node:
     """A chain, its mempool and the worker of validator MINER, one of three equal members."""
 
-    def __init__(self) -> None:
-        genesis = make_genesis(validators=[MINER, MINER2, MINER3])
+    def __init__(self, params: ChainParams = DEFAULT_PARAMS, proposer: PrivateKey = MINER) -> None:
+        self.proposer = proposer
+        genesis = make_genesis(params=params, validators=[MINER, MINER2, MINER3])
         self.chain: Chain = make_chain(genesis)
         self.verifier: TableVerifier = self.chain.verifier  # type: ignore[assignment]
         self.mempool = Mempool(genesis, self.verifier, follows=self.chain.head.hash)
@@ -62,7 +67,7 @@ class Node:
     def block(self, txs: list[Transaction] | None = None) -> None:
         """Commit the next block with ``txs`` (default: the mempool's), as the node would."""
         chosen = self.mempool.select(100) if txs is None else txs
-        commit_next(self.chain, MINER, chosen)
+        commit_next(self.chain, self.proposer, chosen)
         head = self.chain.head
         self.mempool.refresh(self.chain.head_state(), head.height, T0, head=head.hash)
 
@@ -148,3 +153,18 @@ async def test_a_reveal_names_only_the_root_when_its_table_is_recorded():
     assert node.chain.head_state().queue == ()
     await node.miner.step()
     assert node.miner.pending == {}
+
+
+async def test_a_validator_without_coins_commits_for_free_one_with_coins_pays_min_fee():
+    for proposer, fee in ((MINER2, 0), (MINER, 10)):  # MINER earns the blocks' fees or not
+        node = Node(replace(DEFAULT_PARAMS, min_fee=10), proposer)
+        publish = signed(ALICE, 0, make_publish(ALICE, 0, posap=POSAP).body, fee=10)
+        node.block([publish])
+        node.block([signed(SERVER, 0, make_submit(publish.id, 1, 0).body, fee=10)])
+        node.block([])  # q+1: the schedule is known
+        assert (node.chain.head_state().balance(MINER.address) > 0) == (fee > 0)
+        await node.miner.step()
+        (commit,) = node.submitted
+        assert isinstance(commit.body, ShareCommit) and commit.fee == fee
+        node.block()  # valid in a block, free or not
+        assert node.sv().committed(MINER.public) is not None
