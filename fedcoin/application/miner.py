@@ -40,6 +40,7 @@ from typing import Protocol
 from fedcoin.application.mempool import Mempool
 from fedcoin.application.supervise import supervised
 from fedcoin.consensus.chain import Chain
+from fedcoin.consensus.posap import game_key
 from fedcoin.consensus.table import share_commitment, table_root
 from fedcoin.consensus.valuation import (
     ZERO_MIX,
@@ -83,13 +84,11 @@ def share_salt(key: PrivateKey, sv_task_id: bytes, attempt: int) -> bytes:
 
 
 def table_key(sv: SvTask, task: TaskState) -> bytes:
-    """What a table depends on: the schedule (SV task, mix, PoSap parameters) and the game (the
-    bundle, the validation set, the previous global and the updates). Commits and reveals,
+    """What a table depends on: the game (``posap.game_key``: the round, the bundle and the
+    validation set) and the schedule (the mix and the PoSap parameters). Commits and reveals,
     which change the SV task's encoding, do not enter it."""
     spec = task.spec
-    parts = [sv.sv_task_id, sv.mix, spec.posap.encode(), spec.model.sha256, spec.validation.sha256]
-    parts += [sv.prev_global.sha256, *(u.weights.sha256 for u in sv.updates)]
-    return hashlib.sha256(b"".join(parts)).digest()
+    return hashlib.sha256(game_key(sv, spec) + sv.mix + spec.posap.encode()).digest()
 
 
 class TableCache:

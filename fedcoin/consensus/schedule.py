@@ -26,6 +26,7 @@ to 0.022 (4 096), measured by ``bench/shapley.py``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from fedcoin.consensus.sampling import border, paired_schedule
@@ -58,6 +59,7 @@ def schedule_length(n: int, budget: int, n_exact_max: int = MAX_EXACT_CLIENTS) -
     return 1 << n if is_exact(n, budget, n_exact_max) else budget
 
 
+@functools.lru_cache(maxsize=64)
 def common_schedule(
     n: int, budget: int, sv_task_id: bytes, mix: bytes, n_exact_max: int = MAX_EXACT_CLIENTS
 ) -> tuple[int, ...]:

@@ -43,8 +43,6 @@ from fedcoin.consensus.sampling import (
 )
 
 __all__ = [
-    "ESTIMATOR_EXACT",
-    "ESTIMATOR_STRATIFIED",
     "SV_SCALE",
     "SeededRng",
     "adjusted_values",
@@ -63,9 +61,6 @@ __all__ = [
 SV_SCALE = 10**6
 """Fixed-point scale of PoSap estimates: units per unit of ``U`` (the clipped margin score, at
 most ``evaluator.MARGIN_CAP`` = 256 per validation sample)."""
-
-ESTIMATOR_EXACT = 0
-ESTIMATOR_STRATIFIED = 1
 
 Number = TypeVar("Number", float, Fraction)
 

@@ -252,23 +252,22 @@ def end_block_valuation(
     """The end-of-block steps of every open SV task (run after the stake's, so the committee of
     a task opened here is the set of the next height); return the rounds settled or voided."""
     draft.settled = [s for s in draft.settled if s.fraud_end > height]
+    queue: list[SvTask] = []
     payouts: list[RoundPayout] = []
-    for opened in list(draft.queue):
-        index = draft.queue.index(opened)
+    for opened in draft.queue:
         if not opened.committee:
             # Opened by this block: the committee is the set of the next height
-            draft.queue[index] = replace(opened, committee=powers_of(draft.validators))
-            continue
-        if opened.mix == ZERO_MIX:
+            queue.append(replace(opened, committee=powers_of(draft.validators)))
+        elif opened.mix == ZERO_MIX:
             # Block q+1: its mix seeds the schedule; commits start at the next height
-            draft.queue[index] = replace(opened, mix=draft.mix)
-            continue
-        sv = _close_windows_early(opened, height)
-        draft.queue[index] = sv
-        if height == sv.reveal_end:
-            payout = _settle(draft, sv, height, creator, params, oracle)
-            if payout is not None:
-                payouts.append(payout)
+            queue.append(replace(opened, mix=draft.mix))
+        elif height != (sv := _close_windows_early(opened, height)).reveal_end:
+            queue.append(sv)
+        else:
+            retried, payout = _settle(draft, sv, height, creator, params, oracle)
+            queue.extend(retried)
+            payouts.extend(payout)
+    draft.queue = queue
     return tuple(payouts)
 
 
@@ -291,14 +290,14 @@ def _settle(
     creator: bytes,
     params: ChainParams,
     oracle: TableOracle,
-) -> RoundPayout | None:
+) -> tuple[tuple[SvTask, ...], tuple[RoundPayout, ...]]:
+    """Settle ``sv`` at its reveal_end: (the re-opened SV task on a retry, else nothing;
+    the round settled or voided, else nothing). Slashes and payments go to ``draft``."""
     task = _task(draft, sv)
     spec = task.spec
-    schedule: tuple[int, ...] = ()
+    schedule = schedule_of(sv, spec)
 
     def evaluate(position: int) -> int:
-        nonlocal schedule
-        schedule = schedule or schedule_of(sv, spec)
         return oracle.utilities(sv, task, [schedule[position]])[0]
 
     outcome: Settlement = settle(
@@ -322,14 +321,13 @@ def _settle(
             bps=params.slash_fraud_bps,
             reward_bps=0,
         )
-    index = draft.queue.index(sv)
     if outcome.status is Status.RETRY:
         # No table won: the task re-opens once, with fresh windows and the same schedule
         window = commit_window(
             spec, task.round_work, params.min_block_interval_ms, params.max_open_sv
         )
         commit_end = height + window
-        draft.queue[index] = replace(
+        retried = replace(
             sv,
             attempt=1,
             commit_end=commit_end,
@@ -338,15 +336,15 @@ def _settle(
             reveals=(),
             tables=(),
         )
-        return None
-    draft.queue.pop(index)
+        return (retried,), ()
     if outcome.status is Status.VOID:
-        return void_round(draft, sv)
-    assert outcome.root is not None
-    table = dict(sv.tables)[outcome.root]
-    sv_values = oracle.estimate(sv, task, schedule or schedule_of(sv, spec), table)
+        return (), (void_round(draft, sv),)
+    table = sv.table(outcome.root) if outcome.root is not None else None
+    if outcome.root is None or table is None:
+        raise StoreError(f"SV task {sv.sv_task_id.hex()} settled on a table it does not hold")
+    sv_values = oracle.estimate(sv, task, schedule, table)
     miners = [(address_of(p.validator), p.amount) for p in outcome.payouts]
     payout = settle_round(draft, sv, sv_values, miners, address_of(creator))
     kept = replace(sv, tables=((outcome.root, table),))
     draft.settled.append(SettledSv(kept, outcome.root, height + params.fraud_blocks))
-    return payout
+    return (), (payout,)

@@ -194,8 +194,9 @@ def submit_round(
         raise WrongRound(expected=task.rounds_done + 1, got=body.round)
     # At most two SV tasks of one task are open (the next round trains while one is valued)
     max_open_sv = params.max_open_sv
-    if draft.open_for(body.task_id) >= MAX_OPEN_PER_TASK:
-        raise RoundPending(task_id=body.task_id, open=draft.open_for(body.task_id))
+    open_rounds = draft.open_for(body.task_id)
+    if open_rounds >= MAX_OPEN_PER_TASK:
+        raise RoundPending(task_id=body.task_id, open=open_rounds)
     # At most max_open_sv SV tasks are open on the chain (the round waits in the mempool)
     if len(draft.queue) >= max_open_sv:
         raise TooManyOpenSv(open=len(draft.queue), max=max_open_sv)

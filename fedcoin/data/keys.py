@@ -29,7 +29,6 @@ PUBKEY_BYTES = 32
 
 TAG_TX = b"fedcoin/tx/v1"
 TAG_BLOCK = b"fedcoin/block/v1"
-TAG_SHARE = b"fedcoin/share/v1"
 TAG_UPDATE = b"fedcoin/update/v1"
 TAG_HELLO = b"fedcoin/hello/v1"
 

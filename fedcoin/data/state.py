@@ -365,10 +365,6 @@ class State:
     def pending_for(self, task_id: bytes) -> bool:
         return any(sv.task_id == task_id for sv in self.queue)
 
-    def open_for(self, task_id: bytes) -> int:
-        """How many SV tasks of ``task_id`` are open."""
-        return sum(sv.task_id == task_id for sv in self.queue)
-
 
 class Draft:
     """A mutable overlay on a ``State``; ``freeze`` makes the next ``State``."""
