@@ -65,21 +65,7 @@ def cmd_genesis(args: argparse.Namespace) -> int:
             alloc[parse_address(address)] = alloc.get(parse_address(address), 0) + fc_amount(amount)
         except (ValueError, argparse.ArgumentTypeError) as exc:
             raise FedCoinError(f"--alloc {item!r}: {exc}") from None
-    params = ChainParams(
-        args.min_fee,
-        args.block_reward,
-        args.min_block_interval_ms,
-        args.future_tolerance_ms,
-        args.max_block_txs,
-        min_bond=args.min_bond,
-        max_validators=args.max_validators,
-        epoch_blocks=args.epoch_blocks,
-        unbonding_blocks=args.unbonding_blocks,
-        jail_blocks=args.jail_blocks,
-        evidence_max_age=args.evidence_max_age,
-        slash_bps=args.slash_bps,
-        slash_reward_bps=args.slash_reward_bps,
-    )
+    params = ChainParams(**{f.name: getattr(args, f.name) for f in fields(ChainParams)})
     genesis = Genesis.from_json(
         {
             "chain_id": args.chain_id, "timestamp_ms": args.timestamp_ms,

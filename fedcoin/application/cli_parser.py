@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from fedcoin.application.bundle import add_bundle_parser
 from fedcoin.application.light import add_light_arguments, add_posap_arguments
-from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT
+from fedcoin.data.genesis import DEFAULT_PARAMS, UNIT, ChainParams
 from fedcoin.errors import BadAddress
 from fedcoin.network.addresses import format_host_port, is_unspecified, parse_host_port
 
@@ -95,21 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeatable; at least one)",
     )  # fmt: skip
     p.add_argument("--timestamp-ms", type=int, default=0, help="genesis timestamp (default 0)")
-    for name in (
-        "min_fee",
-        "block_reward",
-        "min_block_interval_ms",
-        "future_tolerance_ms",
-        "max_block_txs",
-        "min_bond",
-        "max_validators",
-        "epoch_blocks",
-        "unbonding_blocks",
-        "jail_blocks",
-        "evidence_max_age",
-        "slash_bps",
-        "slash_reward_bps",
-    ):
+    for name in (f.name for f in fields(ChainParams)):  # every chain parameter, PoSap's too
         p.add_argument(
             "--" + name.replace("_", "-"), type=int, default=getattr(DEFAULT_PARAMS, name),
             help="chain parameter (default %(default)s)",

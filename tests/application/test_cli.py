@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -165,6 +166,19 @@ def test_genesis_without_a_valid_validator_is_one_clear_line(tmp_path: Path) -> 
     odd = fedcoin("genesis", "--out", "g.json", "--validator", "nothing-here=1", cwd=tmp_path)
     one_clear_line(odd, "genesis", "no key file")
     assert not (tmp_path / "g.json").exists()
+
+
+def test_genesis_sets_every_chain_parameter_posap_windows_included(tmp_path: Path) -> None:
+    fedcoin("keygen", "--out", "k.pem", cwd=tmp_path)
+    made = fedcoin("genesis", "--out", "g.json", "--validator", "k.pem=1", "--max-open-sv", "2",
+                   "--fraud-blocks", "7", "--fraud-deposit", "5", cwd=tmp_path)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    params = json.loads((tmp_path / "g.json").read_text())["params"]
+    assert (params["max_open_sv"], params["fraud_blocks"], params["fraud_deposit"]) == (2, 7, 5)
+    free = fedcoin("genesis", "--out", "h.json", "--validator", "k.pem=1", "--fraud-deposit", "0",
+                   cwd=tmp_path)  # fmt: skip
+    one_clear_line(free, "genesis", "fraud_deposit")
+    assert not (tmp_path / "h.json").exists()
 
 
 def full(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
