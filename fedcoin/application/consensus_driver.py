@@ -247,7 +247,7 @@ class ConsensusDriver(Generic[V]):
         while queue and not self.crashed:
             action = queue.pop(0)
             if isinstance(action, Broadcast):
-                queue += self._broadcast(action)
+                queue += await self._broadcast(action)
             elif isinstance(action, ScheduleTimeout):
                 duration = action.duration_ms
                 self._schedule(action.kind, action.height, action.round, duration)
@@ -262,10 +262,10 @@ class ConsensusDriver(Generic[V]):
         duration = self.timeouts.duration(kind, round_) if ms is None else ms
         self.timers.after(duration, lambda: self.put(Timeout(kind, height, round_)))
 
-    def _broadcast(self, action: Broadcast[V]) -> list[Action[V]]:
+    async def _broadcast(self, action: Broadcast[V]) -> list[Action[V]]:
         message = action.message
-        signed = self._sign(message)
-        if signed is None:
+        signed = await self._sign(message)
+        if signed is None or self.crashed:
             return []
         self.signed += 1
         self.publish(signed, action.value)
@@ -289,16 +289,18 @@ class ConsensusDriver(Generic[V]):
             log.debug("consensus dropped %s: %s", type(event).__name__, exc)
         return []
 
-    def _sign(self, message: Proposal | Vote) -> Proposal | Vote | None:
+    async def _sign(self, message: Proposal | Vote) -> Proposal | Vote | None:
+        """Sign through the private validator; its fsynced state write waits in a thread."""
         chain_id = self.ledger.chain_id
         if self.faults.equivocate:
             return raw_sign(self.faults.raw_key, chain_id, message)
-        if self.signer is None:
+        signer = self.signer
+        if signer is None:
             return None
         try:
             if isinstance(message, Proposal):
-                return self.signer.sign_proposal(chain_id, message)
-            return self.signer.sign_vote(chain_id, message)
+                return await asyncio.to_thread(signer.sign_proposal, chain_id, message)
+            return await asyncio.to_thread(signer.sign_vote, chain_id, message)
         except (DoubleSignRefused, PrivValStateError) as exc:
             self.refusals += 1
             log.warning("not signing: %s", exc)

@@ -94,8 +94,8 @@ class NodeConsensus:
             on_commit=p2p.notifier.notify,
         )  # fmt: skip
         self.gossip = ConsensusGossip(self.driver, self.ledger.verify_evidence)
-        p2p.register(ProposalMessage, self._on_proposal)
-        p2p.register(VoteMessage, self._on_vote)
+        p2p.register(ProposalMessage, self._on_proposal, self._undecided)
+        p2p.register(VoteMessage, self._on_vote, self._undecided)
         p2p.register(EvidenceMessage, self._on_evidence)
         self.task: asyncio.Task[None] | None = None
 
@@ -126,6 +126,16 @@ class NodeConsensus:
             self.p2p.broadcast(EvidenceMessage(item))
 
     # --- gossip handlers -----------------------------------------------------------------------
+    def _undecided(self, message: Message) -> bool:
+        """A late copy of a vote or proposal is worth relaying only while its height is not
+        committed here (a peer still deciding it is offered the blocks: ``Syncer.offer``)."""
+        committed = self.driver.ledger.committed_height()  # the in-memory head
+        if isinstance(message, VoteMessage):
+            return message.vote.height > committed
+        if isinstance(message, ProposalMessage):
+            return message.proposal.height > committed
+        return True
+
     async def _on_proposal(self, message: Message, peer: object) -> None:
         if not isinstance(message, ProposalMessage):
             raise Reject("not a proposal")

@@ -1,6 +1,6 @@
 """Gossip: the pipeline every incoming frame follows, and the handlers the application registers.
 
-    seen? → decode → validate (handler) → mark seen → deliver → relay to every peer but the source
+    seen? → decode → validate (handler) → mark seen → deliver → relay (``relay.Relay``)
 
 A handler validates and delivers; it raises ``Ignore`` (drop quietly: late, duplicate,
 useless) or ``Reject`` (drop and penalise: invalid). The router — not the handler — turns
@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from fedcoin.errors import FedCoinError, Ignore, NeedsSync, Reject
 from fedcoin.network.messages import (
@@ -25,6 +25,7 @@ from fedcoin.network.messages import (
     GetPeers,
     Hello,
     Message,
+    Neighbours,
     Peers,
     Ping,
     Pong,
@@ -43,6 +44,7 @@ from fedcoin.network.peers import (
 
 if TYPE_CHECKING:
     from fedcoin.network.dialer import AddressBook
+    from fedcoin.network.relay import Relay
     from fedcoin.network.sync import Syncer
 
 log = logging.getLogger("fedcoin.p2p")
@@ -55,7 +57,15 @@ Handler = Callable[[Message, object], Awaitable[None]]
 class Stale(Ignore):
     """Drop quietly, and drop the copies other peers relay unread: the message can never be
     useful here again (a vote of a height this node committed). A plain ``Ignore`` leaves the
-    message unseen, so that a copy may be taken later when it has become useful."""
+    message unseen, so that a copy may be taken later when it has become useful.
+
+    ``height`` is the committed height the message belongs to. When it came straight from
+    its origin, that peer is still deciding a height we committed (it missed the messages
+    that decided it): we offer it the committed blocks from there (``Syncer.offer``)."""
+
+    def __init__(self, reason: str, height: int | None = None) -> None:
+        super().__init__(reason)
+        self.height = height
 
 
 class SeenCache:
@@ -76,18 +86,32 @@ class SeenCache:
 
 
 class Handlers:
-    """The typed registry of handlers: one per message class, registered explicitly."""
+    """The typed registry of handlers: one per message class, registered explicitly, each with
+    an optional predicate saying whether a message is still worth relaying (default: yes)."""
 
     def __init__(self) -> None:
         self._by_type: dict[type[Message], Handler] = {}
+        self._useful: dict[type[Message], Callable[[Message], bool]] = {}
 
-    def register(self, cls: type[Message], handler: Handler) -> None:
+    def register(
+        self,
+        cls: type[Message],
+        handler: Handler,
+        useful: Callable[[Message], bool] | None = None,
+    ) -> None:
         if cls in self._by_type:
             raise ValueError(f"a handler for {cls.__name__} is already registered")
         self._by_type[cls] = handler
+        if useful is not None:
+            self._useful[cls] = useful
 
     def get(self, cls: type[Message]) -> Handler | None:
         return self._by_type.get(cls)
+
+    def useful(self, message: Message) -> bool:
+        """Whether a late copy of ``message`` is still worth sending to a peer."""
+        check = self._useful.get(type(message))
+        return check is None or check(message)
 
 
 class Pipeline:
@@ -107,22 +131,22 @@ class Pipeline:
         handlers: Handlers,
         seen: SeenCache,
         syncer: Syncer,
+        relay: Relay,
         book: AddressBook,
         max_frame_bytes: int,
         penalise: Callable[[Peer, int, str], None],
         notify: Callable[[], None],
-        spawn: Callable[[Coroutine[Any, Any, None]], None],
         clock: Callable[[], float],
     ) -> None:
         self.peers = peers
         self.handlers = handlers
         self.seen = seen
         self.syncer = syncer
+        self.relay = relay
         self.book = book
         self.max_frame_bytes = max_frame_bytes
         self.penalise = penalise
         self.notify = notify
-        self.spawn = spawn
         self.clock = clock
         self.validating: set[bytes] = set()
 
@@ -146,6 +170,8 @@ class Pipeline:
             claimed = frame_type(frame, self.max_frame_bytes)
             # Seen: a gossip frame we already have is dropped before it is decoded
             mid = message_id(frame)
+            if claimed.GOSSIP:
+                peer.learn(mid)  # it has this one: never send it back
             if mid in self.seen or mid in self.validating:
                 return
         except Reject as exc:
@@ -179,8 +205,11 @@ class Pipeline:
                 await self._direct(peer, message)
         except NeedsSync:
             self.syncer.maybe_sync(peer, force=True)
-        except Stale:
+        except Stale as exc:
             self.seen.add(mid)
+            hello = peer.hello
+            if exc.height is not None and hello and message.origin() == hello.node_pubkey:
+                self.syncer.offer(peer, exc.height)
         except Ignore:
             pass
         except Reject as exc:
@@ -204,19 +233,14 @@ class Pipeline:
         peer.last_useful = self.clock()
         self.seen.add(mid)
         self.notify()
-        self.relay(frame, peer)
-
-    def relay(self, frame: bytes, exclude: Peer | None = None) -> None:
-        for other in list(self.peers.values()):
-            if other is not exclude and not other.enqueue(frame):
-                log.warning("peer %s is too slow; dropping it", other.name)
-                self.spawn(other.conn.close("send queue full"))
+        self.relay.send(frame, mid, message)
 
     def broadcast(self, message: Message) -> None:
         """Publish a message this node originated (marked seen so echoes are dropped)."""
         frame = encode_message(message)
-        self.seen.add(message_id(frame))
-        self.relay(frame)
+        mid = message_id(frame)
+        self.seen.add(mid)
+        self.relay.send(frame, mid)
 
     async def _direct(self, peer: Peer, message: Message) -> None:
         if isinstance(message, Hello | Auth):
@@ -240,6 +264,9 @@ class Pipeline:
             await self.syncer.on_blocks(peer, message)
         elif isinstance(message, Bundle):
             await self._unbundle(peer, message)
+        elif isinstance(message, Neighbours):
+            peer.neighbours = frozenset(message.keys)
+            self.notify()
 
     async def _unbundle(self, peer: Peer, message: Bundle) -> None:
         """Each frame of a bundle goes through the whole pipeline as if it came alone."""

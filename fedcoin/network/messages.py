@@ -37,9 +37,12 @@ from fedcoin.data.tx import Transaction
 from fedcoin.data.vote import CommitCertificate, DuplicateVoteEvidence, Proposal, Vote
 from fedcoin.errors import DecodeError, FrameTooLarge, ProtocolViolation
 
-PROTOCOL_VERSION = 3
-"""3: PoSap v1's Share message (type 5) is gone and Bundle (type 15) carries queued frames."""
+PROTOCOL_VERSION = 4
+"""3: PoSap v1's Share message (type 5) is gone and Bundle (type 15) carries queued frames.
+4: Neighbours (type 16) tells a peer whom the sender is connected to (the relay policy)."""
 MAX_PEERS_LISTED = 64
+#: Keys in one ``Neighbours``: more than a node's inbound and outbound peers together.
+MAX_NEIGHBOURS = 64
 MAX_BLOCKS_BATCH = 128
 
 #: Largest transaction frame: a SubmitRound with MAX_CLIENTS updates is under 20 KiB, and a
@@ -71,6 +74,12 @@ class Message(Record):
     TYPE: ClassVar[int] = 0
     #: Gossiped messages are relayed to every peer but the source; the rest are point to point.
     GOSSIP: ClassVar[bool] = False
+
+    def origin(self) -> bytes | None:
+        """The node key of the node that made and first sent this message, when it is signed
+        by it (a validator's vote or proposal: validators sign with their node key); None when
+        any node may have been first (a transaction, evidence)."""
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +151,9 @@ class ProposalMessage(Message):
     block: Block = wire(nested(Block))  # type: ignore[arg-type]
     """The proposed block; its hash must be ``proposal.block_id``."""
 
+    def origin(self) -> bytes | None:
+        return self.proposal.proposer
+
 
 @dataclass(frozen=True, slots=True)
 class VoteMessage(Message):
@@ -151,6 +163,9 @@ class VoteMessage(Message):
     GOSSIP: ClassVar[bool] = True
     vote: Vote = wire(nested(Vote))
     """The vote."""
+
+    def origin(self) -> bytes | None:
+        return self.vote.validator
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,14 +240,26 @@ class Bundle(Message):
     """The frames, in the order they were queued."""
 
 
+@dataclass(frozen=True, slots=True)
+class Neighbours(Message):
+    """The node keys of the sender's connected peers, sent to every peer whenever they change.
+    A node does not relay a validator's vote or proposal at once to a peer that is connected
+    to that validator (it has it from the source); see ``network/relay.py``."""
+
+    TYPE: ClassVar[int] = 16
+    keys: tuple[bytes, ...] = wire(list_of(PUBKEY, MAX_NEIGHBOURS))
+    """Node keys of the sender's peers."""
+
+
 _ALL: tuple[type[Message], ...] = (Hello, GetPeers, Peers, TxMessage)
 _ALL += (GetBlocks, Blocks, Ping, Pong, Auth, ProposalMessage, VoteMessage, EvidenceMessage)
-_ALL += (Bundle,)
+_ALL += (Bundle, Neighbours)
 MESSAGE_TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in _ALL}
 FRAME_BOUNDS: dict[type[Message], int] = {
     Hello: HANDSHAKE_FRAME_BYTES,
     Auth: HANDSHAKE_FRAME_BYTES,
     GetPeers: SMALL_FRAME_BYTES,
+    Neighbours: 64 + MAX_NEIGHBOURS * 34,
     Peers: SMALL_FRAME_BYTES,
     Ping: SMALL_FRAME_BYTES,
     Pong: SMALL_FRAME_BYTES,

@@ -7,6 +7,7 @@ and are wired here through constructors:
 - ``slots.PeerTable``: who holds a connection (handshakes count; per-IP caps; eviction),
 - ``handshake``: Hello/Auth within one deadline, advertised addresses checked strictly,
 - ``gossip.Pipeline``: every frame after the handshake (bounded per type, never raises),
+- ``relay.Relay``: which peers get a gossip frame now, later or never (``Neighbours``),
 - ``sync.Syncer``: GetBlocks/Blocks, answers within a per-peer cost budget,
 - ``dialer``: the address book and concurrent dialling with backoff.
 
@@ -34,6 +35,7 @@ from fedcoin.network.gossip import Handler, Handlers, Pipeline, SeenCache
 from fedcoin.network.handshake import ALREADY_CONNECTED, Identity, handshake
 from fedcoin.network.messages import MAX_FRAME_BYTES, GetPeers, Hello, Message
 from fedcoin.network.peers import BanList, Peer, PeerLimits
+from fedcoin.network.relay import Relay
 from fedcoin.network.slots import PeerTable
 from fedcoin.network.sync import ChainView, Syncer
 from fedcoin.network.transport import (
@@ -79,6 +81,9 @@ class NetConfig:
     """Longest reconnect delay."""
     limits: PeerLimits = field(default_factory=PeerLimits)
     """Caps, rate limits and ban policy."""
+    relay_defer: float = 1.0
+    """Seconds before a vote or proposal is relayed to a peer connected to its origin (which
+    has it from there, unless the origin is faulty); see ``relay.py``."""
     link_delay_ms: float = 0.0
     """Benchmarks only: every frame from a peer is handed over this long after it arrived
     (``transport.DelayedLink``), an emulated network latency for nodes on one loopback."""
@@ -149,10 +154,14 @@ class P2PNode:
         self.max_frame_bytes = min(config.max_message_bytes, MAX_FRAME_BYTES)
         self.book = AddressBook(config.bootstrap, limits, self._own_addresses)
         self.syncer = Syncer(chain, limits, self.penalise, self._notify)
+        self.relay = Relay(
+            self.peers, defer=config.relay_defer, useful=self.handlers.useful, spawn=self._spawn,
+            clock=clock,
+        )  # fmt: skip
         self.pipeline = Pipeline(
             peers=self.peers, handlers=self.handlers, seen=self.seen, syncer=self.syncer,
-            book=self.book, max_frame_bytes=self.max_frame_bytes, penalise=self.penalise,
-            notify=self._notify, spawn=self._spawn, clock=clock,
+            relay=self.relay, book=self.book, max_frame_bytes=self.max_frame_bytes,
+            penalise=self.penalise, notify=self._notify, clock=clock,
         )  # fmt: skip
         self.dialer = Dialer(
             self.book, peers=self.peers, limits=limits, discover=config.discover,
@@ -179,6 +188,7 @@ class P2PNode:
         self.listen = format_host_port(self.config.host, self.port)
         self.advertised = _checked_advertise(self.config.advertise, self.config.host, self.port)
         self._spawn(self.dialer.run())
+        self._spawn(self.relay.run())
         log.info("p2p listening on %s, advertising %s", self.listen, self.advertised or "nothing")
         return self
 
@@ -196,12 +206,12 @@ class P2PNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._group.__aexit__(None, None, None)
 
-    def register(self, cls: type[Message], handler: Handler) -> None:
-        """Register the application's validator/deliverer for a gossiped message type."""
-        self.handlers.register(cls, handler)
-
-    def relay(self, frame: bytes, exclude: Peer | None = None) -> None:
-        self.pipeline.relay(frame, exclude)
+    def register(
+        self, cls: type[Message], handler: Handler, useful: Callable[[Message], bool] | None = None
+    ) -> None:
+        """Register the application's validator/deliverer for a gossiped message type, and
+        optionally whether a late copy of one is still worth relaying."""
+        self.handlers.register(cls, handler, useful)
 
     def broadcast(self, message: Message) -> None:
         """Publish a message this node originated (marked seen so echoes are dropped)."""
@@ -299,6 +309,7 @@ class P2PNode:
             log.info("connected to %s (%s)", peer.name, "in" if conn.inbound else "out")
             self._notify()
             peer.enqueue(GetPeers())
+            self.relay.announce()
             self.syncer.maybe_sync(peer)
             await self._read(peer)
         except HandshakeRefused as exc:
@@ -316,7 +327,8 @@ class P2PNode:
                 ready.set_result(False)
             if writer is not None:
                 writer.cancel()
-            if self.peers.get(peer.key) is peer:
+            was_peer = self.peers.get(peer.key) is peer
+            if was_peer:
                 log.info("disconnected from %s", peer.name)
                 if (
                     not conn.inbound
@@ -324,6 +336,8 @@ class P2PNode:
                 ):
                     self.book.reset(conn.remote)  # a long good link: redial it at once
             self.table.release(peer)
+            if was_peer and not self._stopping:
+                self.relay.announce()
             await conn.close("bye")
             self._notify()
             self.dialer.wake.set()

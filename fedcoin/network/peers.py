@@ -31,6 +31,8 @@ PENALTY_INVALID = 20
 PENALTY_FLOOD = 5
 #: An unexpected error (a bug, or input no rule foresaw) while handling the peer's message.
 PENALTY_UNEXPECTED = 10
+#: Gossip ids remembered per peer as "it has this" (it sent it to us, or we sent it to it).
+KNOWN_PER_PEER = 4096
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,12 @@ class Peer:
         self.advertised = ""
         self.score = 0
         self.bucket = TokenBucket(limits.rate_per_second, limits.burst, clock)
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(limits.send_queue)
+        #: Frames waiting to be sent, each with its gossip id (None: point to point).
+        self.queue: asyncio.Queue[tuple[bytes, bytes | None]] = asyncio.Queue(limits.send_queue)
+        #: Node keys the peer says it is connected to (its last ``Neighbours``).
+        self.neighbours: frozenset[bytes] = frozenset()
+        #: Gossip ids the peer is known to have; bounded, oldest forgotten first.
+        self.known: OrderedDict[bytes, None] = OrderedDict()
         self.sync_bucket = TokenBucket(limits.sync_bytes_per_second, limits.sync_burst_bytes, clock)
         self.syncing = False
         #: The peer's committed height as we last learnt it (Hello, a Blocks answer).
@@ -143,6 +150,8 @@ class Peer:
         self.connected_at = clock()
         #: When the peer last gave us something new and valid (gossip, sync blocks).
         self.last_useful = self.connected_at
+        #: The highest height whose committed blocks we offered the peer unasked.
+        self.offered = 0
         #: Our ``Blocks`` answer to this peer while it waits in the send queue.
         self.answering: bytes | None = None
         #: Addresses this connection has added to our address book.
@@ -159,11 +168,23 @@ class Peer:
             return f"{self.hello.node_pubkey.hex()[:8]}@{where}"
         return self.conn.remote
 
-    def enqueue(self, message: Message | bytes) -> bool:
-        """Queue a message; False when the queue is full (the peer is too slow)."""
+    def knows(self, gossip_id: bytes) -> bool:
+        return gossip_id in self.known
+
+    def learn(self, gossip_id: bytes) -> None:
+        """Record that the peer has this gossip message (it sent it to us, or we to it)."""
+        self.known[gossip_id] = None
+        self.known.move_to_end(gossip_id)
+        if len(self.known) > KNOWN_PER_PEER:
+            self.known.popitem(last=False)
+
+    def enqueue(self, message: Message | bytes, gossip_id: bytes | None = None) -> bool:
+        """Queue a message; False when the queue is full (the peer is too slow). A gossip
+        frame (``gossip_id`` given) is left out at send time if the peer has sent it to us
+        meanwhile: with N validators relaying at once, most copies cross in flight."""
         frame = message if isinstance(message, bytes) else encode_message(message)
         try:
-            self.queue.put_nowait(frame)
+            self.queue.put_nowait((frame, gossip_id))
         except asyncio.QueueFull:
             return False
         return True
@@ -176,8 +197,10 @@ class Peer:
         held: bytes | None = None
         try:
             while not self.conn.closed:
-                frame = held if held is not None else await self.queue.get()
-                frames, held = self._take_bundle(frame)
+                first = held if held is not None else self._unknown(await self.queue.get())
+                if first is None:
+                    continue
+                frames, held = self._take_bundle(first)
                 await self.conn.send(bundle(frames))
                 if any(f is self.answering for f in frames):
                     self.answering = None
@@ -192,9 +215,22 @@ class Peer:
             return frames, None
         size = len(first)
         while len(frames) < MAX_BUNDLED and not self.queue.empty():
-            frame = self.queue.get_nowait()
+            frame = self._unknown(self.queue.get_nowait())
+            if frame is None:
+                continue
             if len(frame) > MAX_BUNDLED_FRAME_BYTES or size + len(frame) > BUNDLE_PAYLOAD_BYTES:
                 return frames, frame
             frames.append(frame)
             size += len(frame)
         return frames, None
+
+    def _unknown(self, item: tuple[bytes, bytes | None]) -> bytes | None:
+        """The queued frame, unless it is gossip the peer already has (then None); a gossip
+        frame about to be sent is recorded as known to the peer."""
+        frame, gossip_id = item
+        if gossip_id is None:
+            return frame
+        if gossip_id in self.known:
+            return None
+        self.learn(gossip_id)
+        return frame

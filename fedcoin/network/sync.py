@@ -93,11 +93,28 @@ class Syncer:
                 return
             await asyncio.sleep(wait)
             bucket.charge(base)
-        limit = max(1, min(message.limit, SYNC_BATCH))
+        self._send_blocks(peer, message.from_height, message.limit)
+
+    def offer(self, peer: Peer, height: int) -> None:
+        """Send ``peer`` our committed blocks from ``height`` unasked: it is still deciding a
+        height we committed (its own vote of that height reached us), so it missed what
+        decided it, and nobody relays those votes any more. At most one offer per height per
+        peer, within the same cost budget as answers."""
+        if peer.answering is not None or height <= peer.offered:
+            return
+        if height > self.chain.status()[1]:
+            return
+        if not peer.sync_bucket.take(self.limits.getblocks_base_cost):
+            return
+        peer.offered = height
+        self._send_blocks(peer, height, SYNC_BATCH)
+
+    def _send_blocks(self, peer: Peer, from_height: int, limit: int) -> None:
+        limit = max(1, min(limit, SYNC_BATCH))
         budget = min(self.limits.max_answer_bytes, MAX_BLOCK_BYTES)  # the answer fits a frame
         items: list[CommittedBlock] = []
         size = 0
-        for item in self.chain.committed_from(max(message.from_height, 1), limit):
+        for item in self.chain.committed_from(max(from_height, 1), limit):
             item_bytes = len(item.encode())
             if items and size + item_bytes > budget:
                 break

@@ -32,6 +32,7 @@ from fedcoin.network.messages import (
     GetPeers,
     Hello,
     Message,
+    Neighbours,
     Peers,
     Ping,
     Pong,
@@ -74,6 +75,7 @@ def examples() -> list[Message]:
         VoteMessage(precommit(key("node-x"), 1, 0, None)),
         EvidenceMessage(equivocation(key("node-x"), 1)),
         Bundle((encode_message(Ping(9)), encode_message(TxMessage(tx)))),
+        Neighbours((key("node-y").public, key("node-z").public)),
     ]  # fmt: skip
     assert {type(m) for m in found} == set(MESSAGE_TYPES.values())  # every type is fuzzed
     return found

@@ -13,6 +13,7 @@ from fedcoin.network.messages import (
     EvidenceMessage,
     GetBlocks,
     Hello,
+    Neighbours,
     Peers,
     Ping,
     TxMessage,
@@ -40,6 +41,8 @@ SAMPLES = [
     VoteMessage(precommit(ALICE, 3, 1, b"\x05" * 32)),
     VoteMessage(precommit(ALICE, 3, 1, None)),
     EvidenceMessage(equivocation(ALICE, 3)),
+    Neighbours((ALICE.public, BOB.public)),
+    Neighbours(()),
 ]
 
 

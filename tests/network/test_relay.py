@@ -1,0 +1,235 @@
+"""The relay policy: a validator's vote goes at once only to peers that cannot have it from the
+validator itself; the others get it after a delay, if it is still useful and they still lack
+it. And the catch-up offer: a peer whose own vote shows it is still deciding a height we
+committed is sent the committed blocks."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fedcoin.errors import Ignore
+from fedcoin.network.gossip import Stale
+from fedcoin.network.messages import (
+    PROTOCOL_VERSION,
+    Blocks,
+    Hello,
+    Message,
+    Neighbours,
+    TxMessage,
+    VoteMessage,
+    decode_frames,
+    encode_message,
+    message_id,
+)
+from fedcoin.network.peers import Peer, PeerLimits
+from fedcoin.network.relay import Relay
+from fedcoin.network.transport import loopback_pair
+from tests.helpers import ALICE, BOB, key, make_transfer, precommit
+from tests.network.harness import NetNode, Network, net_genesis
+
+GENESIS = net_genesis()
+ORIGIN = key("validator-origin")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def a_peer(name: str, *, neighbours: tuple[bytes, ...] = (), node_key: bytes = b"") -> Peer:
+    conn, _ = loopback_pair(name, f"{name}-far")
+    peer = Peer(conn, PeerLimits(), clock=lambda: 0.0)
+    pubkey = node_key or key(f"peer-{name}").public
+    peer.hello = Hello(PROTOCOL_VERSION, "c", bytes(32), pubkey, "", bytes(32), 0, bytes(32))
+    peer.neighbours = frozenset(neighbours)
+    return peer
+
+
+def queued(peer: Peer) -> list[bytes]:
+    frames = []
+    while not peer.queue.empty():
+        frames.append(peer.queue.get_nowait()[0])
+    return frames
+
+
+class World:
+    """Peers around a node: ``near`` is connected to the vote's origin, ``far`` is not,
+    ``origin`` is the validator itself, ``source`` sent us the vote."""
+
+    def __init__(self, *, useful: bool = True, capacity: int = 1000) -> None:
+        self.near = a_peer("near", neighbours=(ORIGIN.public,))
+        self.far = a_peer("far", neighbours=(BOB.public,))
+        self.origin = a_peer("origin", node_key=ORIGIN.public)
+        self.source = a_peer("source", neighbours=(ORIGIN.public,))
+        self.peers = {p.key: p for p in (self.near, self.far, self.origin, self.source)}
+        self.clock = Clock()
+        self.useful = useful
+        self.relay = Relay(
+            self.peers, defer=1.0, useful=lambda m: self.useful, spawn=lambda c: c.close(),
+            clock=self.clock, capacity=capacity,
+        )  # fmt: skip
+        self.vote = VoteMessage(precommit(ORIGIN, 5, 0, b"\x07" * 32))
+        self.frame = encode_message(self.vote)
+        self.mid = message_id(self.frame)
+
+    def receive(self) -> None:
+        """The vote arrived from ``source`` and passed: the pipeline relays it."""
+        self.source.learn(self.mid)
+        self.relay.send(self.frame, self.mid, self.vote)
+
+
+def test_a_vote_goes_at_once_only_to_peers_not_connected_to_its_origin() -> None:
+    world = World()
+    world.receive()
+    assert queued(world.far) == [world.frame]
+    assert queued(world.near) == []  # it has the vote from the origin, one hop away
+    assert queued(world.origin) == []  # its own vote
+    assert queued(world.source) == []  # it sent it to us
+
+
+def test_a_deferred_copy_leaves_after_the_delay_while_still_useful() -> None:
+    world = World()
+    world.receive()
+    world.clock.now += 0.5
+    world.relay.flush()
+    assert queued(world.near) == []  # not due yet
+    world.clock.now += 0.6
+    world.relay.flush()
+    assert queued(world.near) == [world.frame]  # the origin may have left it out
+    assert queued(world.origin) == [] and queued(world.source) == []
+    assert world.relay.deferred == type(world.relay.deferred)()
+
+
+def test_a_deferred_copy_is_dropped_when_useless_known_or_the_peer_left() -> None:
+    useless = World(useful=False)
+    useless.receive()
+    useless.clock.now += 2
+    useless.relay.flush()
+    assert queued(useless.near) == []  # its height was committed here meanwhile
+
+    known = World()
+    known.receive()
+    known.near.learn(known.mid)  # the near peer sent us a copy meanwhile
+    known.clock.now += 2
+    known.relay.flush()
+    assert queued(known.near) == []
+
+    gone = World()
+    gone.receive()
+    del gone.peers[gone.near.key]
+    gone.clock.now += 2
+    gone.relay.flush()
+    assert queued(gone.near) == []
+    assert gone.relay.dropped_later == 1
+
+
+def test_own_messages_and_messages_without_origin_go_to_every_peer_at_once() -> None:
+    world = World()
+    world.relay.send(world.frame, world.mid)  # this node's own vote
+    assert all(queued(p) == [world.frame] for p in world.peers.values())
+    tx = TxMessage(make_transfer(ALICE, BOB, 1, 0))
+    frame = encode_message(tx)
+    world.source.learn(message_id(frame))
+    world.relay.send(frame, message_id(frame), tx)  # a transaction: any node may be first
+    assert queued(world.near) == [frame] and queued(world.origin) == [frame]
+    assert queued(world.source) == []
+
+
+def test_the_deferred_queue_is_bounded_and_beyond_it_copies_leave_at_once() -> None:
+    world = World(capacity=0)
+    world.receive()
+    assert queued(world.near) == [world.frame]  # no room to defer: flooding, as before
+
+
+def test_a_frame_the_peer_sent_us_while_queued_is_left_out_at_send_time() -> None:
+    async def scenario() -> list[Message]:
+        mine, theirs = loopback_pair("me", "them")
+        peer = Peer(mine, PeerLimits(), clock=lambda: 0.0)
+        vote = VoteMessage(precommit(ORIGIN, 5, 0, None))
+        frame = encode_message(vote)
+        assert peer.enqueue(frame, message_id(frame))
+        peer.learn(message_id(frame))  # its own copy reached us before ours left
+        assert peer.enqueue(encode_message(TxMessage(make_transfer(ALICE, BOB, 1, 0))))
+        writer = asyncio.create_task(peer.writer())
+        try:
+            async with asyncio.timeout(10):
+                got = await theirs.recv()
+        finally:
+            writer.cancel()
+        assert got is not None
+        return decode_frames(got)
+
+    assert [type(m) for m in asyncio.run(scenario())] == [TxMessage]
+
+
+def test_announce_tells_each_peer_its_other_peers() -> None:
+    world = World()
+    world.relay.announce()
+    for peer in world.peers.values():
+        (frame,) = queued(peer)
+        (message,) = decode_frames(frame)
+        assert isinstance(message, Neighbours)
+        others = {p.hello.node_pubkey for p in world.peers.values() if p is not peer and p.hello}
+        assert set(message.keys) == others
+
+
+async def test_in_a_full_mesh_a_proposal_crosses_each_link_once_and_the_peer_lists_are_kept() -> (
+    None
+):
+    async with Network() as net:
+        a, b, c = [await net.add(NetNode(n, GENESIS)) for n in "abc"]
+        await net.link(a, b)
+        await net.link(a, c)
+        await net.link(b, c)
+        # Each node learns whom the others are connected to
+        await net.wait_until(
+            lambda: all(len(p.neighbours) == 1 for n in (a, b, c) for p in n.p2p.peers.values())
+        )
+        block = await a.produce()  # a's own proposal: a sends it to b and c
+        await net.wait_until(lambda: b.blocks[block.hash] == 1 and c.blocks[block.hash] == 1)
+        assert b.handled[block.hash] == 1 and c.handled[block.hash] == 1
+        assert b.p2p.relay.sent_now == 0 and c.p2p.relay.sent_now == 0  # not relayed at once
+        assert len(b.p2p.relay.deferred) == 1 and len(c.p2p.relay.deferred) == 1
+        # A link goes: the others hear of it
+        await c.p2p.peers[b.key.public.hex()].conn.close("test")
+        await net.wait_until(
+            lambda: (
+                a.p2p.peers[b.key.public.hex()].neighbours == frozenset()
+                and a.p2p.peers[c.key.public.hex()].neighbours == frozenset()
+            )
+        )
+
+
+async def test_a_peer_still_deciding_a_height_we_committed_is_offered_the_blocks() -> None:
+    async with Network() as net:
+        a, b = [await net.add(NetNode(n, GENESIS)) for n in "ab"]
+        await net.link(b, a)
+        block = await a.produce(gossip=False)  # a committed height 1, and b does not know
+        seen: list[Blocks] = []
+
+        async def stale_vote(message: Message, peer: object) -> None:
+            assert isinstance(message, VoteMessage)
+            if message.vote.height <= a.chain.head.height:
+                raise Stale("committed here", message.vote.height)
+            raise Ignore("not now")
+
+        a.p2p.register(VoteMessage, stale_vote)
+        original = b.p2p.syncer.on_blocks
+
+        async def on_blocks(peer: Peer, message: Blocks) -> None:
+            seen.append(message)
+            await original(peer, message)
+
+        b.p2p.syncer.on_blocks = on_blocks  # type: ignore[method-assign]
+        # b's own vote of height 1 reaches a: a offers b the block that decided it
+        b.p2p.broadcast(VoteMessage(precommit(b.key, 1, 2, None)))
+        await net.wait_until(lambda: b.chain.head.hash == block.hash)
+        assert [m.blocks[0].block.hash for m in seen] == [block.hash]
+        # once per height: b's next vote of that height brings no second offer
+        b.p2p.broadcast(VoteMessage(precommit(b.key, 1, 3, None)))
+        b.p2p.broadcast(VoteMessage(precommit(ORIGIN, 1, 3, None)))  # and never for others' votes
+        await asyncio.sleep(0.3)
+        assert len(seen) == 1
