@@ -109,7 +109,7 @@ class ConsensusGossip(Generic[V]):
         if height < next_height:
             # Late: its copies are dropped unread from now on (at 16 validators the precommits
             # that arrive after a commit were decoded once per peer that relayed them)
-            raise Stale("message of a committed height", height)
+            raise Stale("message of a committed height")
         if height == next_height:
             return True
         if height == next_height + 1:

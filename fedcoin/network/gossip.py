@@ -198,6 +198,9 @@ class Pipeline:
         except Reject as exc:
             self.penalise(peer, PENALTY_MALFORMED, str(exc))
             return
+        height = message.consensus_height()
+        if height is not None and peer.hello and message.origin() == peer.hello.node_pubkey:
+            peer.shown_height = max(peer.shown_height, height)  # checked or not: see relay.py
         try:
             if message.GOSSIP:
                 await self._gossip(peer, message, frame, mid)
@@ -205,11 +208,9 @@ class Pipeline:
                 await self._direct(peer, message)
         except NeedsSync:
             self.syncer.maybe_sync(peer, force=True)
-        except Stale as exc:
+        except Stale:
             self.seen.add(mid)
-            hello = peer.hello
-            if exc.height is not None and hello and message.origin() == hello.node_pubkey:
-                self.syncer.offer(peer, exc.height)
+            self._maybe_behind(peer, message)
         except Ignore:
             pass
         except Reject as exc:
@@ -234,6 +235,13 @@ class Pipeline:
         self.seen.add(mid)
         self.notify()
         self.relay.send(frame, mid, message)
+
+    def _maybe_behind(self, peer: Peer, message: Message) -> None:
+        """A consensus message of a height we committed, sent by its own origin: that peer is
+        still deciding the height, so it missed what decided it; offer it the blocks."""
+        height = message.consensus_height()
+        if height is not None and peer.hello and message.origin() == peer.hello.node_pubkey:
+            self.syncer.offer(peer, height)
 
     def broadcast(self, message: Message) -> None:
         """Publish a message this node originated (marked seen so echoes are dropped)."""

@@ -81,6 +81,10 @@ class Message(Record):
         any node may have been first (a transaction, evidence)."""
         return None
 
+    def consensus_height(self) -> int | None:
+        """The height a consensus message belongs to; None for other messages."""
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
@@ -154,6 +158,9 @@ class ProposalMessage(Message):
     def origin(self) -> bytes | None:
         return self.proposal.proposer
 
+    def consensus_height(self) -> int | None:
+        return self.proposal.height
+
 
 @dataclass(frozen=True, slots=True)
 class VoteMessage(Message):
@@ -166,6 +173,9 @@ class VoteMessage(Message):
 
     def origin(self) -> bytes | None:
         return self.vote.validator
+
+    def consensus_height(self) -> int | None:
+        return self.vote.height
 
 
 @dataclass(frozen=True, slots=True)

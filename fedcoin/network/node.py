@@ -155,8 +155,8 @@ class P2PNode:
         self.book = AddressBook(config.bootstrap, limits, self._own_addresses)
         self.syncer = Syncer(chain, limits, self.penalise, self._notify)
         self.relay = Relay(
-            self.peers, defer=config.relay_defer, useful=self.handlers.useful, spawn=self._spawn,
-            clock=clock,
+            self.peers, self.node_pubkey, defer=config.relay_defer, useful=self.handlers.useful,
+            spawn=self._spawn, clock=clock,
         )  # fmt: skip
         self.pipeline = Pipeline(
             peers=self.peers, handlers=self.handlers, seen=self.seen, syncer=self.syncer,

@@ -150,6 +150,8 @@ class Peer:
         self.connected_at = clock()
         #: When the peer last gave us something new and valid (gossip, sync blocks).
         self.last_useful = self.connected_at
+        #: The highest height of a consensus message the peer made itself and sent us.
+        self.shown_height = 0
         #: The highest height whose committed blocks we offered the peer unasked.
         self.offered = 0
         #: Our ``Blocks`` answer to this peer while it waits in the send queue.

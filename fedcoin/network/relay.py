@@ -9,11 +9,16 @@ gossip frame received from a peer goes
 
 - **nowhere** for a peer known to have it: the peer that sent it to us, any peer that has sent
   us a copy, its origin itself;
-- **now** to every other peer that is not connected to the frame's origin (or when the frame
-  has no origin: transactions, evidence);
-- **after** ``defer`` seconds to the peers connected to its origin, and then only if the
-  message is still useful (the application's predicate: a vote of a height not yet
-  committed) and the peer has not sent it to us meanwhile.
+- **now** to a peer that is not connected to the frame's origin — but only from a few of its
+  peers: of those connected to both (as their ``Neighbours`` say), the ``EAGER_RELAYERS``
+  first in an order drawn from the frame's id send at once, the others defer; and from every
+  peer when the frame has no origin (transactions, evidence) or we do not know the origin's
+  peers;
+- **after** ``defer`` seconds to the peers connected to its origin, and then only if the peer
+  has not sent it to us meanwhile and the message is still useful: to us (the application's
+  predicate: a vote of a height not yet committed), or to the peer (a vote of a height we
+  committed goes on to a peer that has not yet shown us a vote of its own of a later height:
+  it may be stuck in it, its origin's copy lost).
 
 The deferred copy keeps what Tendermint needs of gossip — a message one correct node has
 reaches every correct node — when the origin is Byzantine (it sends to some peers only) or a
@@ -31,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from fedcoin.data.encoding import sha256
 from fedcoin.network.messages import MAX_NEIGHBOURS, Message, Neighbours
 from fedcoin.network.peers import Peer
 
@@ -38,6 +44,8 @@ log = logging.getLogger("fedcoin.p2p")
 
 #: Deferred copies held at once; beyond this a copy leaves at once (as flooding would).
 DEFER_CAPACITY = 65_536
+#: How many of the peers able to send a frame to a peer that lacks the origin send it at once.
+EAGER_RELAYERS = 2
 
 
 class Relay:
@@ -47,6 +55,7 @@ class Relay:
     def __init__(
         self,
         peers: dict[str, Peer],
+        me: bytes,
         *,
         defer: float,
         useful: Callable[[Message], bool],
@@ -55,6 +64,7 @@ class Relay:
         capacity: int = DEFER_CAPACITY,
     ) -> None:
         self.peers = peers
+        self.me = me
         self.defer = defer
         self.useful = useful
         self.spawn = spawn
@@ -69,6 +79,7 @@ class Relay:
         """Relay ``message`` (its canonical ``frame``, gossip id ``mid``) received from a peer;
         with ``message`` None the frame is this node's own and goes at once to every peer."""
         origin = message.origin() if message is not None else None
+        source = self.peers.get(origin.hex()) if origin is not None else None
         due = self.clock() + self.defer
         for peer in list(self.peers.values()):
             if peer.knows(mid):
@@ -77,11 +88,25 @@ class Relay:
                 key = peer.hello.node_pubkey if peer.hello is not None else b""
                 if key == origin:
                     continue  # the origin has its own message
-                if origin in peer.neighbours and len(self.deferred) < self.capacity:
+                later = origin in peer.neighbours or (
+                    source is not None and not self._eager(mid, peer, source)
+                )
+                if later and len(self.deferred) < self.capacity:
                     self.deferred.append((due, peer, frame, mid, message))
                     continue
             self._enqueue(peer, frame, mid)
             self.sent_now += 1
+
+    def _eager(self, mid: bytes, peer: Peer, source: Peer) -> bool:
+        """Whether we are among the ``EAGER_RELAYERS`` that send ``mid`` at once to ``peer``,
+        which is not connected to the origin ``source``: the peers connected to both (and we
+        are) compete in an order drawn from the frame's id, and every one of them, told the
+        same lists, draws the same order."""
+        able = (peer.neighbours & source.neighbours) | {self.me}
+        if len(able) <= EAGER_RELAYERS:
+            return True
+        ranked = sorted(able, key=lambda k: sha256(mid + k))
+        return self.me in ranked[:EAGER_RELAYERS]
 
     def flush(self) -> None:
         """Send the deferred copies that are due, unless the peer left, has the message by
@@ -92,7 +117,11 @@ class Relay:
             _, peer, frame, mid, message = self.deferred.popleft()
             if mid not in useful:
                 useful[mid] = self._useful(message)
-            if self.peers.get(peer.key) is not peer or peer.knows(mid) or not useful[mid]:
+            if (
+                self.peers.get(peer.key) is not peer
+                or peer.knows(mid)
+                or not (useful[mid] or self._peer_may_need(peer, message))
+            ):
                 self.dropped_later += 1
                 continue
             self._enqueue(peer, frame, mid)
@@ -102,7 +131,17 @@ class Relay:
         """Flush on a timer, a quarter of the deferral apart."""
         while True:
             await asyncio.sleep(max(self.defer / 4, 0.01))
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - a bug must cost copies, never the service
+                log.exception("relay: flushing deferred copies failed")
+
+    @staticmethod
+    def _peer_may_need(peer: Peer, message: Message) -> bool:
+        """A consensus message of a height we committed may still be needed by a peer that
+        has not shown us a message of its own of a later height (it may be stuck in it)."""
+        height = message.consensus_height()
+        return height is not None and peer.shown_height <= height
 
     def _useful(self, message: Message) -> bool:
         try:

@@ -22,7 +22,7 @@ from fedcoin.network.messages import (
     message_id,
 )
 from fedcoin.network.peers import Peer, PeerLimits
-from fedcoin.network.relay import Relay
+from fedcoin.network.relay import EAGER_RELAYERS, Relay
 from fedcoin.network.transport import loopback_pair
 from tests.helpers import ALICE, BOB, key, make_transfer, precommit
 from tests.network.harness import NetNode, Network, net_genesis
@@ -68,8 +68,8 @@ class World:
         self.clock = Clock()
         self.useful = useful
         self.relay = Relay(
-            self.peers, defer=1.0, useful=lambda m: self.useful, spawn=lambda c: c.close(),
-            clock=self.clock, capacity=capacity,
+            self.peers, key("me").public, defer=1.0, useful=lambda m: self.useful,
+            spawn=lambda c: c.close(), clock=self.clock, capacity=capacity,
         )  # fmt: skip
         self.vote = VoteMessage(precommit(ORIGIN, 5, 0, b"\x07" * 32))
         self.frame = encode_message(self.vote)
@@ -106,9 +106,17 @@ def test_a_deferred_copy_leaves_after_the_delay_while_still_useful() -> None:
 def test_a_deferred_copy_is_dropped_when_useless_known_or_the_peer_left() -> None:
     useless = World(useful=False)
     useless.receive()
+    useless.near.shown_height = 6
     useless.clock.now += 2
     useless.relay.flush()
-    assert queued(useless.near) == []  # its height was committed here meanwhile
+    assert queued(useless.near) == []  # its height was committed here and the peer is past it
+
+    stuck = World(useful=False)
+    stuck.receive()
+    stuck.near.shown_height = 5
+    stuck.clock.now += 2
+    stuck.relay.flush()
+    assert queued(stuck.near) == [stuck.frame]  # committed here, but the peer may be stuck in it
 
     known = World()
     known.receive()
@@ -136,6 +144,31 @@ def test_own_messages_and_messages_without_origin_go_to_every_peer_at_once() -> 
     world.relay.send(frame, message_id(frame), tx)  # a transaction: any node may be first
     assert queued(world.near) == [frame] and queued(world.origin) == [frame]
     assert queued(world.source) == []
+
+
+def test_a_peer_not_connected_to_the_origin_gets_it_at_once_from_only_a_few_relayers() -> None:
+    """Five relayers, each connected to the origin and to a peer that is not; each is told the
+    same lists (minus itself), and exactly ``EAGER_RELAYERS`` of them send at once."""
+    relayers = [key(f"relayer-{i}") for i in range(5)]
+    vote = VoteMessage(precommit(ORIGIN, 5, 0, None))
+    frame = encode_message(vote)
+    mid = message_id(frame)
+    at_once = 0
+    for me in relayers:
+        others = tuple(r.public for r in relayers if r is not me)
+        target = a_peer("target", neighbours=others)
+        origin = a_peer("origin", node_key=ORIGIN.public, neighbours=others)
+        peers = {p.key: p for p in (target, origin)}
+        relay = Relay(
+            peers, me.public, defer=1.0, useful=lambda m: True, spawn=lambda c: c.close(),
+            clock=Clock(),
+        )  # fmt: skip
+        relay.send(frame, mid, vote)
+        sent = queued(target)
+        assert sent in ([], [frame])
+        assert bool(sent) != bool(relay.deferred)  # at once, or deferred: never lost
+        at_once += len(sent)
+    assert at_once == EAGER_RELAYERS
 
 
 def test_the_deferred_queue_is_bounded_and_beyond_it_copies_leave_at_once() -> None:
@@ -213,7 +246,7 @@ async def test_a_peer_still_deciding_a_height_we_committed_is_offered_the_blocks
         async def stale_vote(message: Message, peer: object) -> None:
             assert isinstance(message, VoteMessage)
             if message.vote.height <= a.chain.head.height:
-                raise Stale("committed here", message.vote.height)
+                raise Stale("committed here")
             raise Ignore("not now")
 
         a.p2p.register(VoteMessage, stale_vote)
