@@ -15,6 +15,11 @@ vote-signature cache, as in ``simulate``):
   proposal) to each validator's commit, the median over validators per height; p50 and p95
   over the heights, and their ratio to the idle and to the loaded one-hop latency (target at
   16: p50 ≤ 8×);
+- **cost per height**: the process's CPU time (all threads) and the frames all nodes received
+  (each frame of a bundle counted) over the timed heights, per height;
+- **floor**: what any implementation must do per height in one process, from primitives timed
+  in the same run: 2N fsyncs of a signing state (in series: one disk) and 2N signatures made
+  and checked — against which "≤ 8× one hop" can be judged at D = 0;
 - at ``--tps-at`` validators (16), with the first D: **committed transactions per second**
   — ``--txs`` signed transfers from 100 senders submitted to validator 0 (senders
   concurrently, each in nonce order), until every validator has committed all of them —
@@ -34,6 +39,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -138,10 +144,20 @@ async def one_hop_ms(net: Net, count: int) -> float:
     return statistics.median(samples)
 
 
-async def finality(net: Net, heights: int, pings: int) -> tuple[list[int], float]:
+@dataclass
+class Span:
+    """What the timed heights cost the process: CPU (all threads) and frames received by all
+    nodes (each frame of a bundle counted), per height."""
+
+    cpu_ms: float
+    frames: float
+
+
+async def finality(net: Net, heights: int, pings: int) -> tuple[list[int], float, Span]:
     """Per-height median finality (ms) of ``heights`` heights, each started by one transfer;
-    and the one-hop latency measured while some of them were being decided."""
+    the one-hop latency measured while some of them were being decided; and their cost."""
     first = net.nodes[0].chain.head.height + 1
+    cpu, frames = time.process_time(), sum(x.p2p.pipeline.received for x in net.nodes)
     hops = []
     for h in range(heights):
         sender = net.senders[h % SENDERS]
@@ -154,9 +170,37 @@ async def finality(net: Net, heights: int, pings: int) -> tuple[list[int], float
             hops.append(hop)
         else:
             await net.wait_all(target)
+    span = Span(
+        (time.process_time() - cpu) * 1000 / heights,
+        (sum(x.p2p.pipeline.received for x in net.nodes) - frames) / heights,
+    )
     records = height_records(net.nodes[0].chain, net.clocks, since=first)
     waits = [r.finality_ms for r in records if r.finality_ms is not None]
-    return waits, statistics.median(hops) if hops else float("nan")
+    return waits, statistics.median(hops) if hops else float("nan"), span
+
+
+def floor_ms(n: int, root: Path) -> tuple[float, float, float]:
+    """What any implementation must do per height at ``n`` validators in one process, from
+    primitives timed here: each validator fsyncs its signing state and signs twice (prevote,
+    precommit), and each of the 2n votes has its signature checked at least once. Returns
+    (fsync ms, sign + verify ms, the floor in ms); fsyncs to one disk are counted in series."""
+    key = seeded("floor")
+    path = root / "floor-state"
+    fsyncs, crypto = [], []
+    for i in range(50):
+        start = time.perf_counter()
+        with open(path, "wb") as f:
+            f.write(bytes(200))
+            f.flush()
+            os.fsync(f.fileno())
+        fsyncs.append(time.perf_counter() - start)
+        message = i.to_bytes(8, "big") * 16
+        start = time.perf_counter()
+        signature = key.sign(TAG_TX, message)
+        Ed25519PublicKey.from_public_bytes(key.public).verify(signature, TAG_TX + message)
+        crypto.append(time.perf_counter() - start)
+    fsync_ms, crypto_ms = statistics.median(fsyncs) * 1000, statistics.median(crypto) * 1000
+    return fsync_ms, crypto_ms, 2 * n * (fsync_ms + crypto_ms)
 
 
 def raw_verify_rate(txs: list[Transaction]) -> float:
@@ -222,14 +266,18 @@ async def one_setting(args: argparse.Namespace, n: int, delay: float) -> None:
         async with network(n, Path(tmp), delay) as net:
             up = time.perf_counter() - started
             idle_hop = await one_hop_ms(net, args.pings)
-            waits, busy_hop = await finality(net, args.heights, args.pings)
+            waits, busy_hop, span = await finality(net, args.heights, args.pings)
             p50, p95 = percentile(waits, 0.5), percentile(waits, 0.95)
             assert p50 is not None and p95 is not None
+            fsync_ms, crypto_ms, floor = floor_ms(n, Path(tmp))
             print(
                 f"{n:>2} validators, link delay {delay:g} ms (up in {up:.1f} s): one hop "
                 f"{idle_hop:.3f} ms idle, {busy_hop:.3f} ms loaded; finality over {len(waits)} "
                 f"heights p50 {p50} ms = {p50 / idle_hop:.1f}× idle hop "
-                f"({p50 / busy_hop:.1f}× loaded), p95 {p95} ms = {p95 / idle_hop:.1f}× idle hop",
+                f"({p50 / busy_hop:.1f}× loaded), p95 {p95} ms = {p95 / idle_hop:.1f}× idle hop; "
+                f"floor {floor:.1f} ms = {floor / idle_hop:.1f}× idle hop (2·{n} × (fsync "
+                f"{fsync_ms:.3f} + sign and verify {crypto_ms:.3f} ms)); per height CPU "
+                f"{span.cpu_ms:.0f} ms, frames received {span.frames:,.0f}",
                 flush=True,
             )
             if n == args.tps_at and delay == args.link_delay_ms[0]:

@@ -149,6 +149,8 @@ class Pipeline:
         self.notify = notify
         self.clock = clock
         self.validating: set[bytes] = set()
+        #: Frames received (each frame of a bundle counted): what gossip costs this node.
+        self.received = 0
 
     async def on_frame(self, peer: Peer, frame: bytes) -> None:
         try:
@@ -161,6 +163,7 @@ class Pipeline:
             self.penalise(peer, PENALTY_UNEXPECTED, f"unexpected {type(exc).__name__}")
 
     async def _on_frame(self, peer: Peer, frame: bytes) -> None:
+        self.received += 1
         # Per-peer rate limit: a flood costs score per message over the limit
         if not peer.bucket.take():
             self.penalise(peer, PENALTY_FLOOD, "flood")

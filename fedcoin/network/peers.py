@@ -140,8 +140,10 @@ class Peer:
         self.queue: asyncio.Queue[tuple[bytes, bytes | None]] = asyncio.Queue(limits.send_queue)
         #: Node keys the peer says it is connected to (its last ``Neighbours``).
         self.neighbours: frozenset[bytes] = frozenset()
-        #: Gossip ids the peer is known to have; bounded, oldest forgotten first.
-        self.known: OrderedDict[bytes, None] = OrderedDict()
+        #: Gossip ids the peer is known to have, in two generations (bounded: when the newer
+        #: holds KNOWN_PER_PEER / 2 ids, it becomes the older and the older is forgotten).
+        self.known: set[bytes] = set()
+        self._known_before: set[bytes] = set()
         self.sync_bucket = TokenBucket(limits.sync_bytes_per_second, limits.sync_burst_bytes, clock)
         self.syncing = False
         #: The peer's committed height as we last learnt it (Hello, a Blocks answer).
@@ -171,14 +173,13 @@ class Peer:
         return self.conn.remote
 
     def knows(self, gossip_id: bytes) -> bool:
-        return gossip_id in self.known
+        return gossip_id in self.known or gossip_id in self._known_before
 
     def learn(self, gossip_id: bytes) -> None:
         """Record that the peer has this gossip message (it sent it to us, or we to it)."""
-        self.known[gossip_id] = None
-        self.known.move_to_end(gossip_id)
-        if len(self.known) > KNOWN_PER_PEER:
-            self.known.popitem(last=False)
+        self.known.add(gossip_id)
+        if len(self.known) >= KNOWN_PER_PEER // 2:
+            self._known_before, self.known = self.known, set()
 
     def enqueue(self, message: Message | bytes, gossip_id: bytes | None = None) -> bool:
         """Queue a message; False when the queue is full (the peer is too slow). A gossip
@@ -232,7 +233,7 @@ class Peer:
         frame, gossip_id = item
         if gossip_id is None:
             return frame
-        if gossip_id in self.known:
+        if self.knows(gossip_id):
             return None
         self.learn(gossip_id)
         return frame

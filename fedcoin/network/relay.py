@@ -70,7 +70,10 @@ class Relay:
         self.spawn = spawn
         self.clock = clock
         self.capacity = capacity
-        self.deferred: deque[tuple[float, Peer, bytes, bytes, Message]] = deque()
+        #: (due, frame, gossip id, message, the peers it waits for), oldest first.
+        self.deferred: deque[tuple[float, bytes, bytes, Message, list[Peer]]] = deque()
+        self.waiting = 0
+        """Deferred copies held (peers summed over the queue), at most ``capacity``."""
         self.sent_now = 0
         self.sent_later = 0
         self.dropped_later = 0
@@ -80,7 +83,8 @@ class Relay:
         with ``message`` None the frame is this node's own and goes at once to every peer."""
         origin = message.origin() if message is not None else None
         source = self.peers.get(origin.hex()) if origin is not None else None
-        due = self.clock() + self.defer
+        ahead: frozenset[bytes] | None = None  # relayers drawn before us for this frame
+        later: list[Peer] = []
         for peer in list(self.peers.values()):
             if peer.knows(mid):
                 continue
@@ -88,44 +92,46 @@ class Relay:
                 key = peer.hello.node_pubkey if peer.hello is not None else b""
                 if key == origin:
                     continue  # the origin has its own message
-                later = origin in peer.neighbours or (
-                    source is not None and not self._eager(mid, peer, source)
-                )
-                if later and len(self.deferred) < self.capacity:
-                    self.deferred.append((due, peer, frame, mid, message))
+                wait = origin in peer.neighbours
+                if not wait and source is not None:
+                    if ahead is None:
+                        ahead = self._ahead(mid, source)
+                    # The relayers able to reach the peer are those connected to it and to the
+                    # origin; we send at once only if fewer than EAGER_RELAYERS come before us
+                    wait = len(peer.neighbours & ahead) >= EAGER_RELAYERS
+                if wait and self.waiting + len(later) < self.capacity:
+                    later.append(peer)
                     continue
             self._enqueue(peer, frame, mid)
             self.sent_now += 1
+        if later and message is not None:
+            self.deferred.append((self.clock() + self.defer, frame, mid, message, later))
+            self.waiting += len(later)
 
-    def _eager(self, mid: bytes, peer: Peer, source: Peer) -> bool:
-        """Whether we are among the ``EAGER_RELAYERS`` that send ``mid`` at once to ``peer``,
-        which is not connected to the origin ``source``: the peers connected to both (and we
-        are) compete in an order drawn from the frame's id, and every one of them, told the
-        same lists, draws the same order."""
-        able = (peer.neighbours & source.neighbours) | {self.me}
-        if len(able) <= EAGER_RELAYERS:
-            return True
-        ranked = sorted(able, key=lambda k: sha256(mid + k))
-        return self.me in ranked[:EAGER_RELAYERS]
+    def _ahead(self, mid: bytes, source: Peer) -> frozenset[bytes]:
+        """The origin's other peers that come before us in the order drawn from ``mid`` (the
+        same order at every relayer: ``sha256(mid ‖ node key)``)."""
+        mine = sha256(mid + self.me)
+        return frozenset(k for k in source.neighbours if sha256(mid + k) < mine)
 
     def flush(self) -> None:
         """Send the deferred copies that are due, unless the peer left, has the message by
         now, or the message is no longer useful."""
         now = self.clock()
-        useful: dict[bytes, bool] = {}  # one answer per message (it has a copy per peer)
         while self.deferred and self.deferred[0][0] <= now:
-            _, peer, frame, mid, message = self.deferred.popleft()
-            if mid not in useful:
-                useful[mid] = self._useful(message)
-            if (
-                self.peers.get(peer.key) is not peer
-                or peer.knows(mid)
-                or not (useful[mid] or self._peer_may_need(peer, message))
-            ):
-                self.dropped_later += 1
-                continue
-            self._enqueue(peer, frame, mid)
-            self.sent_later += 1
+            _, frame, mid, message, peers = self.deferred.popleft()
+            self.waiting -= len(peers)
+            useful = self._useful(message)
+            height = message.consensus_height()
+            for peer in peers:
+                # Useful to us, or to a peer that has not shown us a later height of its own
+                # (it may be stuck in this one, its copy from the origin lost)
+                needed = useful or (height is not None and peer.shown_height <= height)
+                if not needed or peer.knows(mid) or self.peers.get(peer.key) is not peer:
+                    self.dropped_later += 1
+                    continue
+                self._enqueue(peer, frame, mid)
+                self.sent_later += 1
 
     async def run(self) -> None:
         """Flush on a timer, a quarter of the deferral apart."""
@@ -135,13 +141,6 @@ class Relay:
                 self.flush()
             except Exception:  # noqa: BLE001 - a bug must cost copies, never the service
                 log.exception("relay: flushing deferred copies failed")
-
-    @staticmethod
-    def _peer_may_need(peer: Peer, message: Message) -> bool:
-        """A consensus message of a height we committed may still be needed by a peer that
-        has not shown us a message of its own of a later height (it may be stuck in it)."""
-        height = message.consensus_height()
-        return height is not None and peer.shown_height <= height
 
     def _useful(self, message: Message) -> bool:
         try:
