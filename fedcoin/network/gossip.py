@@ -59,13 +59,8 @@ class Stale(Ignore):
     useful here again (a vote of a height this node committed). A plain ``Ignore`` leaves the
     message unseen, so that a copy may be taken later when it has become useful.
 
-    ``height`` is the committed height the message belongs to. When it came straight from
-    its origin, that peer is still deciding a height we committed (it missed the messages
-    that decided it): we offer it the committed blocks from there (``Syncer.offer``)."""
-
-    def __init__(self, reason: str, height: int | None = None) -> None:
-        super().__init__(reason)
-        self.height = height
+    When it came straight from its origin, that peer is still deciding a height we committed
+    (it missed what decided it): the pipeline offers it the committed blocks from there."""
 
 
 class SeenCache:
@@ -276,8 +271,10 @@ class Pipeline:
         elif isinstance(message, Bundle):
             await self._unbundle(peer, message)
         elif isinstance(message, Neighbours):
-            peer.neighbours = frozenset(message.keys)
-            self.notify()
+            neighbours = frozenset(message.keys)
+            if neighbours != peer.neighbours:
+                peer.neighbours = neighbours
+                self.notify()
 
     async def _unbundle(self, peer: Peer, message: Bundle) -> None:
         """Each frame of a bundle goes through the whole pipeline as if it came alone."""
