@@ -4,22 +4,19 @@ The machine (``consensus/tendermint.py``) is pure; this is its reactor. One task
 events one at a time from a bounded inbox — proposals and votes that the gossip handlers
 admitted, timeouts, the start of a height — and carries out what it answers:
 
-- ``Broadcast`` → sign through the private validator (it persists, then signs; a refusal is
-  logged, never a crash), publish, and feed the signed message back to the machine;
+- ``Broadcast`` → sign through the private validator in a worker thread (it persists, then
+  signs; a refusal is logged, never a crash), publish, and feed it back to the machine;
 - ``ScheduleTimeout`` → an asyncio timer (a new height cancels the stale ones);
 - ``Commit`` → ``Ledger.commit`` (the chain, the mempool, the share pools), then the next height
   starts at the cadence of DESIGN §5 (``timers.start_delay_ms``);
 - ``ReportEvidence`` → publish it and keep it for the next block this node proposes.
 
-The handlers (``admission.Admission``) check a proposal's block *before* the machine sees it, so
-the machine's ``valid(v)`` is a lookup. Messages of the height after ours are buffered and
-start that height at once (the others already have); messages further ahead raise
-``NeedsSync``: the node is behind and syncs committed blocks.
+The gossip handlers check a proposal's block *before* the machine sees it (``valid(v)`` is a
+lookup); messages of the next height are buffered and start it; further ahead: ``NeedsSync``.
 
-Hooks for tests and the simulation (``Faults``): ``equivocate`` signs with the raw key,
-bypassing the private validator (only when so configured), and sends two proposals per round
-it proposes and two conflicting votes per step; ``crash_at`` stops the driver at a given height
-and round, as a crashed validator.
+Hooks for tests and the simulation (``Faults``): ``equivocate`` signs with the raw key (not
+the private validator) and sends two proposals per round and two conflicting votes per step;
+``crash_at`` stops the driver at a given height and round, as a crashed validator.
 """
 
 from __future__ import annotations
@@ -27,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Generic
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic
 
 from fedcoin.application.consensus_ports import (
     ChainMoved,
@@ -130,6 +127,8 @@ class ConsensusDriver(Generic[V]):
         """What this node signed for the current height, to publish again (``resend_ms``)."""
         self.resend_ms = resend_ms
         self.commits = 0
+        self.decided_round: int | None = None  # of the last height committed here (not synced)
+        self.signing: asyncio.Future[Proposal | Vote] | None = None  # the last signature
         self.signed = 0
         self.refusals = 0
         self._prebuilt: V | None = None
@@ -187,6 +186,7 @@ class ConsensusDriver(Generic[V]):
             if not self.running and item.height == self.ledger.committed_height() + 1:
                 await self._start_height(item.height)
         elif isinstance(item, ChainMoved):
+            self.decided_round = None
             if self.ledger.committed_height() >= self.machine.height and not self.committing:
                 self._end_height()
                 self.schedule_start()
@@ -290,21 +290,29 @@ class ConsensusDriver(Generic[V]):
         return []
 
     async def _sign(self, message: Proposal | Vote) -> Proposal | Vote | None:
-        """Sign through the private validator; its fsynced state write waits in a thread."""
         chain_id = self.ledger.chain_id
         if self.faults.equivocate:
             return raw_sign(self.faults.raw_key, chain_id, message)
         signer = self.signer
         if signer is None:
             return None
+        job: Coroutine[Any, Any, Proposal | Vote]
+        if isinstance(message, Proposal):
+            job = asyncio.to_thread(signer.sign_proposal, chain_id, message)
+        else:
+            job = asyncio.to_thread(signer.sign_vote, chain_id, message)
+        self.signing = asyncio.ensure_future(job)  # shielded: a stop waits for it (``settle``)
         try:
-            if isinstance(message, Proposal):
-                return await asyncio.to_thread(signer.sign_proposal, chain_id, message)
-            return await asyncio.to_thread(signer.sign_vote, chain_id, message)
+            return await asyncio.shield(self.signing)
         except (DoubleSignRefused, PrivValStateError) as exc:
             self.refusals += 1
             log.warning("not signing: %s", exc)
             return None
+
+    async def settle(self) -> None:
+        """Wait for a signature in progress (its state write) to land, after a stop."""
+        if self.signing is not None:
+            await asyncio.wait({self.signing})
 
     def _equivocate(self, signed: Proposal | Vote, value: V | None) -> None:
         """The Byzantine hook: a second, conflicting message for the same step."""
@@ -325,6 +333,7 @@ class ConsensusDriver(Generic[V]):
             self.committing = False
             self._end_height()
         self.commits += 1
+        self.decided_round = decision.certificate.round
         self.on_commit()
         included = set(self.ledger.evidence_in(decision.value))
         self.evidence = [e for e in self.evidence if e not in included]

@@ -31,7 +31,8 @@ from fedcoin.data.vote import DuplicateVoteEvidence, Proposal, Vote
 from fedcoin.errors import Ignore, NeedsSync, Reject, RuleViolation, VoteError
 from fedcoin.network.gossip import Stale
 
-#: Messages of a height not started yet that are kept for it (beyond: dropped, gossip repeats).
+#: Messages of a height not started yet that are kept for it (beyond: dropped; their origins
+#: publish them again every 2 s while the height lasts).
 MAX_BUFFERED = 8192
 
 
@@ -109,7 +110,11 @@ class ConsensusGossip(Generic[V]):
         if height < next_height:
             # Late: its copies are dropped unread from now on (at 16 validators the precommits
             # that arrive after a commit were decoded once per peer that relayed them)
-            raise Stale("message of a committed height")
+            # From a later round than the one that decided it, or an older height: its
+            # sender is still deciding it (it missed what decided it)
+            decided = self.driver.decided_round
+            late_round = decided is not None and round_of(event) > decided
+            raise Stale("message of a committed height", height < next_height - 1 or late_round)
         if height == next_height:
             return True
         if height == next_height + 1:
@@ -131,3 +136,11 @@ class ConsensusGossip(Generic[V]):
         buffered = self.driver.buffer
         if sum(len(events) for events in buffered.values()) < MAX_BUFFERED:
             buffered.setdefault(height, []).append(event)
+
+
+def round_of(event: Event[V]) -> int:
+    if isinstance(event, ProposalReceived):
+        return event.proposal.round
+    if isinstance(event, VoteReceived):
+        return event.vote.round
+    return 0

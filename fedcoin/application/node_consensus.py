@@ -109,6 +109,7 @@ class NodeConsensus:
                 await self.task
             except asyncio.CancelledError:
                 pass
+        await self.driver.settle()
         self.driver.stop(crash=False)
 
     def _publish(self, item: Proposal | Vote | DuplicateVoteEvidence, value: object) -> None:

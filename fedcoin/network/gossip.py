@@ -59,8 +59,13 @@ class Stale(Ignore):
     useful here again (a vote of a height this node committed). A plain ``Ignore`` leaves the
     message unseen, so that a copy may be taken later when it has become useful.
 
-    When it came straight from its origin, that peer is still deciding a height we committed
-    (it missed what decided it): the pipeline offers it the committed blocks from there."""
+    ``behind``: the message shows its sender still deciding a height we committed (a round
+    after the one that decided it, or an older height). Sent by its origin, the pipeline then
+    offers that peer the committed blocks from there."""
+
+    def __init__(self, reason: str, behind: bool = False) -> None:
+        super().__init__(reason)
+        self.behind = behind
 
 
 class SeenCache:
@@ -206,9 +211,10 @@ class Pipeline:
                 await self._direct(peer, message)
         except NeedsSync:
             self.syncer.maybe_sync(peer, force=True)
-        except Stale:
+        except Stale as exc:
             self.seen.add(mid)
-            self._maybe_behind(peer, message)
+            if exc.behind:
+                self._maybe_behind(peer, message)
         except Ignore:
             pass
         except Reject as exc:
@@ -239,7 +245,10 @@ class Pipeline:
         still deciding the height, so it missed what decided it; offer it the blocks."""
         height = message.consensus_height()
         if height is not None and peer.hello and message.origin() == peer.hello.node_pubkey:
-            self.syncer.offer(peer, height)
+            try:
+                self.syncer.offer(peer, height)
+            except FedCoinError as exc:  # our store's trouble, not the peer's fault
+                log.warning("could not offer blocks to %s: %s", peer.name, exc)
 
     def broadcast(self, message: Message) -> None:
         """Publish a message this node originated (marked seen so echoes are dropped)."""

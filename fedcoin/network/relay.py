@@ -17,8 +17,11 @@ gossip frame received from a peer goes
 - **after** ``defer`` seconds to the peers connected to its origin, and then only if the peer
   has not sent it to us meanwhile and the message is still useful: to us (the application's
   predicate: a vote of a height not yet committed), or to the peer (a vote of a height we
-  committed goes on to a peer that has not yet shown us a vote of its own of a later height:
-  it may be stuck in it, its origin's copy lost).
+  committed goes on to a peer that has shown us nothing of its own of that height: it may be
+  stuck before its first vote, its origin's copy lost).
+
+This node's own frames go to every peer every time (the driver publishes what it signed again
+every 2 s while a height lasts, for a peer that ignored the first copy).
 
 The deferred copy keeps what Tendermint needs of gossip — a message one correct node has
 reaches every correct node — when the origin is Byzantine (it sends to some peers only) or a
@@ -86,9 +89,14 @@ class Relay:
         ahead: frozenset[bytes] | None = None  # relayers drawn before us for this frame
         later: list[Peer] = []
         for peer in list(self.peers.values()):
+            if message is None:
+                # Our own frame goes to every peer, every time: the driver publishes what it
+                # signed again while a height lasts, for a peer that ignored the first copy
+                self._enqueue(peer, frame, None)
+                continue
             if peer.knows(mid):
                 continue
-            if origin is not None and message is not None:
+            if origin is not None:
                 key = peer.hello.node_pubkey if peer.hello is not None else b""
                 if key == origin:
                     continue  # the origin has its own message
@@ -123,11 +131,13 @@ class Relay:
             self.waiting -= len(peers)
             useful = self._useful(message)
             height = message.consensus_height()
-            for peer in peers:
-                # Useful to us, or to a peer that has not shown us a later height of its own
-                # (it may be stuck in this one, its copy from the origin lost)
-                needed = useful or (height is not None and peer.shown_height <= height)
-                if not needed or peer.knows(mid) or self.peers.get(peer.key) is not peer:
+            for waiting in peers:
+                peer = self.peers.get(waiting.key)  # its connection now (it may have redialled)
+                # Useful to us, or to a peer that has shown us nothing of its own of this height
+                # (it may be stuck before its first vote, its copy from the origin lost; one
+                # stuck later is offered the blocks once its next round shows it)
+                needed = useful or (height is not None and waiting.shown_height < height)
+                if peer is None or not needed or peer.knows(mid):
                     self.dropped_later += 1
                     continue
                 self._enqueue(peer, frame, mid)
@@ -156,7 +166,10 @@ class Relay:
             others = tuple(k for k in keys if peer.hello is None or k != peer.hello.node_pubkey)
             peer.enqueue(Neighbours(others[:MAX_NEIGHBOURS]))
 
-    def _enqueue(self, peer: Peer, frame: bytes, mid: bytes) -> None:
+    def _enqueue(self, peer: Peer, frame: bytes, mid: bytes | None) -> None:
         if not peer.enqueue(frame, mid):
             log.warning("peer %s is too slow; dropping it", peer.name)
-            self.spawn(peer.conn.close("send queue full"))
+            try:
+                self.spawn(peer.conn.close("send queue full"))
+            except RuntimeError:  # the service is stopping: the connection closes anyway
+                pass

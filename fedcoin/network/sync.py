@@ -100,16 +100,18 @@ class Syncer:
         height we committed (its own vote of that height reached us), so it missed what
         decided it, and nobody relays those votes any more. At most one offer per height per
         peer, within the same cost budget as answers."""
-        if peer.answering is not None or height <= peer.offered:
+        if height <= peer.offered:
             return
         if height > self.chain.status()[1]:
             return
         if not peer.sync_bucket.take(self.limits.getblocks_base_cost):
             return
         peer.offered = height
-        self._send_blocks(peer, height, SYNC_BATCH)
+        self._send_blocks(peer, height, SYNC_BATCH, answer=False)
 
-    def _send_blocks(self, peer: Peer, from_height: int, limit: int) -> None:
+    def _send_blocks(self, peer: Peer, from_height: int, limit: int, answer: bool = True) -> None:
+        """Queue a ``Blocks`` of our committed blocks from ``from_height``; an answer (not an
+        offer) is remembered until sent, and a ``GetBlocks`` before that is pipelining."""
         limit = max(1, min(limit, SYNC_BATCH))
         budget = min(self.limits.max_answer_bytes, MAX_BLOCK_BYTES)  # the answer fits a frame
         items: list[CommittedBlock] = []
@@ -122,7 +124,7 @@ class Syncer:
             size += item_bytes
         peer.sync_bucket.charge(size)
         frame = encode_message(Blocks(tuple(items), self.chain.status()[1]))
-        if peer.enqueue(frame):
+        if peer.enqueue(frame) and answer:
             peer.answering = frame
 
     async def on_blocks(self, peer: Peer, message: Blocks) -> None:

@@ -106,17 +106,17 @@ def test_a_deferred_copy_leaves_after_the_delay_while_still_useful() -> None:
 def test_a_deferred_copy_is_dropped_when_useless_known_or_the_peer_left() -> None:
     useless = World(useful=False)
     useless.receive()
-    useless.near.shown_height = 6
+    useless.near.shown_height = 5
     useless.clock.now += 2
     useless.relay.flush()
-    assert queued(useless.near) == []  # its height was committed here and the peer is past it
+    assert queued(useless.near) == []  # committed here, and the peer has voted in that height
 
     stuck = World(useful=False)
     stuck.receive()
-    stuck.near.shown_height = 5
+    stuck.near.shown_height = 4
     stuck.clock.now += 2
     stuck.relay.flush()
-    assert queued(stuck.near) == [stuck.frame]  # committed here, but the peer may be stuck in it
+    assert queued(stuck.near) == [stuck.frame]  # committed here; the peer showed nothing of it
 
     known = World()
     known.receive()
@@ -131,12 +131,22 @@ def test_a_deferred_copy_is_dropped_when_useless_known_or_the_peer_left() -> Non
     gone.clock.now += 2
     gone.relay.flush()
     assert queued(gone.near) == []
-    assert gone.relay.dropped_later == 1
+    assert gone.relay.dropped_later == 1 and gone.relay.waiting == 0
+
+    redialled = World()  # the peer reconnected meanwhile: its new connection gets the copy
+    redialled.receive()
+    again = a_peer("near", neighbours=(ORIGIN.public,))
+    redialled.peers[again.key] = again
+    redialled.clock.now += 2
+    redialled.relay.flush()
+    assert queued(redialled.near) == [] and queued(again) == [redialled.frame]
 
 
 def test_own_messages_and_messages_without_origin_go_to_every_peer_at_once() -> None:
     world = World()
     world.relay.send(world.frame, world.mid)  # this node's own vote
+    assert all(queued(p) == [world.frame] for p in world.peers.values())
+    world.relay.send(world.frame, world.mid)  # published again: again to every peer
     assert all(queued(p) == [world.frame] for p in world.peers.values())
     tx = TxMessage(make_transfer(ALICE, BOB, 1, 0))
     frame = encode_message(tx)
@@ -246,7 +256,7 @@ async def test_a_peer_still_deciding_a_height_we_committed_is_offered_the_blocks
         async def stale_vote(message: Message, peer: object) -> None:
             assert isinstance(message, VoteMessage)
             if message.vote.height <= a.chain.head.height:
-                raise Stale("committed here")
+                raise Stale("committed here", behind=message.vote.round > 0)
             raise Ignore("not now")
 
         a.p2p.register(VoteMessage, stale_vote)
@@ -257,7 +267,11 @@ async def test_a_peer_still_deciding_a_height_we_committed_is_offered_the_blocks
             await original(peer, message)
 
         b.p2p.syncer.on_blocks = on_blocks  # type: ignore[method-assign]
-        # b's own vote of height 1 reaches a: a offers b the block that decided it
+        # A late vote of the deciding round (0) shows nothing: no offer
+        b.p2p.broadcast(VoteMessage(precommit(b.key, 1, 0, None)))
+        await asyncio.sleep(0.3)
+        assert seen == []
+        # b's own vote of a later round reaches a: a offers b the block that decided it
         b.p2p.broadcast(VoteMessage(precommit(b.key, 1, 2, None)))
         await net.wait_until(lambda: b.chain.head.hash == block.hash)
         assert [m.blocks[0].block.hash for m in seen] == [block.hash]
@@ -266,3 +280,45 @@ async def test_a_peer_still_deciding_a_height_we_committed_is_offered_the_blocks
         b.p2p.broadcast(VoteMessage(precommit(ORIGIN, 1, 3, None)))  # and never for others' votes
         await asyncio.sleep(0.3)
         assert len(seen) == 1
+        # An offer is not an answer: b asking for blocks while it is queued is no offence
+        peer_b = a.p2p.peers[b.key.public.hex()]
+        assert peer_b.answering is None and peer_b.score == 0
+
+
+async def test_our_republished_message_reaches_a_peer_that_ignored_the_first_copy() -> None:
+    async with Network() as net:
+        a, b = [await net.add(NetNode(n, GENESIS)) for n in "ab"]
+        await net.link(a, b)
+        calls: list[int] = []
+
+        async def not_yet_then_take(message: Message, peer: object) -> None:
+            calls.append(1)
+            net.notifier.notify()
+            if len(calls) == 1:
+                raise Ignore("not now (e.g. behind)")  # left unseen for a later copy
+
+        b.p2p.register(VoteMessage, not_yet_then_take)
+        vote = VoteMessage(precommit(a.key, 1, 0, None))
+        a.p2p.broadcast(vote)
+        await net.wait_until(lambda: len(calls) == 1)
+        a.p2p.broadcast(vote)  # the driver publishes what it signed again
+        await net.wait_until(lambda: len(calls) == 2)
+
+
+async def test_a_peer_shows_a_height_only_with_its_own_messages() -> None:
+    async with Network() as net:
+        a, b = [await net.add(NetNode(n, GENESIS)) for n in "ab"]
+        await net.link(a, b)
+        peer_b = a.p2p.peers[b.key.public.hex()]
+        heights: list[int] = []
+
+        async def note(message: Message, peer: object) -> None:
+            assert isinstance(message, VoteMessage)
+            heights.append(message.vote.height)
+            net.notifier.notify()
+
+        a.p2p.register(VoteMessage, note)
+        b.p2p.broadcast(VoteMessage(precommit(ORIGIN, 9, 0, None)))  # someone else's vote
+        b.p2p.broadcast(VoteMessage(precommit(b.key, 5, 0, None)))  # its own
+        await net.wait_until(lambda: heights == [9, 5])
+        assert peer_b.shown_height == 5  # the relayed vote of height 9 showed nothing of b
