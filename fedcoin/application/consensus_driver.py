@@ -313,6 +313,8 @@ class ConsensusDriver(Generic[V]):
         """Wait for a signature in progress (its state write) to land, after a stop."""
         if self.signing is not None:
             await asyncio.wait({self.signing})
+            if not self.signing.cancelled() and self.signing.exception() is not None:
+                log.info("a signature refused after the stop: %s", self.signing.exception())
 
     def _equivocate(self, signed: Proposal | Vote, value: V | None) -> None:
         """The Byzantine hook: a second, conflicting message for the same step."""

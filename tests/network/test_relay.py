@@ -181,6 +181,37 @@ def test_a_peer_not_connected_to_the_origin_gets_it_at_once_from_only_a_few_rela
     assert at_once == EAGER_RELAYERS
 
 
+def test_a_usefulness_check_that_fails_counts_as_useful_and_the_timer_survives_a_bug() -> None:
+    def broken(message: Message) -> bool:
+        raise RuntimeError("a bug in the application's predicate")
+
+    world = World()
+    world.relay.useful = broken
+    world.receive()
+    world.clock.now += 2
+    world.relay.flush()
+    assert queued(world.near) == [world.frame]  # when in doubt, the copy goes
+
+    async def timer_with_a_bug() -> int:
+        calls = 0
+
+        def failing_flush() -> None:
+            nonlocal calls
+            calls += 1
+            raise RuntimeError("a bug in flush")
+
+        world.relay.flush = failing_flush  # type: ignore[method-assign]
+        world.relay.defer = 0.04  # ticks every 10 ms
+        task = asyncio.create_task(world.relay.run())
+        await asyncio.sleep(0.2)
+        alive = not task.done()
+        task.cancel()
+        assert alive
+        return calls
+
+    assert asyncio.run(timer_with_a_bug()) >= 2  # it kept ticking after the first failure
+
+
 def test_the_deferred_queue_is_bounded_and_beyond_it_copies_leave_at_once() -> None:
     world = World(capacity=0)
     world.receive()
