@@ -163,6 +163,8 @@ async def running(bus: Bus):  # type: ignore[no-untyped-def]
                 task.cancel()
             for task in list(bus.tasks):
                 task.cancel()
+    for driver in bus.drivers:
+        await driver.settle()  # a signature in flight lands its state write before we read it
 
 
 async def test_four_validators_commit_heights_with_certificates(tmp_path: Path) -> None:
