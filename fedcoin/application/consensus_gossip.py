@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Generic
 
 from fedcoin.application.consensus_driver import ConsensusDriver
-from fedcoin.application.consensus_ports import V
+from fedcoin.application.consensus_ports import V, round_of
 from fedcoin.consensus.proposer import proposer_for_round
 from fedcoin.consensus.tendermint import MAX_FUTURE_ROUNDS
 from fedcoin.consensus.tendermint_io import Event, ProposalReceived, VoteReceived
@@ -136,11 +136,3 @@ class ConsensusGossip(Generic[V]):
         buffered = self.driver.buffer
         if sum(len(events) for events in buffered.values()) < MAX_BUFFERED:
             buffered.setdefault(height, []).append(event)
-
-
-def round_of(event: Event[V]) -> int:
-    if isinstance(event, ProposalReceived):
-        return event.proposal.round
-    if isinstance(event, VoteReceived):
-        return event.vote.round
-    return 0

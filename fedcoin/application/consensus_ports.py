@@ -158,3 +158,14 @@ def height_of(item: Event[V]) -> int:
     if isinstance(item, Timeout):
         return item.height
     return -1
+
+
+def round_of(item: Event[V]) -> int:
+    """The round a machine event belongs to (-1 for one of no round)."""
+    if isinstance(item, ProposalReceived):
+        return item.proposal.round
+    if isinstance(item, VoteReceived):
+        return item.vote.round
+    if isinstance(item, Timeout):
+        return item.round
+    return -1

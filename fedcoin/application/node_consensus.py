@@ -130,12 +130,8 @@ class NodeConsensus:
     def _undecided(self, message: Message) -> bool:
         """A late copy of a vote or proposal is worth relaying only while its height is not
         committed here (a peer still deciding it is offered the blocks: ``Syncer.offer``)."""
-        committed = self.driver.ledger.committed_height()  # the in-memory head
-        if isinstance(message, VoteMessage):
-            return message.vote.height > committed
-        if isinstance(message, ProposalMessage):
-            return message.proposal.height > committed
-        return True
+        height = message.consensus_height()
+        return height is None or height > self.driver.ledger.committed_height()  # in memory
 
     async def _on_proposal(self, message: Message, peer: object) -> None:
         if not isinstance(message, ProposalMessage):

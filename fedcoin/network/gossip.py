@@ -68,6 +68,15 @@ class Stale(Ignore):
         self.behind = behind
 
 
+def _own_height(peer: Peer, message: Message) -> int | None:
+    """The height of a consensus message the peer made itself (its origin is the peer's key);
+    None for any other message."""
+    height = message.consensus_height()
+    if height is None or peer.hello is None or message.origin() != peer.hello.node_pubkey:
+        return None
+    return height
+
+
 class SeenCache:
     """Bounded set of recently seen message ids; the oldest are forgotten first."""
 
@@ -201,9 +210,9 @@ class Pipeline:
         except Reject as exc:
             self.penalise(peer, PENALTY_MALFORMED, str(exc))
             return
-        height = message.consensus_height()
-        if height is not None and peer.hello and message.origin() == peer.hello.node_pubkey:
-            peer.shown_height = max(peer.shown_height, height)  # checked or not: see relay.py
+        own = _own_height(peer, message)
+        if own is not None:
+            peer.shown_height = max(peer.shown_height, own)  # checked or not: see relay.py
         try:
             if message.GOSSIP:
                 await self._gossip(peer, message, frame, mid)
@@ -213,8 +222,8 @@ class Pipeline:
             self.syncer.maybe_sync(peer, force=True)
         except Stale as exc:
             self.seen.add(mid)
-            if exc.behind:
-                self._maybe_behind(peer, message)
+            if exc.behind and own is not None:
+                self._offer(peer, own)
         except Ignore:
             pass
         except Reject as exc:
@@ -240,15 +249,13 @@ class Pipeline:
         self.notify()
         self.relay.send(frame, mid, message)
 
-    def _maybe_behind(self, peer: Peer, message: Message) -> None:
-        """A consensus message of a height we committed, sent by its own origin: that peer is
-        still deciding the height, so it missed what decided it; offer it the blocks."""
-        height = message.consensus_height()
-        if height is not None and peer.hello and message.origin() == peer.hello.node_pubkey:
-            try:
-                self.syncer.offer(peer, height)
-            except FedCoinError as exc:  # our store's trouble, not the peer's fault
-                log.warning("could not offer blocks to %s: %s", peer.name, exc)
+    def _offer(self, peer: Peer, height: int) -> None:
+        """The peer's own message shows it still deciding ``height``, which we committed: it
+        missed what decided it; offer it the blocks."""
+        try:
+            self.syncer.offer(peer, height)
+        except FedCoinError as exc:  # our store's trouble, not the peer's fault
+            log.warning("could not offer blocks to %s: %s", peer.name, exc)
 
     def broadcast(self, message: Message) -> None:
         """Publish a message this node originated (marked seen so echoes are dropped)."""
