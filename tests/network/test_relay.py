@@ -192,24 +192,27 @@ def test_a_usefulness_check_that_fails_counts_as_useful_and_the_timer_survives_a
     world.relay.flush()
     assert queued(world.near) == [world.frame]  # when in doubt, the copy goes
 
-    async def timer_with_a_bug() -> int:
+    async def timer_with_a_bug() -> bool:
         calls = 0
+        ticked_again = asyncio.Event()
 
         def failing_flush() -> None:
             nonlocal calls
             calls += 1
+            if calls >= 2:
+                ticked_again.set()
             raise RuntimeError("a bug in flush")
 
         world.relay.flush = failing_flush  # type: ignore[method-assign]
         world.relay.defer = 0.04  # ticks every 10 ms
         task = asyncio.create_task(world.relay.run())
-        await asyncio.sleep(0.2)
+        async with asyncio.timeout(10):
+            await ticked_again.wait()  # a tick after the first failure
         alive = not task.done()
         task.cancel()
-        assert alive
-        return calls
+        return alive
 
-    assert asyncio.run(timer_with_a_bug()) >= 2  # it kept ticking after the first failure
+    assert asyncio.run(timer_with_a_bug())
 
 
 def test_the_deferred_queue_is_bounded_and_beyond_it_copies_leave_at_once() -> None:
@@ -283,9 +286,12 @@ async def test_a_peer_still_deciding_a_height_we_committed_is_offered_the_blocks
         await net.link(b, a)
         block = await a.produce(gossip=False)  # a committed height 1, and b does not know
         seen: list[Blocks] = []
+        handled: list[VoteMessage] = []
 
         async def stale_vote(message: Message, peer: object) -> None:
             assert isinstance(message, VoteMessage)
+            handled.append(message)
+            net.notifier.notify()
             if message.vote.height <= a.chain.head.height:
                 raise Stale("committed here", behind=message.vote.round > 0)
             raise Ignore("not now")
@@ -298,19 +304,28 @@ async def test_a_peer_still_deciding_a_height_we_committed_is_offered_the_blocks
             await original(peer, message)
 
         b.p2p.syncer.on_blocks = on_blocks  # type: ignore[method-assign]
-        # A late vote of the deciding round (0) shows nothing: no offer
+        offers: list[int] = []
+        send_blocks = a.p2p.syncer._send_blocks
+
+        def counted(peer: Peer, from_height: int, limit: int, answer: bool = True) -> None:
+            offers.append(from_height)
+            send_blocks(peer, from_height, limit, answer)
+
+        a.p2p.syncer._send_blocks = counted  # type: ignore[method-assign]
+        # A late vote of the deciding round (0) shows nothing: no offer (decided as a handles it)
         b.p2p.broadcast(VoteMessage(precommit(b.key, 1, 0, None)))
-        await asyncio.sleep(0.3)
-        assert seen == []
+        await net.wait_until(lambda: len(handled) == 1)
+        assert offers == []
         # b's own vote of a later round reaches a: a offers b the block that decided it
         b.p2p.broadcast(VoteMessage(precommit(b.key, 1, 2, None)))
         await net.wait_until(lambda: b.chain.head.hash == block.hash)
         assert [m.blocks[0].block.hash for m in seen] == [block.hash]
+        assert offers == [1]
         # once per height: b's next vote of that height brings no second offer
         b.p2p.broadcast(VoteMessage(precommit(b.key, 1, 3, None)))
         b.p2p.broadcast(VoteMessage(precommit(ORIGIN, 1, 3, None)))  # and never for others' votes
-        await asyncio.sleep(0.3)
-        assert len(seen) == 1
+        await net.wait_until(lambda: len(handled) == 4)
+        assert offers == [1] and len(seen) == 1
         # An offer is not an answer: b asking for blocks while it is queued is no offence
         peer_b = a.p2p.peers[b.key.public.hex()]
         assert peer_b.answering is None and peer_b.score == 0
